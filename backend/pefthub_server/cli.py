@@ -1,0 +1,18 @@
+"""`pefthub-server`: `up`, `adduser` and every Django manage command."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pefthub_server.settings")
+    from django.core.management import execute_from_command_line
+
+    args = sys.argv[1:] if argv is None else argv
+    execute_from_command_line(["pefthub-server", *args])
+
+
+if __name__ == "__main__":
+    main()

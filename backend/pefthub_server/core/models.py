@@ -1,0 +1,67 @@
+"""API tokens: stored as a sha256 of the secret, shown once at creation."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+TOKEN_PREFIX = "phub_"
+
+
+class Scope(models.TextChoices):
+    READ = "read", "read"
+    WRITE = "write", "write"
+    WORKER = "worker", "worker"
+    ADMIN = "admin", "admin"
+
+
+# What each scope allows; a token may only mint tokens whose scope it covers.
+SCOPE_GRANTS: dict[str, frozenset[str]] = {
+    Scope.READ: frozenset({"read"}),
+    Scope.WRITE: frozenset({"read", "write"}),
+    Scope.WORKER: frozenset({"read", "write", "worker"}),
+    Scope.ADMIN: frozenset({"read", "write", "admin"}),
+}
+
+
+def hash_secret(secret: str) -> str:
+    # Tokens are 256-bit random strings, so a fast hash is enough (as GitHub does);
+    # a slow KDF would only cost latency on every request.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class ApiToken(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, default="default")
+    scope = models.CharField(max_length=10, choices=Scope.choices, default=Scope.READ)
+    prefix = models.CharField(max_length=16, help_text="First characters of the secret, to recognise it")
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.user.username}:{self.name} ({self.scope}, {self.prefix}…)"
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    def grants(self, permission: str) -> bool:
+        return permission in SCOPE_GRANTS[self.scope]

@@ -1,0 +1,202 @@
+"""Request and response shapes of the registry API (also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from pefthub_server.core.models import ApiToken, Scope
+from pefthub_server.registry.models import Membership, Repository, Role
+
+
+class RepoSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="full_name", read_only=True)
+    namespace = serializers.CharField(source="namespace.name", read_only=True)
+    base_model = serializers.SerializerMethodField()
+    peft_type = serializers.SerializerMethodField()
+    latest_version = serializers.IntegerField(source="latest_number", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Repository
+        fields = [
+            "id", "namespace", "name", "kind", "visibility", "description", "base_model", "peft_type",
+            "latest_version", "created_at", "updated_at",
+        ]
+
+    def get_base_model(self, repo) -> str | None:
+        return repo.base_model.full_name if repo.base_model_id else None
+
+    def get_peft_type(self, repo) -> str | None:
+        return repo.peft_type or None
+
+
+class RepoCreateSerializer(serializers.Serializer):
+    namespace = serializers.CharField(required=False, allow_null=True)
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(choices=Repository.Kind.choices)
+    visibility = serializers.ChoiceField(choices=Repository.Visibility.choices, default=Repository.Visibility.PRIVATE)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    base_model = serializers.CharField(required=False, allow_null=True)
+
+
+class RepoUpdateSerializer(serializers.Serializer):
+    description = serializers.CharField(required=False, allow_blank=True)
+    visibility = serializers.ChoiceField(choices=Repository.Visibility.choices, required=False)
+
+
+class FileSpecSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField(min_value=0)
+
+
+class UploadRequestSerializer(serializers.Serializer):
+    files = FileSpecSerializer(many=True)
+
+
+class UploadTargetSerializer(serializers.Serializer):
+    method = serializers.CharField()
+    url = serializers.URLField()
+    headers = serializers.DictField(child=serializers.CharField())
+
+
+class MissingBlobSerializer(serializers.Serializer):
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField()
+    upload = UploadTargetSerializer()
+
+
+class UploadResponseSerializer(serializers.Serializer):
+    missing = MissingBlobSerializer(many=True)
+    present = serializers.ListField(child=serializers.CharField())
+
+
+class VersionCreateSerializer(serializers.Serializer):
+    files = serializers.ListField(child=serializers.DictField())
+    message = serializers.CharField(required=False, allow_blank=True, default="")
+    base_model = serializers.CharField(required=False, allow_null=True)
+    metadata = serializers.DictField(required=False, default=dict)
+    aliases = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+
+
+class BaseRefSerializer(serializers.Serializer):
+    repo = serializers.CharField()
+    number = serializers.IntegerField()
+    digest = serializers.CharField()
+
+
+class FileSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField()
+    url = serializers.URLField()
+
+
+class VersionSerializer(serializers.Serializer):
+    """Rendered from a Version; `files` only when the view passes ``with_files``."""
+
+    repo = serializers.CharField(source="repository.full_name")
+    number = serializers.IntegerField()
+    digest = serializers.SerializerMethodField()
+    message = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    created_by = serializers.SerializerMethodField()
+    aliases = serializers.SerializerMethodField()
+    size = serializers.IntegerField()
+    file_count = serializers.IntegerField()
+    base_model = serializers.SerializerMethodField()
+    adapter = serializers.JSONField(source="adapter_config")
+    metadata = serializers.JSONField()
+
+    def get_digest(self, version) -> str:
+        return f"sha256:{version.digest}"
+
+    def get_created_by(self, version) -> str | None:
+        return version.created_by.username if version.created_by_id else None
+
+    def get_aliases(self, version) -> list[str]:
+        names = [a.name for a in version.aliases.all()]
+        if version.number == version.repository.latest_number:
+            names.insert(0, "latest")
+        return names
+
+    def get_base_model(self, version) -> dict | None:
+        base = version.base_version
+        if base is None:
+            return None
+        return {"repo": base.repository.full_name, "number": base.number, "digest": f"sha256:{base.digest}"}
+
+
+class VersionDetailSerializer(VersionSerializer):
+    created = serializers.BooleanField(required=False)
+    files = FileSerializer(many=True)
+
+
+class AliasSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+    updated_at = serializers.DateTimeField(allow_null=True)
+    updated_by = serializers.CharField(allow_null=True)
+
+
+class AliasMoveSerializer(serializers.Serializer):
+    version = serializers.CharField(help_text="number, alias or sha256:<digest>")
+
+
+class TeamCreateSerializer(serializers.Serializer):
+    name = serializers.CharField()
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username")
+
+    class Meta:
+        model = Membership
+        fields = ["username", "role"]
+
+
+class MemberAddSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.READ)
+
+
+class MemberRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class TokenSerializer(serializers.ModelSerializer):
+    revoked = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "scope", "prefix", "created_at", "expires_at", "last_used_at", "revoked"]
+
+
+class TokenCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(default="default", max_length=100)
+    scope = serializers.ChoiceField(choices=Scope.choices, default=Scope.READ)
+    expires_in_days = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
+class RootSerializer(serializers.Serializer):
+    version = serializers.CharField()
+    links = serializers.DictField(child=serializers.URLField())
+
+
+class TeamRoleSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class WhoAmISerializer(serializers.Serializer):
+    username = serializers.CharField()
+    is_staff = serializers.BooleanField()
+    teams = TeamRoleSerializer(many=True)
+    token = TokenSerializer(allow_null=True)
+
+
+class TeamSerializer(TeamRoleSerializer):
+    member_count = serializers.IntegerField()
+
+
+class TeamDetailSerializer(TeamRoleSerializer):
+    members = MemberSerializer(many=True)

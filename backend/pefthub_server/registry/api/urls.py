@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from django.urls import path, re_path
+
+from pefthub_server.registry.api import views
+
+app_name = "api"
+
+NS = r"(?P<ns>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
+NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,95})"
+REPO = rf"^repos/{NS}/{NAME}"
+
+urlpatterns = [
+    path("", views.ApiRootView.as_view(), name="root"),
+    path("whoami", views.WhoAmIView.as_view(), name="whoami"),
+    path("repos", views.RepoListView.as_view(), name="repos"),
+    re_path(rf"{REPO}$", views.RepoDetailView.as_view(), name="repo"),
+    re_path(rf"{REPO}/uploads$", views.UploadView.as_view(), name="uploads"),
+    re_path(rf"{REPO}/versions$", views.VersionListView.as_view(), name="versions"),
+    re_path(rf"{REPO}/versions/(?P<rev>[^/]+)$", views.VersionDetailView.as_view(), name="version"),
+    re_path(rf"{REPO}/aliases$", views.AliasListView.as_view(), name="aliases"),
+    re_path(rf"{REPO}/aliases/(?P<alias>[^/]+)$", views.AliasDetailView.as_view(), name="alias"),
+    path("blobs/<str:sha256>", views.BlobView.as_view(), name="blob"),
+    path("teams", views.TeamListView.as_view(), name="teams"),
+    path("teams/<str:team>", views.TeamDetailView.as_view(), name="team"),
+    path("teams/<str:team>/members", views.TeamMembersView.as_view(), name="team-members"),
+    path("teams/<str:team>/members/<str:username>", views.TeamMemberDetailView.as_view(), name="team-member"),
+    path("tokens", views.TokenListView.as_view(), name="tokens"),
+    path("tokens/<int:token_id>", views.TokenDetailView.as_view(), name="token"),
+]

@@ -1,0 +1,433 @@
+"""Registry endpoints. Reads go through selectors, every state change through one service call."""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.db.models import Prefetch
+from django.http import FileResponse, HttpResponse, StreamingHttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+from pefthub_server import __version__
+from pefthub_server.core.auth import require_scope
+from pefthub_server.core.errors import HubError, NotFound, TooLarge, ValidationFailed
+from pefthub_server.core.models import ApiToken
+from pefthub_server.core.pagination import Pagination
+from pefthub_server.registry import selectors, services
+from pefthub_server.registry.api import serializers as s
+from pefthub_server.registry.models import Alias, AliasMove, Membership, Namespace, Repository, Version
+from pefthub_server.registry.refs import LATEST, SHA256_RE, check_revision
+from pefthub_server.registry.storage import get_blob_store
+
+
+def base_url(request) -> str:
+    return settings.PUBLIC_URL or request.build_absolute_uri("/").rstrip("/")
+
+
+def _repo_for_change(request, ns: str, name: str, *, scope: str, role: str, action: str) -> Repository:
+    """A repository the caller may change. Unseen repos are 404 before any scope or role check (no leak)."""
+    repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
+    require_scope(request, scope, action)
+    selectors.require_namespace_role(request.user, repo.namespace, role, action=f"{action} in `{repo.full_name}`")
+    return repo
+
+
+def _valid(serializer_class, data):
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class ApiRootView(APIView):
+    @extend_schema(summary="API root: server version and links", responses=s.RootSerializer)
+    def get(self, request):
+        links = {name: reverse(f"api:{name}", request=request) for name in ("repos", "teams", "tokens", "whoami")}
+        links["schema"] = request.build_absolute_uri("/api/schema/")
+        links["docs"] = request.build_absolute_uri("/api/docs/")
+        return Response({"version": __version__, "links": links})
+
+
+class WhoAmIView(APIView):
+    @extend_schema(summary="The caller, its teams and its token", responses=s.WhoAmISerializer)
+    def get(self, request):
+        require_scope(request, "read", "see who you are")
+        user = request.user
+        teams = Membership.objects.filter(user=user).select_related("namespace").order_by("namespace__name")
+        token = request.auth if isinstance(request.auth, ApiToken) else None
+        return Response(
+            {
+                "username": user.username,
+                "is_staff": user.is_staff,
+                "teams": [{"name": m.namespace.name, "role": m.role} for m in teams],
+                "token": s.TokenSerializer(token).data if token else None,
+            }
+        )
+
+
+# --- repositories --------------------------------------------------------------------
+
+
+class RepoListView(APIView):
+    @extend_schema(
+        summary="List repositories the caller can read",
+        parameters=[
+            OpenApiParameter(name, str, required=False)
+            for name in ("kind", "namespace", "base_model", "peft_type", "search")
+        ]
+        + [OpenApiParameter("page", int, required=False), OpenApiParameter("page_size", int, required=False)],
+        responses=s.RepoSerializer(many=True),
+    )
+    def get(self, request):
+        q = request.query_params
+        qs = selectors.repository_list(
+            user=request.user, kind=q.get("kind"), namespace=q.get("namespace"), base_model=q.get("base_model"),
+            peft_type=q.get("peft_type"), search=q.get("search"),
+        )
+        paginator = Pagination()
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response(s.RepoSerializer(page, many=True).data)
+
+    @extend_schema(summary="Create a repository", request=s.RepoCreateSerializer, responses={201: s.RepoSerializer})
+    def post(self, request):
+        require_scope(request, "write", "create repositories")
+        data = _valid(s.RepoCreateSerializer, request.data)
+        repo = services.repository_create(user=request.user, **data)
+        return Response(s.RepoSerializer(repo).data, status=201)
+
+
+class RepoDetailView(APIView):
+    @extend_schema(summary="A repository", responses=s.RepoSerializer)
+    def get(self, request, ns, name):
+        repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
+        return Response(s.RepoSerializer(repo).data)
+
+    @extend_schema(summary="Update description or visibility", request=s.RepoUpdateSerializer, responses=s.RepoSerializer)
+    def patch(self, request, ns, name):
+        repo = _repo_for_change(request, ns, name, scope="write", role="write", action="update repositories")
+        data = _valid(s.RepoUpdateSerializer, request.data)
+        repo = services.repository_update(user=request.user, repo=repo, **data)
+        return Response(s.RepoSerializer(repo).data)
+
+    @extend_schema(summary="Delete a repository (namespace admin, admin-scope token)", responses={204: None})
+    def delete(self, request, ns, name):
+        repo = _repo_for_change(request, ns, name, scope="admin", role="admin", action="delete repositories")
+        services.repository_delete(user=request.user, repo=repo)
+        return Response(status=204)
+
+
+class UploadView(APIView):
+    @extend_schema(
+        summary="Negotiate a push: which blobs are missing and where to upload them",
+        request=s.UploadRequestSerializer, responses=s.UploadResponseSerializer,
+    )
+    def post(self, request, ns, name):
+        repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
+        files = request.data.get("files") if isinstance(request.data, dict) else None
+        return Response(services.upload_negotiate(repo=repo, files=files, base_url=base_url(request)))
+
+
+# --- versions ------------------------------------------------------------------------
+
+
+def _versions(repo: Repository):
+    return (
+        Version.objects.filter(repository=repo)
+        .select_related("repository__namespace", "created_by", "base_version__repository__namespace")
+        .prefetch_related(Prefetch("aliases", queryset=Alias.objects.order_by("name")))
+        .order_by("-number")
+    )
+
+
+def version_detail_data(request, version: Version, *, created: bool | None = None) -> dict:
+    store = get_blob_store()
+    root = base_url(request)
+    version = _versions(version.repository).get(pk=version.pk)
+    data = s.VersionSerializer(version).data
+    if created is not None:
+        data["created"] = created
+    data["files"] = [
+        {
+            "path": f.path, "sha256": f.blob_id, "size": f.size,
+            "url": store.download_url(f.blob_id, base_url=root, filename=f.path.rsplit("/", 1)[-1],
+                                      expires=settings.PEFTHUB_URL_TTL),
+        }
+        for f in version.files.order_by("path")
+    ]
+    return data
+
+
+class VersionListView(APIView):
+    @extend_schema(summary="List versions, newest first", responses=s.VersionSerializer(many=True))
+    def get(self, request, ns, name):
+        repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(_versions(repo), request, view=self)
+        return paginator.get_paginated_response(s.VersionSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Commit a version from uploaded blobs (200 and created=false if identical to latest)",
+        request=s.VersionCreateSerializer, responses={201: s.VersionDetailSerializer, 200: s.VersionDetailSerializer},
+    )
+    def post(self, request, ns, name):
+        repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
+        data = _valid(s.VersionCreateSerializer, request.data)
+        version, created = services.version_create(user=request.user, repo=repo, **data)
+        return Response(version_detail_data(request, version, created=created), status=201 if created else 200)
+
+
+class VersionDetailView(APIView):
+    @extend_schema(summary="A version's manifest with download URLs", responses=s.VersionDetailSerializer)
+    def get(self, request, ns, name, rev):
+        repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
+        version = selectors.version_resolve(repo=repo, revision=check_revision(rev))
+        return Response(version_detail_data(request, version))
+
+
+# --- aliases -------------------------------------------------------------------------
+
+
+def _alias_data(alias: Alias) -> dict:
+    return {
+        "name": alias.name, "version": alias.version.number, "updated_at": alias.updated_at,
+        "updated_by": alias.updated_by.username if alias.updated_by_id else None,
+    }
+
+
+class AliasListView(APIView):
+    @extend_schema(summary="Aliases of a repository", responses=s.AliasSerializer(many=True))
+    def get(self, request, ns, name):
+        repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
+        aliases = [_alias_data(a) for a in repo.aliases.select_related("version", "updated_by")]
+        if repo.latest_number:
+            aliases.insert(0, {"name": LATEST, "version": repo.latest_number, "updated_at": None, "updated_by": None})
+        return Response(aliases)
+
+
+class AliasDetailView(APIView):
+    def _alias(self, repo, alias):
+        found = repo.aliases.select_related("version", "updated_by").filter(name=alias).first()
+        if found is None:
+            raise NotFound(f"`{repo.full_name}` has no alias `{alias}`.")
+        return found
+
+    @extend_schema(summary="An alias and its history", responses=s.AliasSerializer)
+    def get(self, request, ns, name, alias):
+        repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
+        data = _alias_data(self._alias(repo, alias))
+        moves = AliasMove.objects.filter(repository=repo, alias=alias).select_related("moved_by")
+        data["history"] = [
+            {"from": m.from_number, "to": m.to_number, "moved_at": m.moved_at,
+             "moved_by": m.moved_by.username if m.moved_by_id else None}
+            for m in moves
+        ]
+        return Response(data)
+
+    @extend_schema(summary="Set or move an alias", request=s.AliasMoveSerializer, responses=s.AliasSerializer)
+    def put(self, request, ns, name, alias):
+        repo = _repo_for_change(request, ns, name, scope="write", role="write", action="move aliases")
+        revision = request.data.get("version") if isinstance(request.data, dict) else None
+        if revision is None or isinstance(revision, bool):
+            raise ValidationFailed('Send {"version": <number, alias or sha256:digest>}.')
+        services.alias_set(user=request.user, repo=repo, alias=alias, revision=str(revision))
+        return Response(_alias_data(self._alias(repo, alias)))
+
+    @extend_schema(summary="Delete an alias", responses={204: None})
+    def delete(self, request, ns, name, alias):
+        repo = _repo_for_change(request, ns, name, scope="write", role="write", action="delete aliases")
+        services.alias_delete(user=request.user, repo=repo, alias=alias)
+        return Response(status=204)
+
+
+# --- blobs (local backend) -----------------------------------------------------------
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CHUNK = 1024 * 1024
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) of a single `bytes=` range, or None for the whole blob."""
+    match = _RANGE_RE.match(header.strip()) if header else None
+    if match is None:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        length = int(last)
+        start, end = max(size - length, 0), size - 1
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise HubError(f"Range {header!r} is outside the blob's {size} bytes.", code="range_not_satisfiable", status=416)
+    return start, end
+
+
+def _file_slice(path, start: int, length: int):
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while length > 0:
+            chunk = fh.read(min(_CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+
+
+class BlobView(APIView):
+    parser_classes: list = []
+
+    def _store(self, sha256):
+        store = get_blob_store()
+        if not store.serves_bytes or not SHA256_RE.match(sha256):
+            raise NotFound("Blob not found.")
+        return store
+
+    def _readable(self, request, store, sha256, method):
+        q = request.query_params
+        if q.get("sig") and store.check_signature(sha256, method, q.get("expires"), q.get("sig")):
+            return True
+        return request.user.is_authenticated and selectors.blob_readable(user=request.user, sha256=sha256)
+
+    @extend_schema(summary="Download a blob (local backend; signed URL or token; Range supported)", responses={200: bytes, 206: bytes})
+    def get(self, request, sha256):
+        store = self._store(sha256)
+        size = store.stat(sha256)
+        if size is None or not self._readable(request, store, sha256, "GET"):
+            raise NotFound("Blob not found.")
+        headers = {"Accept-Ranges": "bytes", "ETag": f'"{sha256}"', "Cache-Control": "private, max-age=31536000, immutable"}
+        byte_range = _parse_range(request.headers.get("Range", ""), size)
+        if request.method == "HEAD":
+            response = HttpResponse(content_type="application/octet-stream", headers=headers)
+            response["Content-Length"] = str(size)
+            return response
+        if byte_range is None:
+            response = FileResponse(open(store.path(sha256), "rb"), content_type="application/octet-stream", headers=headers)
+            response["Content-Length"] = str(size)
+            return response
+        start, end = byte_range
+        response = StreamingHttpResponse(
+            _file_slice(store.path(sha256), start, end - start + 1), status=206,
+            content_type="application/octet-stream", headers=headers,
+        )
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+        response["Content-Length"] = str(end - start + 1)
+        return response
+
+    @extend_schema(summary="Upload a blob (local backend; signed URL or write token)", request=bytes, responses={201: dict})
+    def put(self, request, sha256):
+        store = self._store(sha256)
+        q = request.query_params
+        if not (q.get("sig") and store.check_signature(sha256, "PUT", q.get("expires"), q.get("sig"))):
+            require_scope(request, "write", "upload blobs")
+        length = request.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        if expected is not None and expected > settings.PEFTHUB_MAX_FILE_SIZE:
+            raise TooLarge(f"Blob of {expected} bytes exceeds PEFTHUB_MAX_FILE_SIZE ({settings.PEFTHUB_MAX_FILE_SIZE}).")
+        size = store.save_stream(sha256, request._request, expected)
+        services.blob_register(sha256=sha256, size=size)
+        return Response({"sha256": sha256, "size": size}, status=201)
+
+
+# --- teams ---------------------------------------------------------------------------
+
+
+class TeamListView(APIView):
+    @extend_schema(summary="Teams the caller belongs to", responses=s.TeamSerializer(many=True), operation_id="v1_teams_list")
+    def get(self, request):
+        require_scope(request, "read", "list your teams")
+        memberships = Membership.objects.filter(user=request.user, namespace__kind=Namespace.Kind.TEAM).select_related("namespace")
+        counts = {}
+        for ns_id in Membership.objects.filter(namespace__in=[m.namespace_id for m in memberships]).values_list("namespace_id", flat=True):
+            counts[ns_id] = counts.get(ns_id, 0) + 1
+        return Response(
+            [{"name": m.namespace.name, "role": m.role, "member_count": counts.get(m.namespace_id, 0)} for m in memberships]
+        )
+
+    @extend_schema(summary="Create a team (you become its admin)", request=s.TeamCreateSerializer, responses={201: s.TeamDetailSerializer})
+    def post(self, request):
+        require_scope(request, "write", "create teams")
+        data = _valid(s.TeamCreateSerializer, request.data)
+        team = services.team_create(user=request.user, name=data["name"])
+        return Response({"name": team.name, "role": "admin", "members": [{"username": request.user.username, "role": "admin"}]}, status=201)
+
+
+def _team_for_member(request, team: str) -> tuple[Namespace, str]:
+    require_scope(request, "read", "see teams")
+    membership = (
+        Membership.objects.filter(namespace__name=team, namespace__kind=Namespace.Kind.TEAM, user=request.user)
+        .select_related("namespace").first()
+    )
+    if membership is None:
+        raise NotFound(f"Team `{team}` not found (or you are not a member).")
+    return membership.namespace, membership.role
+
+
+def _members(ns: Namespace) -> list[dict]:
+    return s.MemberSerializer(ns.memberships.select_related("user").order_by("user__username"), many=True).data
+
+
+class TeamDetailView(APIView):
+    @extend_schema(summary="A team and its members", responses=s.TeamDetailSerializer)
+    def get(self, request, team):
+        ns, role = _team_for_member(request, team)
+        return Response({"name": ns.name, "role": role, "members": _members(ns)})
+
+
+class TeamMembersView(APIView):
+    @extend_schema(summary="Members of a team", responses=s.MemberSerializer(many=True))
+    def get(self, request, team):
+        ns, _ = _team_for_member(request, team)
+        return Response(_members(ns))
+
+    @extend_schema(summary="Add a member (team admin)", request=s.MemberAddSerializer, responses={201: s.MemberSerializer})
+    def post(self, request, team):
+        require_scope(request, "write", "manage team members")
+        data = _valid(s.MemberAddSerializer, request.data)
+        membership = services.member_add(user=request.user, team=team, **data)
+        return Response(s.MemberSerializer(membership).data, status=201)
+
+
+class TeamMemberDetailView(APIView):
+    @extend_schema(summary="Change a member's role (team admin)", request=s.MemberRoleSerializer, responses=s.MemberSerializer)
+    def patch(self, request, team, username):
+        require_scope(request, "write", "manage team members")
+        data = _valid(s.MemberRoleSerializer, request.data)
+        membership = services.member_set_role(user=request.user, team=team, username=username, role=data["role"])
+        return Response(s.MemberSerializer(membership).data)
+
+    @extend_schema(summary="Remove a member (team admin)", responses={204: None})
+    def delete(self, request, team, username):
+        require_scope(request, "write", "manage team members")
+        services.member_remove(user=request.user, team=team, username=username)
+        return Response(status=204)
+
+
+# --- tokens --------------------------------------------------------------------------
+
+
+class TokenListView(APIView):
+    @extend_schema(summary="Your tokens", responses=s.TokenSerializer(many=True))
+    def get(self, request):
+        require_scope(request, "read", "list tokens")
+        return Response(s.TokenSerializer(ApiToken.objects.filter(user=request.user), many=True).data)
+
+    @extend_schema(summary="Create a token; the secret is shown once", request=s.TokenCreateSerializer, responses={201: s.TokenSerializer})
+    def post(self, request):
+        require_scope(request, "write", "create tokens")
+        data = _valid(s.TokenCreateSerializer, request.data)
+        creator = request.auth if isinstance(request.auth, ApiToken) else None
+        token, secret = services.token_create(user=request.user, creator=creator, **data)
+        return Response({**s.TokenSerializer(token).data, "token": secret}, status=201)
+
+
+class TokenDetailView(APIView):
+    @extend_schema(summary="Revoke a token", responses={204: None})
+    def delete(self, request, token_id):
+        require_scope(request, "write", "revoke tokens")
+        services.token_revoke(user=request.user, token_id=token_id)
+        return Response(status=204)

@@ -1,0 +1,37 @@
+"""Create a user (and team and membership) if missing; print a new token alone on stdout."""
+
+from __future__ import annotations
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from pefthub_server.core.errors import HubError
+from pefthub_server.core.models import Scope
+from pefthub_server.registry.models import Role
+from pefthub_server.registry.services import token_create, user_ensure
+
+
+class Command(BaseCommand):
+    help = "Create USER (and TEAM, membership) if missing and print a fresh API token on stdout."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("--team", help="team to create if missing and add the user to")
+        parser.add_argument("--role", choices=Role.values, default=Role.WRITE, help="role in --team (default: write)")
+        parser.add_argument("--scope", choices=Scope.values, default=Scope.WRITE, help="token scope (default: write)")
+        parser.add_argument("--staff", action="store_true", help="make the user staff and superuser (Django admin)")
+        parser.add_argument("--token-name", default="adduser", help="name shown in the token list")
+        parser.add_argument("--expires-in-days", type=int, default=None)
+
+    def handle(self, *args, **opts):
+        call_command("migrate", verbosity=0, interactive=False, stdout=self.stderr)
+        try:
+            user = user_ensure(username=opts["username"], team=opts["team"], role=opts["role"], staff=opts["staff"])
+            _, secret = token_create(
+                user=user, name=opts["token_name"], scope=opts["scope"], expires_in_days=opts["expires_in_days"]
+            )
+        except HubError as exc:
+            raise CommandError(exc.message) from exc
+        where = f" in team {opts['team']} ({opts['role']})" if opts["team"] else ""
+        self.stderr.write(f"user {user.username}{where}: new {opts['scope']} token")
+        self.stdout.write(secret)

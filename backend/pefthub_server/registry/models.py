@@ -1,0 +1,173 @@
+"""Registry domain: namespaces and teams, repositories, immutable versions, aliases, blobs."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Namespace(models.Model):
+    """A user's own namespace or a team. Names are unique across both."""
+
+    class Kind(models.TextChoices):
+        USER = "user"
+        TEAM = "team"
+
+    name = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="namespace"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Role(models.TextChoices):
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+ROLE_RANK = {Role.READ: 1, Role.WRITE: 2, Role.ADMIN: 3}
+
+
+class Membership(models.Model):
+    namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=8, choices=Role.choices, default=Role.READ)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["namespace", "user"], name="uniq_membership")]
+        ordering = ["namespace__name", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.namespace} ({self.role})"
+
+
+class Repository(models.Model):
+    class Kind(models.TextChoices):
+        ADAPTER = "adapter"
+        MODEL = "model"
+        DATASET = "dataset"
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "private"
+        INTERNAL = "internal"
+        PUBLIC = "public"
+
+    namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="repositories")
+    name = models.CharField(max_length=96)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.PRIVATE)
+    description = models.TextField(blank=True, default="")
+    base_model = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="adapters",
+        help_text="For adapters: the model repository they fit.",
+    )
+    # Denormalised from the latest version, for cheap catalogue filters.
+    latest_number = models.PositiveIntegerField(null=True, blank=True)
+    peft_type = models.CharField(max_length=32, blank=True, default="", db_index=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["namespace", "name"], name="uniq_repo_name")]
+        indexes = [models.Index(fields=["kind", "visibility"])]
+        ordering = ["namespace__name", "name"]
+        verbose_name_plural = "repositories"
+
+    def __str__(self) -> str:
+        return self.full_name
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace.name}/{self.name}"
+
+
+class Blob(models.Model):
+    """A verified object in the blob store, addressed by its sha256."""
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    size = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.sha256
+
+
+class Version(models.Model):
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    digest = models.CharField(max_length=64, db_index=True, help_text="sha256 of the canonical manifest")
+    message = models.TextField(blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    adapter_config = models.JSONField(null=True, blank=True, help_text="Parsed adapter_config.json (adapters)")
+    fingerprint = models.JSONField(null=True, blank=True, help_text="Linear modules of a model version")
+    base_version = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="adapter_versions"
+    )
+    size = models.BigIntegerField(default=0)
+    file_count = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["repository", "number"], name="uniq_version_number")]
+        ordering = ["repository", "-number"]
+
+    def __str__(self) -> str:
+        return f"{self.repository}@{self.number}"
+
+
+class VersionFile(models.Model):
+    version = models.ForeignKey(Version, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=512)
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="version_files")
+    size = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "path"], name="uniq_version_path")]
+        ordering = ["path"]
+
+    def __str__(self) -> str:
+        return self.path
+
+
+class Alias(models.Model):
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField(max_length=64)
+    version = models.ForeignKey(Version, on_delete=models.CASCADE, related_name="aliases")
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["repository", "name"], name="uniq_alias_name")]
+        ordering = ["name"]
+        verbose_name_plural = "aliases"
+
+    def __str__(self) -> str:
+        return f"{self.repository}@{self.name}"
+
+
+class AliasMove(models.Model):
+    """Audit log: every set, move and delete of an alias."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="alias_moves")
+    alias = models.CharField(max_length=64)
+    from_number = models.PositiveIntegerField(null=True, blank=True)
+    to_number = models.PositiveIntegerField(null=True, blank=True)
+    moved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    moved_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-moved_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.repository}@{self.alias}: {self.from_number} -> {self.to_number}"

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from pefthub_server.core.exceptions import json_404, server_error
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("pefthub_server.registry.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    re_path(r"^api/", json_404),
+    path("", include("pefthub_server.web.urls")),
+]
+
+handler500 = server_error

@@ -1,0 +1,190 @@
+"""One HTTP session with retries, and the rule for who gets the token.
+
+The bearer token goes only to the hub's own API. Upload and download URLs the
+server hands out are signed (presigned on S3): they get exactly the headers the
+server listed, and never ``Authorization``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import requests
+from requests.auth import AuthBase
+
+from . import constants as c
+from .errors import HubConnectionError, error_from_response
+
+logger = logging.getLogger("pefthub")
+
+
+class _BearerAuth(AuthBase):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self.token}"
+        return r
+
+
+class _NoAuth(AuthBase):
+    """An explicit "no credentials": stops requests from reaching for ~/.netrc."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers.pop("Authorization", None)
+        return r
+
+
+def quote_segment(value: str | int) -> str:
+    """Quote one URL path segment; ``:`` stays as is (``sha256:<hex>`` revisions)."""
+    return quote(str(value), safe=":@")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return min(max(seconds, 0.0), c.RETRY_AFTER_CAP)
+
+
+class HTTPClient:
+    """Retrying requests against the hub and against the URLs it hands out."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = c.DEFAULT_TIMEOUT,
+        max_retries: int = c.DEFAULT_MAX_RETRIES,
+        backoff_base: float = c.BACKOFF_BASE,
+        backoff_cap: float = c.BACKOFF_CAP,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.max_retries = max(0, int(max_retries))
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = c.USER_AGENT
+        # Swappable in tests so retry timing is asserted, not slept through.
+        self.sleep: Callable[[float], None] = time.sleep
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- URLs ---------------------------------------------------------------
+    def api_url(self, path: str) -> str:
+        return f"{self.base_url}{c.API_PREFIX}/{path.lstrip('/')}"
+
+    def absolute(self, url: str) -> str:
+        """Resolve a URL the server returned, which may be relative to the hub."""
+        return urljoin(self.base_url + "/", url)
+
+    # -- retry policy ---------------------------------------------------------
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        return random.uniform(0.0, min(self.backoff_cap, self.backoff_base * (2**attempt)))
+
+    def pause(self, attempt: int, retry_after: float | None = None) -> float:
+        delay = retry_after if retry_after is not None else self.backoff(attempt)
+        self.sleep(delay)
+        return delay
+
+    # -- requests -------------------------------------------------------------
+    def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> requests.Response:
+        """A request to the hub's own API, with the bearer token when there is one."""
+        return self.request(method, self.api_url(path), params=params, json=json, authenticated=True)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        authenticated: bool = False,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: bytes | Callable[[], Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send with retries on 429/5xx/connection errors; raise a typed error on >=400.
+
+        ``data`` may be a callable returning a fresh body (an open file) for each
+        attempt, so a retried upload starts again from its first byte.
+        """
+        auth: AuthBase = _BearerAuth(self.token) if authenticated and self.token else _NoAuth()
+        attempt = 0
+        while True:
+            body = data() if callable(data) else data
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    data=body,
+                    headers=dict(headers or {}),
+                    auth=auth,
+                    timeout=self.timeout,
+                    stream=stream,
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.max_retries:
+                    raise HubConnectionError(
+                        f"could not reach {_origin(url)} after {attempt + 1} attempt(s): {exc}"
+                    ) from exc
+                delay = self.pause(attempt)
+                logger.debug("retrying %s %s in %.2fs after %s", method, url, delay, exc)
+                attempt += 1
+                continue
+            finally:
+                close = getattr(body, "close", None)
+                if callable(close):
+                    close()
+            if response.status_code in c.RETRY_STATUSES and attempt < self.max_retries:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                response.close()
+                delay = self.pause(attempt, retry_after)
+                logger.debug(
+                    "retrying %s %s in %.2fs after HTTP %s", method, url, delay, response.status_code
+                )
+                attempt += 1
+                continue
+            if response.status_code >= 400:
+                try:
+                    raise error_from_response(response)
+                finally:
+                    response.close()
+            return response
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url

@@ -1,0 +1,305 @@
+"""The ``pefthub`` command: login, whoami, push, pull, ls, info, alias.
+
+Exit status: 0 on success, 1 when the hub (or the local files) refused, 2 for a
+usage error (bad arguments, a malformed reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import _config
+from . import constants as c
+from .client import Hub
+from .errors import HubError, RefError
+from .models import Repo, Version
+from .refs import parse_ref
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _human(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
+    )
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _hub() -> Hub:
+    return Hub()
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_login(args: argparse.Namespace) -> int:
+    url = _config.resolve_url(args.url, _config.read_config())
+    token = args.token
+    if not token:
+        if sys.stdin.isatty():
+            token = getpass.getpass(f"Token for {url}: ")
+        else:
+            token = sys.stdin.readline()
+        token = (token or "").strip()
+    if not token:
+        raise _UsageError("no token given: pass --token, type it at the prompt or pipe it on stdin")
+    with Hub(url, token, progress=False) as hub:
+        me = hub.whoami()
+    _config.write_config(url, token)
+    print(f"Logged in as {me.get('username')}")
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    with _hub() as hub:
+        me = hub.whoami()
+    if args.json:
+        _print_json(me)
+        return 0
+    print(me.get("username"))
+    teams = me.get("teams") or []
+    if teams:
+        print("teams: " + ", ".join(f"{t.get('name')} ({t.get('role')})" for t in teams))
+    token = me.get("token") or {}
+    if token:
+        print(f"token: {token.get('name')} (scope {token.get('scope')})")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    metadata = None
+    if args.metadata:
+        try:
+            metadata = json.loads(args.metadata)
+        except ValueError as exc:
+            raise _UsageError(f"--metadata is not valid JSON: {exc}") from exc
+        if not isinstance(metadata, dict):
+            raise _UsageError("--metadata must be a JSON object")
+    with _hub() as hub:
+        version = hub.push(
+            args.path,
+            args.ref,
+            base_model=args.base_model,
+            kind=args.kind,
+            aliases=args.alias or (),
+            message=args.message,
+            metadata=metadata,
+            visibility=args.visibility,
+        )
+    state = "created" if version.created else "unchanged"
+    print(f"{version.ref} {version.digest} {state}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    with _hub() as hub:
+        path = hub.pull(args.ref, local_dir=args.local_dir)
+    print(path)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _hub() as hub:
+        repos = list(
+            hub.repos(
+                kind=args.kind,
+                namespace=args.namespace,
+                base_model=args.base_model,
+                peft_type=args.peft_type,
+                search=args.search,
+            )
+        )
+    if args.json:
+        _print_json([r.raw for r in repos])
+        return 0
+    print(
+        _table(
+            ("REPO", "KIND", "VISIBILITY", "BASE MODEL", "PEFT", "LATEST"),
+            [(r.id, r.kind, r.visibility, r.base_model, r.peft_type, r.latest_version) for r in repos],
+        )
+    )
+    return 0
+
+
+def _describe_repo(repo: Repo, versions: list[Version]) -> str:
+    lines = [
+        repo.id,
+        f"kind        {repo.kind}",
+        f"visibility  {repo.visibility}",
+    ]
+    if repo.base_model:
+        lines.append(f"base model  {repo.base_model}")
+    if repo.peft_type:
+        lines.append(f"peft type   {repo.peft_type}")
+    if repo.description:
+        lines.append(f"description {repo.description}")
+    lines.append(f"latest      {repo.latest_version if repo.latest_version is not None else '-'}")
+    lines.append("")
+    if versions:
+        rows = [
+            (v.number, v.digest[:19], ",".join(v.aliases), _human(v.size), v.created_at, v.created_by, v.message)
+            for v in versions
+        ]
+        lines.append(_table(("VERSION", "DIGEST", "ALIASES", "SIZE", "CREATED", "BY", "MESSAGE"), rows))
+    else:
+        lines.append("no versions yet")
+    return "\n".join(lines)
+
+
+def _describe_version(v: Version) -> str:
+    lines = [
+        f"{v.ref}  {v.digest}",
+        f"created   {v.created_at or '-'} by {v.created_by or '-'}",
+        f"aliases   {', '.join(v.aliases) or '-'}",
+        f"size      {_human(v.size)} in {v.file_count if v.file_count is not None else len(v.files or ())} file(s)",
+    ]
+    if v.base_model:
+        base = v.base_model
+        lines.append(f"base      {base.get('repo')}@{base.get('number')}")
+    if v.adapter:
+        a = v.adapter
+        targets = ",".join(a.get("target_modules") or []) if isinstance(a.get("target_modules"), list) else a.get("target_modules")
+        lines.append(
+            f"adapter   {a.get('peft_type')} r={a.get('r')} alpha={a.get('lora_alpha')} targets={targets}"
+        )
+    if v.message:
+        lines.append(f"message   {v.message}")
+    if v.metadata:
+        lines.append(f"metadata  {json.dumps(v.metadata, sort_keys=True)}")
+    lines.append("")
+    lines.append(_table(("PATH", "SIZE", "SHA256"), [(f.path, _human(f.size), f.sha256[:16]) for f in v.files or ()]))
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    ref = parse_ref(args.ref)
+    with _hub() as hub:
+        if ref.explicit:
+            version = hub.version(args.ref)
+            if args.json:
+                _print_json(version.raw)
+            else:
+                print(_describe_version(version))
+            return 0
+        repo = hub.repo(ref.repo_id)
+        versions = list(hub.versions(ref.repo_id))
+    if args.json:
+        _print_json({"repo": repo.raw, "versions": [v.raw for v in versions]})
+    else:
+        print(_describe_repo(repo, versions))
+    return 0
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    ref = parse_ref(args.ref)
+    with _hub() as hub:
+        if args.delete:
+            hub.delete_alias(ref.repo_id, args.alias)
+            print(f"deleted {ref.repo_id}@{args.alias}")
+            return 0
+        if not ref.explicit:
+            raise _UsageError(f"say which version {args.alias!r} should name: {ref.repo_id}@<revision>")
+        result = hub.set_alias(args.ref, args.alias)
+    target = (result or {}).get("version", ref.revision)
+    print(f"{ref.repo_id}@{args.alias} -> {ref.repo_id}@{target}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pefthub",
+        description="PEFT Hub: push, pull and find adapters, models and datasets.",
+        epilog=f"Target and credentials: --url/--token of login, or {c.ENV_URL} and {c.ENV_TOKEN}.",
+    )
+    parser.add_argument("--version", action="version", version=f"pefthub {c.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("login", help="save a token for a hub, after checking it")
+    p.add_argument("--url", help=f"hub URL (default: ${c.ENV_URL}, the saved one, {c.DEFAULT_URL})")
+    p.add_argument("--token", help="API token (default: prompt, or read from stdin)")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("whoami", help="who the token belongs to")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_whoami)
+
+    p = sub.add_parser("push", help="upload a folder or a file as a new version")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("ref", metavar="REF", help="namespace/name")
+    p.add_argument("--base-model", help="base model reference, ns/name[@rev] (adapters)")
+    p.add_argument("--kind", choices=c.KINDS, help="repository kind (default: inferred from the files)")
+    p.add_argument("--alias", action="append", metavar="ALIAS", help="point this alias at the new version (repeatable)")
+    p.add_argument("-m", "--message", default="", help="version message")
+    p.add_argument("--metadata", metavar="JSON", help="metadata to record, a JSON object")
+    p.add_argument("--visibility", choices=c.VISIBILITIES, default="private", help="for a new repository (default: private)")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("pull", help="download a version (cached, verified); prints its path")
+    p.add_argument("ref", metavar="REF", help="namespace/name[@revision]")
+    p.add_argument("--local-dir", help="also copy the files into this folder and print it")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("ls", help="list repositories")
+    p.add_argument("--kind", choices=c.KINDS)
+    p.add_argument("--namespace")
+    p.add_argument("--base-model", metavar="NS/NAME")
+    p.add_argument("--peft-type", metavar="TYPE", help="e.g. LORA")
+    p.add_argument("--search", metavar="TEXT", help="match name and description")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("info", help="a repository and its versions, or one version (REF@rev) and its files")
+    p.add_argument("ref", metavar="REF", help="namespace/name[@revision]")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("alias", help="point an alias at a version (REF@rev ALIAS), or --delete it")
+    p.add_argument("ref", metavar="REF", help="namespace/name@revision (namespace/name with --delete)")
+    p.add_argument("alias", metavar="ALIAS")
+    p.add_argument("--delete", action="store_true", help="delete the alias instead")
+    p.set_defaults(func=cmd_alias)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return args.func(args)
+    except (_UsageError, RefError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except HubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,36 @@
+"""Names and defaults the SDK and CLI share: env vars, paths, sizes."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+ENV_URL = "PEFTHUB_URL"
+ENV_TOKEN = "PEFTHUB_TOKEN"
+ENV_CACHE = "PEFTHUB_CACHE"
+ENV_CONFIG_DIR = "PEFTHUB_CONFIG_DIR"
+ENV_DISABLE_PROGRESS_BARS = "PEFTHUB_DISABLE_PROGRESS_BARS"
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_CACHE_DIR = "~/.cache/pefthub"
+DEFAULT_CONFIG_DIR = "~/.config/pefthub"
+CONFIG_FILE_NAME = "config.json"
+
+API_PREFIX = "/api/v1"
+USER_AGENT = f"pefthub/{__version__}"
+
+# Hashing reads big chunks (cheap syscalls); downloads stream in 1 MiB pieces so a
+# progress bar moves and memory stays flat.
+HASH_CHUNK_SIZE = 8 * 1024 * 1024
+DOWNLOAD_CHUNK_SIZE = 1024 * 1024
+UPLOAD_CHUNK_SIZE = 1024 * 1024
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 5
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 20.0
+# A server asking for a longer pause than this is treated as asking for this much.
+RETRY_AFTER_CAP = 300.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+KINDS = ("adapter", "model", "dataset")
+VISIBILITIES = ("private", "internal", "public")
