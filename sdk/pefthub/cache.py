@@ -124,8 +124,6 @@ class Cache:
         for entry in files:
             target = snapshot / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_symlink() or target.exists():
-                target.unlink()
             _link(self.blob_path(entry.sha256), target)
         _atomic_write(snapshot / COMPLETE_MARKER, f"sha256:{digest_hex}\n")
         return snapshot
@@ -250,7 +248,11 @@ def _stream_into(
     entry: FileEntry,
     on_bytes: Callable[[int], object],
 ) -> tuple[int, hashlib._Hash]:
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: Range offsets and the sha256 are about the stored bytes, never a
+    # compressed rendition of them.
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
     try:
         response = http.request("GET", url, headers=headers, stream=True)
     except HubError as exc:
@@ -297,16 +299,19 @@ def _range_start(response: requests.Response) -> int | None:
 
 
 def _link(blob: Path, target: Path) -> None:
-    """A relative symlink where the OS allows it, else a hard link, else a copy."""
+    """Put ``target`` in place as a relative symlink to ``blob`` where the OS allows
+    it, else a hard link, else a copy; made aside and renamed over, so a
+    concurrent pull never sees a half-made entry."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        os.symlink(os.path.relpath(blob, target.parent), target)
-        return
+        os.symlink(os.path.relpath(blob, target.parent), tmp)
     except (OSError, NotImplementedError):
-        pass
-    try:
-        os.link(blob, target)
-    except OSError:
-        shutil.copyfile(blob, target)
+        try:
+            os.link(blob, tmp)
+        except OSError:
+            shutil.copyfile(blob, tmp)
+    os.replace(tmp, target)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -298,6 +298,7 @@ def t(dtype: str, shape: list, begin: int, end: int) -> dict:
     (b"\x02\x00\x00", "too short"),
     (struct.pack("<Q", 1) + b"{", "outside"),
     (craft(b"[" * 5000 + b"]" * 5000), "not a UTF-8 JSON"),
+    (craft(b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"), "not a UTF-8 JSON"),
 ])
 def test_header_that_lies_is_refused(blob: bytes, says: str) -> None:
     err = fails("invalid_safetensors", v.parse_safetensors_header, "bad.safetensors", len(blob),
@@ -330,6 +331,7 @@ def test_parse_json_reports_line_and_column() -> None:
     assert "not UTF-8" in fails("invalid_json", v.parse_json, "c.json", b'{"a": "\xff"}').message
     assert "not an object" in fails("invalid_json", v.parse_json, "c.json", b"[1]").message
     assert "NaN" in fails("invalid_json", v.parse_json, "c.json", b'{"a": NaN}').message
+    assert "`c.json`" in fails("invalid_json", v.parse_json, "c.json", b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}").message
 
 
 def test_parse_adapter_config_of_real_adapters(art: dict) -> None:
@@ -538,3 +540,13 @@ def test_fingerprint_without_modules_checks_nothing_but_empty_modules_refuse(art
     v.check_adapter_against_base(adapter.config, adapter.tensors, {}, base_label="b@1")
     fails("unknown_module", v.check_adapter_against_base, adapter.config, adapter.tensors,
           {"modules": {}, "embeddings": {}}, base_label="b@1")
+
+
+def test_fingerprint_of_config_without_tie_flag_or_with_text_config() -> None:
+    tensors = {"model.embed_tokens.weight": {"dtype": "F16", "shape": [100, 16]},
+               "model.layers.0.q_proj.weight": {"dtype": "F16", "shape": [16, 16]}}
+    fp = v.compute_fingerprint({"model_type": "x", "vocab_size": 100, "hidden_size": 16}, tensors)
+    assert fp["tie_word_embeddings"] is True and fp["modules"]["lm_head"] == [16, 100]
+    fp = v.compute_fingerprint({"text_config": {"hidden_size": 16, "tie_word_embeddings": False}}, tensors)
+    assert fp["hidden_size"] == 16 and "lm_head" not in fp["modules"] and fp["tie_word_embeddings"] is False
+    assert v.compute_fingerprint({"text_config": "odd"}, tensors)["hidden_size"] is None

@@ -388,5 +388,10 @@ def sha(data: bytes) -> str:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (links followed) as relative path -> bytes."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` (links followed) as relative path -> bytes; the
+    snapshot marker ``.complete`` is left out."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() != ".complete"
+    }

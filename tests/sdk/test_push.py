@@ -152,3 +152,29 @@ def test_server_asking_for_an_unknown_blob_is_an_error(tmp_path, make_hub, serve
         {"sha256": "f" * 64, "size": 1, "upload": {"method": "PUT", "url": "/x", "headers": {}}}], "present": []}))
     with pytest.raises(Exception, match="does not hold"):
         make_hub().push(tmp_path / "out", "acme/bot")
+
+
+def test_upload_streams_from_disk_in_blocks(tmp_path, make_hub, fake_hub, monkeypatch):
+    from pefthub import _upload
+
+    weights = bytes(range(256)) * 16384  # 4 MiB
+    adapter_folder(tmp_path / "out", weights=weights)
+    reads: list[int] = []
+    original = _upload._FileBody.read
+
+    def spy(self, n=-1):
+        chunk = original(self, n)
+        reads.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(_upload._FileBody, "read", spy)
+    make_hub().push(tmp_path / "out", "acme/bot", base_model="acme/llama-tiny")
+    assert fake_hub.blobs[sha(weights)] == weights
+    assert sum(reads) >= len(weights) and max(reads) <= 1024 * 1024  # never the whole file at once
+
+
+def test_push_with_progress_bars_on(tmp_path, make_hub, fake_hub, capsys):
+    files = adapter_folder(tmp_path / "out")
+    version = make_hub(progress=True).push(tmp_path / "out", "acme/bot", base_model="acme/llama-tiny")
+    assert version.number == 1 and fake_hub.blobs == {sha(d): d for d in files.values()}
+    assert "uploading" in capsys.readouterr().err

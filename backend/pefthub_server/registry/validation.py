@@ -313,10 +313,11 @@ def parse_adapter_config(data: bytes) -> dict:
 
 # ---------------------------------------------------------------- fingerprint
 
-def _config_value(config: dict, *keys: str) -> Any:
-    for scope in (config, config.get("text_config") or {}):
+def _config_value(config: dict, *keys: str, kind: type = int) -> Any:
+    """The first of ``keys`` holding a ``kind``, in the config or (VLMs) its text_config."""
+    for scope in (config, config.get("text_config")):
         for key in keys:
-            if isinstance(scope, dict) and type(scope.get(key)) is int:
+            if isinstance(scope, dict) and type(scope.get(key)) is kind:
                 return scope[key]
     return None
 
@@ -339,8 +340,8 @@ def compute_fingerprint(config: dict, tensors: dict[str, dict]) -> dict:
             modules[module] = list(shape)
         else:
             modules[module] = [shape[1], shape[0]]
-    tied = config.get("tie_word_embeddings", (config.get("text_config") or {}).get("tie_word_embeddings"))
-    if not isinstance(tied, bool):  # absent: older transformers defaulted to tied
+    tied = _config_value(config, "tie_word_embeddings", kind=bool)
+    if tied is None:  # absent: transformers 4 defaulted to tied
         tied = "lm_head" not in modules
     if tied and "lm_head" not in modules:
         vocab = _config_value(config, "vocab_size")

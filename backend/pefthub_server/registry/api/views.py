@@ -246,6 +246,7 @@ class AliasDetailView(APIView):
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 1024 * 1024
+_FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -300,6 +301,9 @@ class BlobView(APIView):
         if size is None or not self._readable(request, store, sha256, "GET"):
             raise NotFound("Blob not found.")
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{sha256}"', "Cache-Control": "private, max-age=31536000, immutable"}
+        filename = request.query_params.get("filename", "")
+        if _FILENAME_RE.match(filename):
+            headers["Content-Disposition"] = f'attachment; filename="{filename}"'
         byte_range = _parse_range(request.headers.get("Range", ""), size)
         if request.method == "HEAD":
             response = HttpResponse(content_type="application/octet-stream", headers=headers)

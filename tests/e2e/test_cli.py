@@ -1,0 +1,113 @@
+"""The programs as a user runs them: `pefthub-server up` and `adduser`, then the `pefthub` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `pefthub-server up` process on the embedded defaults (SQLite, local blobs)."""
+    data = tmp_path_factory.mktemp("server-data")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE")}
+    env["PEFTHUB_DATA_DIR"] = str(data)
+    port = _free_port()
+    log = open(data / "server.log", "wb")
+    proc = subprocess.Popen([BIN / "pefthub-server", "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/api/v1/", timeout=1).ok:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError((data / "server.log").read_text())
+        time.sleep(0.2)
+    yield url, env
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def run(args, env, **kwargs):
+    return subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_adduser_prints_only_a_token(server):
+    _, env = server
+    first = run([BIN / "pefthub-server", "adduser", "erin", "--team", "lab", "--role", "admin"], env)
+    assert first.returncode == 0, first.stderr
+    token = first.stdout.strip()
+    assert first.stdout == token + "\n" and token.startswith("phub_")
+    second = run([BIN / "pefthub-server", "adduser", "erin", "--scope", "read"], env)
+    assert second.stdout.strip() != token  # a fresh token each time, same user
+    bad = run([BIN / "pefthub-server", "adduser", "erin", "--role", "owner"], env)
+    assert bad.returncode != 0 and bad.stdout == ""
+
+
+def test_cli_push_pull_ls_info_alias(server, tiny_base, tiny_adapter, tmp_path):
+    url, server_env = server
+    token = run([BIN / "pefthub-server", "adduser", "alice", "--team", "acme", "--role", "admin"], server_env).stdout.strip()
+    env = {**os.environ, "PEFTHUB_URL": url, "PEFTHUB_CONFIG_DIR": str(tmp_path / "config"),
+           "PEFTHUB_CACHE": str(tmp_path / "cache"), "PEFTHUB_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("PEFTHUB_TOKEN", None)
+    cli = BIN / "pefthub"
+
+    login = run([cli, "login", "--token", token], env)
+    assert login.returncode == 0 and "alice" in login.stdout, login.stderr
+    assert run([cli, "whoami"], env).stdout.strip().startswith("alice")
+
+    pushed = run([cli, "push", tiny_base, "acme/llama-tiny", "-m", "base"], env)
+    assert pushed.returncode == 0, pushed.stderr
+    adapter = tmp_path / "bot"
+    shutil.copytree(tiny_adapter[0], adapter)
+    pushed = run([cli, "push", adapter, "acme/bot", "--base-model", "acme/llama-tiny", "--alias", "prod"], env)
+    assert pushed.returncode == 0 and "acme/bot@1" in pushed.stdout, pushed.stderr
+    unchanged = run([cli, "push", adapter, "acme/bot"], env)
+    assert "acme/bot@1" in unchanged.stdout and "unchanged" in unchanged.stdout.lower()
+
+    pulled = run([cli, "pull", "acme/bot@prod"], env)
+    assert pulled.returncode == 0, pulled.stderr
+    path = Path(pulled.stdout.strip())
+    assert (path / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
+
+    listed = json.loads(run([cli, "ls", "--kind", "adapter", "--json"], env).stdout)
+    assert [r["id"] for r in listed] == ["acme/bot"] and listed[0]["base_model"] == "acme/llama-tiny"
+    assert "acme/bot" in run([cli, "ls"], env).stdout
+    info = json.loads(run([cli, "info", "acme/bot@prod", "--json"], env).stdout)
+    assert info["number"] == 1 and {f["path"] for f in info["files"]} >= {"adapter_config.json", "adapter_model.safetensors"}
+
+    (adapter / "README.md").write_text("v2\n")
+    assert run([cli, "push", adapter, "acme/bot"], env).returncode == 0
+    moved = run([cli, "alias", "acme/bot@2", "prod"], env)
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(run([cli, "info", "acme/bot@prod", "--json"], env).stdout)["number"] == 2
+
+    missing = run([cli, "pull", "acme/nope"], env)
+    assert missing.returncode == 1 and "error:" in missing.stderr and "not found" in missing.stderr.lower()
+    refused = tmp_path / "pickled"
+    refused.mkdir()
+    (refused / "config.json").write_text("{}")
+    (refused / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+    bad = run([cli, "push", refused, "acme/pickled", "--kind", "model"], env)
+    assert bad.returncode == 1 and "safetensors" in bad.stderr
