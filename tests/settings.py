@@ -13,6 +13,6 @@ os.environ["PEFTHUB_DATA_DIR"] = tempfile.mkdtemp(prefix="pefthub-test-")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-production-0123456789")
 os.environ.pop("PEFTHUB_STORAGE", None)  # tests choose the backend per test
 
-from pefthub_server.settings import *  # noqa: E402,F403
+from pefthub_server.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

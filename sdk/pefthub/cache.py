@@ -276,16 +276,15 @@ def _stream_into(
                 for chunk in response.iter_content(chunk_size=c.DOWNLOAD_CHUNK_SIZE):
                     if not chunk:
                         continue
-                    if have + len(chunk) > entry.size:
-                        chunk = chunk[: entry.size - have + 1]  # keep one extra byte: a mismatch
-                        fh.write(chunk)
-                        hasher.update(chunk)
-                        have += len(chunk)
+                    too_long = have + len(chunk) > entry.size
+                    # Past the declared size, keep one extra byte (so the size check fails) and stop.
+                    data = chunk[: entry.size - have + 1] if too_long else chunk
+                    fh.write(data)
+                    hasher.update(data)
+                    have += len(data)
+                    if too_long:
                         break
-                    fh.write(chunk)
-                    hasher.update(chunk)
-                    have += len(chunk)
-                    on_bytes(len(chunk))
+                    on_bytes(len(data))
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise _Interrupted(str(exc)) from exc
     if have < entry.size:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from botocore.exceptions import ClientError
+
 from pefthub_server.core.errors import NotFound, ValidationFailed
 from pefthub_server.registry.storage import (
     BlobStore,
@@ -27,7 +28,6 @@ from pefthub_server.registry.storage import (
     get_blob_store,
     storage_from_url,
 )
-
 from tests.fixtures.s3 import S3_CLIENT_KWARGS, s3_client
 
 BASE_URL = "http://hub.test"

@@ -20,8 +20,6 @@ from peft import (
     PromptTuningConfig,
     get_peft_model,
 )
-from pefthub_server.core.errors import ValidationFailed
-from pefthub_server.registry import validation as v
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import (
@@ -31,6 +29,9 @@ from transformers import (
     LlamaForCausalLM,
     LlamaModel,
 )
+
+from pefthub_server.core.errors import ValidationFailed
+from pefthub_server.registry import validation as v
 
 ADVICE = "safe_serialization=True"
 

@@ -30,8 +30,8 @@ def server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE")}
     env["PEFTHUB_DATA_DIR"] = str(data)
     port = _free_port()
-    log = open(data / "server.log", "wb")
-    proc = subprocess.Popen([BIN / "pefthub-server", "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(data / "server.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([BIN / "pefthub-server", "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

@@ -83,7 +83,7 @@ def test_twenty_concurrent_pushes_number_1_to_20(alice, hub_for, tmp_path):
         path.write_text(json.dumps({"text": f"row {i}"}) + "\n")
         try:
             results.append(hub_for(alice).push(path, "acme/data", message=f"push {i}").number)
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=push, args=(i,)) for i in range(20)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from pefthub import Hub
 
 from .fakes import TOKEN, FakeHub, FakeServer

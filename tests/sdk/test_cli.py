@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pefthub import __version__
 from pefthub.cli import main
 

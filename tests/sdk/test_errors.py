@@ -4,6 +4,7 @@ import json
 
 import pytest
 import requests
+
 from pefthub import errors
 from pefthub.errors import error_from_response
 

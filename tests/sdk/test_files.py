@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+
 from pefthub import ValidationError
 from pefthub._files import (
     check_manifest_path,

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+
 from pefthub import HubConnectionError, NotFound, RateLimited, ServerError, __version__
 from pefthub._http import HTTPClient, parse_retry_after
 

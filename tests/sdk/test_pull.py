@@ -4,6 +4,7 @@ import os
 import socket
 
 import pytest
+
 from pefthub import HubConnectionError, IntegrityError, ValidationError
 
 from .fakes import Reply, sha, tree

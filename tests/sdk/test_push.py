@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from pefthub import NotFound, ValidationError, Version
 
 from .fakes import Reply, error, sha

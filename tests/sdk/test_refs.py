@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pefthub import Hub, RefError, ValidationError
 from pefthub.refs import check_alias, parse_ref
 

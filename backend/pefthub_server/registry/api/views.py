@@ -310,7 +310,7 @@ class BlobView(APIView):
             response["Content-Length"] = str(size)
             return response
         if byte_range is None:
-            response = FileResponse(open(store.path(sha256), "rb"), content_type="application/octet-stream", headers=headers)
+            response = FileResponse(store.path(sha256).open("rb"), content_type="application/octet-stream", headers=headers)
             response["Content-Length"] = str(size)
             return response
         start, end = byte_range
