@@ -393,3 +393,17 @@ def test_get_blob_store_is_cached_from_settings(tmp_path: Path) -> None:
             assert get_blob_store() is store
     finally:
         get_blob_store.cache_clear()
+
+
+def test_presigned_urls_use_the_public_endpoint(s3_bucket, monkeypatch):
+    from pefthub_server.registry.storage import storage_from_url
+
+    endpoint, bucket = s3_bucket
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    store = storage_from_url(f"s3://{bucket}/p", secret="x", s3_public_endpoint="http://s3.example.test:9000")
+    sha = "ab" * 32
+    assert store.download_url(sha, base_url="").startswith(f"http://s3.example.test:9000/{bucket}/p/blobs/sha256/ab/ab/")
+    assert store.upload_target(sha, 3, base_url="")["url"].startswith("http://s3.example.test:9000/")
+    assert store.client.meta.endpoint_url == endpoint

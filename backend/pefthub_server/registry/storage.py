@@ -241,7 +241,7 @@ class S3BlobStore(BlobStore):
     trust_checksums = True
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 client_kwargs: dict[str, Any] | None = None):
+                 public_endpoint_url: str | None = None, client_kwargs: dict[str, Any] | None = None):
         if not bucket:
             raise ValueError("S3BlobStore needs a bucket name")
         self.bucket = bucket
@@ -252,7 +252,13 @@ class S3BlobStore(BlobStore):
         if endpoint_url:
             kwargs["endpoint_url"] = endpoint_url
         # A session of its own: creating clients from boto3's default session is not thread-safe.
-        self.client = boto3.session.Session().client("s3", **kwargs)
+        session = boto3.session.Session()
+        self.client = session.client("s3", **kwargs)
+        # URLs handed to clients may need another host than the server uses (MinIO inside a
+        # compose network, reached from outside as http://localhost:9000).
+        self.presigner = (
+            session.client("s3", **{**kwargs, "endpoint_url": public_endpoint_url}) if public_endpoint_url else self.client
+        )
 
     def key(self, sha256: str) -> str:
         return self.prefix + blob_key(sha256)
@@ -363,20 +369,20 @@ class S3BlobStore(BlobStore):
     def upload_target(self, sha256: str, size: int, *, base_url: str) -> dict[str, Any]:
         params = {"Bucket": self.bucket, "Key": self.key(sha256), "ContentLength": size}
         checksum = _b64(sha256)
-        url = self.client.generate_presigned_url(
+        url = self.presigner.generate_presigned_url(
             "put_object", Params={**params, "ChecksumSHA256": checksum}, ExpiresIn=self.upload_expires)
         if "x-amz-checksum-sha256" in parse_qs(urlsplit(url).query).get("X-Amz-SignedHeaders", [""])[0].split(";"):
             # The header is signed: S3 refuses a body that does not hash to it.
             return {"method": "PUT", "url": url, "headers": {"x-amz-checksum-sha256": checksum}}
         # This botocore cannot sign the checksum header: a plain PUT, checked by verify().
-        url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=self.upload_expires)
+        url = self.presigner.generate_presigned_url("put_object", Params=params, ExpiresIn=self.upload_expires)
         return {"method": "PUT", "url": url, "headers": {}}
 
     def download_url(self, sha256: str, *, base_url: str, filename: str | None = None, expires: int = 3600) -> str:
         params = {"Bucket": self.bucket, "Key": self.key(sha256)}
         if filename:
             params["ResponseContentDisposition"] = _content_disposition(filename)
-        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        return self.presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
 
 
 def _is_404(exc: ClientError) -> bool:
@@ -386,7 +392,7 @@ def _is_404(exc: ClientError) -> bool:
                                        or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404)
 
 
-def storage_from_url(url: str, *, secret: str) -> BlobStore:
+def storage_from_url(url: str, *, secret: str, s3_public_endpoint: str | None = None) -> BlobStore:
     """The backend named by a ``PEFTHUB_STORAGE`` URL.
 
     ``file:///abs/path`` or ``file://relative/path`` -> :class:`LocalBlobStore`;
@@ -397,7 +403,7 @@ def storage_from_url(url: str, *, secret: str) -> BlobStore:
     if url.startswith("file://") and url[len("file://"):]:
         return LocalBlobStore(Path(url[len("file://"):]), secret=secret)
     if url.startswith("s3://") and urlsplit(url).netloc:
-        return S3BlobStore(urlsplit(url).netloc, urlsplit(url).path.strip("/"))
+        return S3BlobStore(urlsplit(url).netloc, urlsplit(url).path.strip("/"), public_endpoint_url=s3_public_endpoint)
     raise ValueError(f"PEFTHUB_STORAGE={url!r} is not a storage URL this server knows; use {accepted}")
 
 
@@ -406,4 +412,6 @@ def get_blob_store() -> BlobStore:
     """The configured backend (cached; tests call ``get_blob_store.cache_clear()``)."""
     from django.conf import settings
 
-    return storage_from_url(settings.PEFTHUB_STORAGE, secret=settings.SECRET_KEY)
+    return storage_from_url(
+        settings.PEFTHUB_STORAGE, secret=settings.SECRET_KEY, s3_public_endpoint=settings.PEFTHUB_S3_PUBLIC_ENDPOINT or None
+    )
