@@ -49,7 +49,12 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where to build the tiny model (default: a temp dir)")
     args = parser.parse_args()
     os.environ.setdefault("PEFTHUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
     from pefthub import Hub
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
     wait_for(args.url)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pefthub-demo-"))
