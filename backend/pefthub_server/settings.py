@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "pefthub_server.core",
     "pefthub_server.registry",
+    "pefthub_server.web",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,42 @@
+"""The server-rendered catalogue and the Django admin render with real data."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib import admin
+
+from tests.conftest import api_push
+
+
+@pytest.fixture
+def catalogue(alice, api, acme_base, tiny_adapter):
+    client = api(alice.token)
+    client.post("/api/v1/repos", {"namespace": "acme", "name": "bot", "kind": "adapter", "base_model": "acme/llama-tiny",
+                                  "visibility": "public"}, format="json")
+    assert api_push(client, "acme/bot", tiny_adapter[0], aliases=["prod"]).status_code == 201
+    client.post("/api/v1/tokens", {"name": "ci"}, format="json")
+
+
+def test_catalogue_shows_only_what_the_visitor_may_read(client, catalogue):
+    page = client.get("/").content.decode()
+    assert "<strong>acme/bot</strong>" in page and "<strong>acme/llama-tiny</strong>" not in page  # the base is private
+    filtered = client.get("/", {"kind": "model"}).content.decode()
+    assert "acme/bot" not in filtered
+
+
+def test_every_admin_changelist_and_change_page_renders(client, catalogue, alice):
+    alice.user.is_staff = alice.user.is_superuser = True
+    alice.user.save()
+    client.force_login(alice.user)
+    from django.apps import apps
+
+    registered = [m for m in admin.site._registry if m._meta.app_label in ("core", "registry")]
+    ours = {m for app in ("core", "registry") for m in apps.get_app_config(app).get_models()}
+    assert ours - set(registered) == {apps.get_model("registry", "VersionFile")}  # shown inline on its version
+    for model in registered:
+        info = model._meta.app_label, model._meta.model_name
+        listing = client.get(f"/admin/{info[0]}/{info[1]}/", {"q": "a"})
+        assert listing.status_code == 200, info
+        obj = model.objects.first()
+        assert obj is not None, info
+        assert client.get(f"/admin/{info[0]}/{info[1]}/{obj.pk}/change/").status_code == 200, info
