@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -272,7 +274,7 @@ def _stream_into(
             tmp.unlink(missing_ok=True)
             raise _Interrupted(f"unexpected HTTP {response.status_code} for a download")
         try:
-            with open(tmp, mode) as fh:
+            with open(tmp, mode) as fh, _background_hasher(hasher) as hash_later:
                 for chunk in response.iter_content(chunk_size=c.DOWNLOAD_CHUNK_SIZE):
                     if not chunk:
                         continue
@@ -280,7 +282,7 @@ def _stream_into(
                     # Past the declared size, keep one extra byte (so the size check fails) and stop.
                     data = chunk[: entry.size - have + 1] if too_long else chunk
                     fh.write(data)
-                    hasher.update(data)
+                    hash_later(data)
                     have += len(data)
                     if too_long:
                         break
@@ -290,6 +292,28 @@ def _stream_into(
     if have < entry.size:
         raise _Interrupted(f"the server sent {have} of {entry.size} bytes")
     return have, hasher
+
+
+@contextlib.contextmanager
+def _background_hasher(hasher: hashlib._Hash) -> Iterator[Callable[[bytes], None]]:
+    """Feed ``hasher`` on a thread so hashing overlaps the network reads.
+
+    hashlib releases the GIL on large buffers; at most ``maxsize`` chunks (8 MiB) wait.
+    On exit the hasher has seen every chunk, in order.
+    """
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+
+    def work() -> None:
+        while (chunk := chunks.get()) is not None:
+            hasher.update(chunk)
+
+    worker = threading.Thread(target=work, name="pefthub-sha256", daemon=True)
+    worker.start()
+    try:
+        yield chunks.put
+    finally:
+        chunks.put(None)
+        worker.join()
 
 
 def _range_start(response: requests.Response) -> int | None:

@@ -359,6 +359,24 @@ class _Inspection:
     peft_type: str = ""
 
 
+_PREFIX = 64 * 1024
+
+
+def _prefix_reader(store, spec: FileSpec):
+    """The file's first 64 KiB (one ranged GET on S3) and a reader that serves from it when it can.
+
+    The magic-byte check and most safetensors headers then cost one request per file.
+    """
+    head = store.read_range(spec.sha256, 0, min(spec.size, _PREFIX))
+
+    def read_range(start: int, length: int) -> bytes:
+        if start + length <= len(head):
+            return head[start : start + length]
+        return store.read_range(spec.sha256, start, length)
+
+    return head, read_range
+
+
 def _read_json(store, spec: FileSpec) -> dict:
     if spec.size > 64 * 1024 * 1024:
         raise ValidationFailed(f"`{spec.path}` is too large for a config file ({spec.size} bytes).", code="invalid_json")
@@ -372,11 +390,10 @@ def _inspect(*, repo: Repository, specs: list[FileSpec], base_version: Version |
     headers: dict[str, dict] = {}
     for spec in specs:
         category = validation.check_file_type(spec.path)
-        validation.check_magic(spec.path, store.read_range(spec.sha256, 0, min(16, spec.size)))
+        head, read_range = _prefix_reader(store, spec)
+        validation.check_magic(spec.path, head[:16])
         if category == "safetensors":
-            headers[spec.path] = validation.parse_safetensors_header(
-                spec.path, spec.size, lambda start, length, sha=spec.sha256: store.read_range(sha, start, length)
-            )
+            headers[spec.path] = validation.parse_safetensors_header(spec.path, spec.size, read_range)
     result = _Inspection(specs=list(specs))
     if repo.kind == Repository.Kind.MODEL:
         if "config.json" not in by_path or not headers:
