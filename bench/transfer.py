@@ -267,8 +267,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
     print("\n" + "\n".join([
         f"SDK cold pull vs boto3 download_file, default config: {ratio(sdk_cold / rate['download', 'default'])}. "
         f"Blob bytes per cold pull: {', '.join(f'{b / MIB:.1f} MiB' for b in cold_bytes)}.",
-        f"The SDK sha256-verifies every byte it pulls on a worker thread ({sha_time * 1000:.0f} ms per {size_mib:.0f} MiB here, on the cores moto "
-        "uses too) and asks the API first; boto3 checks nothing.",
+        f"The SDK sha256-verifies every byte it pulls on a worker thread ({sha_time * 1000:.0f} ms per {size_mib:.0f} MiB here, "
+        "on the cores moto uses too) and asks the API first; boto3 checks nothing.",
         "SDK push, where the time goes (median s): " + ", ".join(f"{k} {med(b[k] for b in breakdowns):.2f}" for k in breakdowns[0]),
         "The commit runs verify(): moto keeps no ChecksumSHA256 for presigned PUTs, so the hub GETs the object back and hashes it;",
         f"validation reads each file's first 64 KiB with one ranged GET, {range_get * 1000:.0f} ms on moto at {size_mib:.0f} MiB "
