@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "pefthub_server.core",
     "pefthub_server.registry",
+    "pefthub_server.jobs",
     "pefthub_server.web",
 ]
 
@@ -118,6 +119,13 @@ PEFTHUB_S3_PUBLIC_ENDPOINT = env_str("PEFTHUB_S3_PUBLIC_ENDPOINT")
 PEFTHUB_URL_TTL = env_int("PEFTHUB_URL_TTL", 3600)  # seconds a signed blob URL stays valid
 PEFTHUB_MAX_FILE_SIZE = env_int("PEFTHUB_MAX_FILE_SIZE", 5 * 1024**3)  # single PUT limit of S3
 
+# Jobs and the queue. The message is the job id only; workers talk to the API.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")  # empty: the embedded filesystem broker in the data dir
+PEFTHUB_BROKER_DIR = Path(env_str("PEFTHUB_BROKER_DIR") or DATA_DIR / "broker")
+PEFTHUB_JOB_LEASE_SECONDS = env_int("PEFTHUB_JOB_LEASE_SECONDS", 120)
+PEFTHUB_JOB_TOKEN_DAYS = env_int("PEFTHUB_JOB_TOKEN_DAYS", 7)
+PEFTHUB_REAP_INTERVAL = env_int("PEFTHUB_REAP_INTERVAL", 15)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["pefthub_server.core.auth.TokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": [],
@@ -138,6 +146,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "JobTypeEnum": "pefthub_server.jobs.models.Job.Type",
+        "JobEventTypeEnum": "pefthub_server.jobs.models.JobEvent.Type",
+        "RepoKindEnum": "pefthub_server.registry.models.Repository.Kind",
+    },
 }
 
 LOGGING = {

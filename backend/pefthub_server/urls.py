@@ -9,6 +9,7 @@ from pefthub_server.core.exceptions import json_404, server_error
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("pefthub_server.registry.api.urls")),
+    path("api/v1/", include("pefthub_server.jobs.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     re_path(r"^api/", json_404),

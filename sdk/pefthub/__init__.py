@@ -4,6 +4,9 @@
     hub = Hub()                                    # PEFTHUB_URL, PEFTHUB_TOKEN
     hub.push("./out", "acme/support-bot", base_model="acme/llama-tiny")
     path = hub.pull("acme/support-bot@prod")
+    job = hub.train(base_model="acme/llama-tiny", dataset="acme/support-data",
+                    output="acme/support-bot", r=16)
+    job.wait()                                     # progress bar; raises JobFailed
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from .errors import (
     HubConnectionError,
     HubError,
     IntegrityError,
+    JobCancelled,
+    JobFailed,
     NotFound,
     PermissionDenied,
     RateLimited,
@@ -24,6 +29,7 @@ from .errors import (
     ServerError,
     ValidationError,
 )
+from .jobs import Job, JobEvent
 from .models import FileEntry, Repo, Version
 from .refs import Ref, parse_ref
 
@@ -36,6 +42,10 @@ __all__ = [
     "HubConnectionError",
     "HubError",
     "IntegrityError",
+    "Job",
+    "JobCancelled",
+    "JobEvent",
+    "JobFailed",
     "NotFound",
     "PermissionDenied",
     "RateLimited",

@@ -1,4 +1,5 @@
-"""The ``pefthub`` command: login, whoami, push, pull, ls, info, alias.
+"""The ``pefthub`` command: login, whoami, push, pull, ls, info, alias; train, merge
+and jobs (in :mod:`pefthub._cli_jobs`).
 
 Exit status: 0 on success, 1 when the hub (or the local files) refused, 2 for a
 usage error (bad arguments, a malformed reference).
@@ -11,18 +12,18 @@ import getpass
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from . import _config
 from . import constants as c
+from ._cli_jobs import add_job_commands
+from ._cli_util import UsageError as _UsageError
+from ._cli_util import make_hub as _hub
+from ._cli_util import print_json as _print_json
+from ._cli_util import table as _table
 from .client import Hub
 from .errors import HubError, RefError
 from .models import Repo, Version
 from .refs import parse_ref
-
-
-class _UsageError(Exception):
-    pass
 
 
 def _human(size: int | None) -> str:
@@ -34,22 +35,6 @@ def _human(size: int | None) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"  # pragma: no cover
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
-    )
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _hub() -> Hub:
-    return Hub()
 
 
 # -- commands -------------------------------------------------------------------
@@ -280,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", metavar="ALIAS")
     p.add_argument("--delete", action="store_true", help="delete the alias instead")
     p.set_defaults(func=cmd_alias)
+
+    add_job_commands(sub)
     return parser
 
 

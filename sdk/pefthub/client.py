@@ -15,9 +15,11 @@ from . import _config
 from . import constants as c
 from ._files import collect_files, infer_kind, manifest_digest
 from ._http import HTTPClient, quote_segment
+from ._load import LoadMixin
 from ._upload import hash_files, upload_blob
 from .cache import Cache, check_manifest, check_sha256
 from .errors import Conflict, HubConnectionError, HubError, IntegrityError, NotFound, ValidationError
+from .jobs import JobsMixin
 from .models import Repo, Version
 from .refs import Ref, check_alias, parse_ref
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:  # only for annotations: no runtime dependency
     from typing_extensions import Self
 
 
-class Hub:
+class Hub(JobsMixin, LoadMixin):
     """A PEFT Hub client.
 
     Every argument falls back to the environment, then to the file written by
@@ -75,8 +77,9 @@ class Hub:
         *,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        response = self._http.api(method, path, params=params, json=json)
+        response = self._http.api(method, path, params=params, json=json, headers=headers)
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -88,6 +91,18 @@ class Hub:
                 status=response.status_code,
                 request_id=response.headers.get("X-Request-ID"),
             ) from exc
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """``/api/v1{path}`` with the token, retries and typed errors; the decoded JSON or None."""
+        return self._json(method.upper(), path, params=params, json=json, headers=headers)
 
     def _paginate(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """Yield every item of a list endpoint, following ``next`` links.
@@ -238,12 +253,14 @@ class Hub:
         metadata: Mapping[str, Any] | None = None,
         visibility: str = "private",
         create: bool = True,
+        job: str | None = None,
     ) -> Version:
         """Upload a folder (or one file) as a new version of ``ref``.
 
         Only blobs the server lacks are sent. Pushing files identical to the
         latest version creates nothing and returns it with ``created == False``.
         With ``create`` the repository is made first when it does not exist.
+        ``job`` (workers only, with that job's token) marks the version as its result.
         """
         r = parse_ref(ref, allow_revision=False)
         alias_list = [check_alias(a) for a in ([aliases] if isinstance(aliases, str) else aliases)]
@@ -292,6 +309,8 @@ class Hub:
         }
         if base is not None:
             body["base_model"] = str(base)
+        if job is not None:
+            body["job"] = job
         return Version.from_json(self._json("POST", f"{repo_path}/versions", json=body))
 
     # -- pull -----------------------------------------------------------------

@@ -6,7 +6,10 @@ Every error the SDK raises is a :class:`HubError`; catch a subclass for one case
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 
 class HubError(Exception):
@@ -81,6 +84,29 @@ class HubConnectionError(HubError):
 
 class IntegrityError(HubError):
     """Downloaded bytes do not match the sha256 or size the manifest promised."""
+
+
+class JobFailed(HubError):
+    """The job ended ``failed``: ``code`` and ``message`` are the worker's, ``job`` the final state."""
+
+    def __init__(self, job: Job, code: str | None, message: str) -> None:
+        super().__init__(message, code=code)
+        self.job = job
+
+    def __str__(self) -> str:
+        code = f" ({self.code})" if self.code else ""
+        return f"job {self.job.id} failed{code}: {self.message}"
+
+
+class JobCancelled(HubError):
+    """The job ended ``cancelled`` before it produced a result."""
+
+    def __init__(self, job: Job, message: str | None = None) -> None:
+        super().__init__(message or f"job {job.id} was cancelled", code="cancelled")
+        self.job = job
+
+    def __str__(self) -> str:
+        return self.message
 
 
 _BY_STATUS: dict[int, type[HubError]] = {

@@ -8,6 +8,7 @@ import pytest
 
 from pefthub import Hub
 
+from .fake_jobs import FakeJobs
 from .fakes import TOKEN, FakeHub, FakeServer
 
 
@@ -64,3 +65,31 @@ def make_hub(fake_hub, tmp_path, sleeps):
         hub.close()
 
 
+
+
+@pytest.fixture
+def fake_jobs(fake_hub) -> FakeJobs:
+    return FakeJobs(fake_hub)
+
+
+class FakeClock:
+    """Stands in for ``time`` inside pefthub.jobs: sleeping moves the clock, instantly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr("pefthub.jobs._sleep", fake.sleep)
+    monkeypatch.setattr("pefthub.jobs._monotonic", fake.monotonic)
+    return fake

@@ -115,6 +115,10 @@ class Version(models.Model):
     )
     size = models.BigIntegerField(default=0)
     file_count = models.PositiveIntegerField(default=0)
+    job = models.OneToOneField(
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="result_version",
+        help_text="The job that produced this version (at most one version per job)",
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 

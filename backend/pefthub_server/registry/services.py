@@ -438,9 +438,13 @@ def _inspect(*, repo: Repository, specs: list[FileSpec], base_version: Version |
 
 def version_create(
     *, user, repo: Repository, files, message: str = "", base_model: str | None = None,
-    metadata: dict | None = None, aliases: list[str] | tuple[str, ...] = (),
+    metadata: dict | None = None, aliases: list[str] | tuple[str, ...] = (), job=None,
 ) -> tuple[Version, bool]:
-    """Commit a version from verified blobs. Returns (version, created); identical to latest -> (latest, False)."""
+    """Commit a version from verified blobs. Returns (version, created).
+
+    Identical to the latest version -> (latest, False). With ``job`` (a running Job), the
+    job's first result is returned for every later commit: one result version per job.
+    """
     specs = _file_specs(files)
     if metadata is not None and not isinstance(metadata, dict):
         raise ValidationFailed("metadata must be a JSON object.")
@@ -472,17 +476,19 @@ def version_create(
 
     with transaction.atomic():
         locked = Repository.objects.select_for_update().get(pk=repo.pk)
+        if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
+            return earlier, False
         latest = Version.objects.filter(repository=locked).order_by("-number").first()
-        if latest is not None and latest.digest == digest and not aliases:
+        if latest is not None and latest.digest == digest and not aliases and job is None:
             return latest, False
-        if latest is not None and latest.digest == digest:
+        if latest is not None and latest.digest == digest and job is None:
             version, created = latest, False
         else:
             number = (Version.objects.filter(repository=locked).aggregate(m=Max("number"))["m"] or 0) + 1
             version = Version.objects.create(
                 repository=locked, number=number, digest=digest, message=message or "", metadata=metadata or {},
                 adapter_config=inspected.adapter_config, fingerprint=inspected.fingerprint, base_version=base_version,
-                size=sum(s.size for s in specs), file_count=len(specs), created_by=user,
+                size=sum(s.size for s in specs), file_count=len(specs), created_by=user, job=job,
             )
             VersionFile.objects.bulk_create(
                 [VersionFile(version=version, path=s.path, blob_id=s.sha256, size=s.size) for s in specs]

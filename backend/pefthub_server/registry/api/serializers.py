@@ -76,6 +76,7 @@ class VersionCreateSerializer(serializers.Serializer):
     base_model = serializers.CharField(required=False, allow_null=True)
     metadata = serializers.DictField(required=False, default=dict)
     aliases = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    job = serializers.UUIDField(required=False, allow_null=True, help_text="Only with that running job's token")
 
 
 class BaseRefSerializer(serializers.Serializer):
@@ -106,6 +107,10 @@ class VersionSerializer(serializers.Serializer):
     base_model = serializers.SerializerMethodField()
     adapter = serializers.JSONField(source="adapter_config")
     metadata = serializers.JSONField()
+    job = serializers.SerializerMethodField()
+
+    def get_job(self, version) -> str | None:
+        return version.job_id.hex if version.job_id else None
 
     def get_digest(self, version) -> str:
         return f"sha256:{version.digest}"

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from pefthub_server import __version__
 from pefthub_server.core.auth import require_scope
-from pefthub_server.core.errors import HubError, NotFound, TooLarge, ValidationFailed
+from pefthub_server.core.errors import HubError, NotFound, PermissionDenied, TooLarge, ValidationFailed
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.pagination import Pagination
 from pefthub_server.registry import selectors, services
@@ -46,6 +46,7 @@ class ApiRootView(APIView):
     @extend_schema(summary="API root: server version and links", responses=s.RootSerializer)
     def get(self, request):
         links = {name: reverse(f"api:{name}", request=request) for name in ("repos", "teams", "tokens", "whoami")}
+        links["jobs"] = request.build_absolute_uri("/api/v1/jobs")
         links["schema"] = request.build_absolute_uri("/api/schema/")
         links["docs"] = request.build_absolute_uri("/api/docs/")
         return Response({"version": __version__, "links": links})
@@ -175,8 +176,20 @@ class VersionListView(APIView):
     def post(self, request, ns, name):
         repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
         data = _valid(s.VersionCreateSerializer, request.data)
+        if data.get("job") is not None:
+            data["job"] = _job_for_result(request, data["job"])
         version, created = services.version_create(user=request.user, repo=repo, **data)
         return Response(version_detail_data(request, version, created=created), status=201 if created else 200)
+
+
+def _job_for_result(request, job_id):
+    """The running job whose token made this request: only it may commit the job's result."""
+    from pefthub_server.jobs.models import Job
+
+    job = Job.objects.filter(pk=job_id, status__in=Job.ACTIVE).first()
+    if job is None or not isinstance(request.auth, ApiToken) or job.token_id != request.auth.pk:
+        raise PermissionDenied(f"Only the token of running job {job_id.hex} may commit its result.")
+    return job
 
 
 class VersionDetailView(APIView):

@@ -1,0 +1,145 @@
+"""Jobs endpoints: users submit, list, follow and cancel; workers claim, heartbeat, report, finish."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from pefthub_server.core.auth import require_scope
+from pefthub_server.core.errors import ValidationFailed
+from pefthub_server.core.pagination import Pagination
+from pefthub_server.jobs import selectors, services
+from pefthub_server.jobs.api import serializers as s
+from pefthub_server.jobs.models import Job, JobEvent
+
+
+def _valid(serializer_class, data):
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _job_data(job: Job) -> dict:
+    """The job as it is now in the database (a service may have changed it)."""
+    fresh = Job.objects.select_related("namespace", "owner", "result_version__repository__namespace").get(pk=job.pk)
+    return s.JobSerializer(fresh).data
+
+
+class JobListView(APIView):
+    @extend_schema(
+        summary="Jobs you may see, newest first",
+        parameters=[OpenApiParameter(n, str, required=False) for n in ("status", "type", "output")]
+        + [OpenApiParameter("page", int, required=False), OpenApiParameter("page_size", int, required=False)],
+        responses=s.JobSerializer(many=True),
+    )
+    def get(self, request):
+        require_scope(request, "read", "list jobs")
+        qs = selectors.visible_jobs(request.user)
+        q = request.query_params
+        if q.get("status"):
+            qs = qs.filter(status=q["status"])
+        if q.get("type"):
+            qs = qs.filter(type=q["type"])
+        if q.get("output"):
+            ns, _, name = q["output"].partition("/")
+            qs = qs.filter(namespace__name=ns, output_name=name)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(qs.order_by("-created_at"), request, view=self)
+        return paginator.get_paginated_response(s.JobSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Submit a train or merge job (send Idempotency-Key to make retries safe)",
+        request=s.JobCreateSerializer, responses={201: s.JobSerializer, 200: s.JobSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+    )
+    def post(self, request):
+        require_scope(request, "write", "submit jobs")
+        job, created = services.job_create(
+            user=request.user, body=request.data, idempotency_key=request.headers.get("Idempotency-Key"))
+        return Response(_job_data(job), status=201 if created else 200)
+
+
+class JobDetailView(APIView):
+    @extend_schema(summary="A job", responses=s.JobSerializer)
+    def get(self, request, job_id):
+        return Response(s.JobSerializer(selectors.job_get(user=request.user, job_id=job_id)).data)
+
+
+class JobEventsView(APIView):
+    @extend_schema(
+        summary="A job's events after a sequence number (GET); a worker's batch of events (POST)",
+        parameters=[OpenApiParameter("after", int, required=False), OpenApiParameter("limit", int, required=False)],
+        responses=s.EventPageSerializer,
+    )
+    def get(self, request, job_id):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        try:
+            after = int(request.query_params.get("after", 0))
+            limit = min(max(int(request.query_params.get("limit", 500)), 1), 1000)
+        except ValueError:
+            raise ValidationFailed("`after` and `limit` must be integers.") from None
+        events = list(JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")[:limit])
+        return Response({
+            "events": s.JobEventSerializer(events, many=True).data,
+            "next_after": events[-1].seq if events else after,
+            "status": job.status,
+        })
+
+    @extend_schema(summary="Append events (worker)", request=s.EventsRequestSerializer, responses={200: dict})
+    def post(self, request, job_id):
+        require_scope(request, "worker", "report job events")
+        selectors.job_get_any(job_id=job_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        attempt = _valid(s.HeartbeatRequestSerializer, {"attempt": data.get("attempt")})["attempt"]
+        last = services.job_events_append(job_id=job_id, attempt=attempt, events=data.get("events"))
+        return Response({"last_seq": last})
+
+
+class JobCancelView(APIView):
+    @extend_schema(summary="Cancel a job", request=None, responses=s.JobSerializer)
+    def post(self, request, job_id):
+        require_scope(request, "write", "cancel jobs")
+        job = services.job_cancel(user=request.user, job=selectors.job_get(user=request.user, job_id=job_id))
+        return Response(_job_data(job))
+
+
+class JobClaimView(APIView):
+    @extend_schema(summary="Claim a queued job (worker)", request=s.ClaimRequestSerializer, responses=s.ClaimSerializer)
+    def post(self, request, job_id):
+        require_scope(request, "worker", "claim jobs")
+        data = _valid(s.ClaimRequestSerializer, request.data)
+        job, secret = services.job_claim(job_id=job_id, worker=data["worker"])
+        lease = settings.PEFTHUB_JOB_LEASE_SECONDS
+        return Response({"job": _job_data(job), "attempt": job.attempt, "token": secret, "lease_seconds": lease,
+                         "heartbeat_seconds": max(lease / 4, 0.5)})
+
+
+class JobHeartbeatView(APIView):
+    @extend_schema(summary="Extend the lease (worker)", request=s.HeartbeatRequestSerializer, responses=s.HeartbeatSerializer)
+    def post(self, request, job_id):
+        require_scope(request, "worker", "heartbeat jobs")
+        data = _valid(s.HeartbeatRequestSerializer, request.data)
+        job = services.job_heartbeat(job_id=job_id, attempt=data["attempt"], progress=data.get("progress"))
+        return Response({"cancel_requested": job.status == Job.Status.CANCEL_REQUESTED,
+                         "lease_expires_at": job.lease_expires_at})
+
+
+class JobCompleteView(APIView):
+    @extend_schema(summary="Finish a job with its result version (worker)", request=s.CompleteRequestSerializer,
+                   responses=s.JobSerializer)
+    def post(self, request, job_id):
+        require_scope(request, "worker", "complete jobs")
+        data = _valid(s.CompleteRequestSerializer, request.data)
+        job = services.job_complete(job_id=job_id, attempt=data["attempt"], version_number=data["version"])
+        return Response(_job_data(job))
+
+
+class JobFailView(APIView):
+    @extend_schema(summary="Report a failed attempt (worker)", request=s.FailRequestSerializer, responses=s.JobSerializer)
+    def post(self, request, job_id):
+        require_scope(request, "worker", "fail jobs")
+        data = _valid(s.FailRequestSerializer, request.data)
+        job = services.job_fail(job_id=job_id, **data)
+        return Response(_job_data(job))

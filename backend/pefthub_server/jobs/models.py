@@ -1,0 +1,87 @@
+"""Jobs (train, merge) run by workers, and their ordered event log."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Job(models.Model):
+    class Type(models.TextChoices):
+        TRAIN = "train"
+        MERGE = "merge"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        CANCEL_REQUESTED = "cancel_requested"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    ACTIVE = (Status.RUNNING, Status.CANCEL_REQUESTED)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=8, choices=Type.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    queue = models.CharField(max_length=16, default="gpu")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    namespace = models.ForeignKey("registry.Namespace", on_delete=models.CASCADE, related_name="jobs",
+                                  help_text="Namespace of the output repository")
+    output_name = models.CharField(max_length=96)
+    spec = models.JSONField()
+    inputs = models.JSONField(default=dict, help_text="Input references pinned to versions at submit time")
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True)
+    request_digest = models.CharField(max_length=64, blank=True, default="")
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    worker = models.CharField(max_length=200, blank=True, default="")
+    token = models.OneToOneField("core.ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="job")
+    progress = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    last_seq = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "idempotency_key"], name="uniq_job_idempotency_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id.hex[:12]} → {self.output} ({self.status})"
+
+    @property
+    def output(self) -> str:
+        return f"{self.namespace.name}/{self.output_name}"
+
+
+class JobEvent(models.Model):
+    class Type(models.TextChoices):
+        STATUS = "status"
+        LOG = "log"
+        METRIC = "metric"
+        CHECKPOINT = "checkpoint"
+        ARTIFACT = "artifact"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=12, choices=Type.choices)
+    attempt = models.PositiveIntegerField(default=0)
+    time = models.DateTimeField()
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="uniq_job_event_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.seq} {self.type}"

@@ -1,0 +1,33 @@
+"""Which jobs a caller may see: its own, and those writing into a namespace it belongs to."""
+
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from pefthub_server.core.errors import NotFound
+from pefthub_server.jobs.models import Job
+from pefthub_server.registry.models import Namespace
+
+
+def visible_jobs(user) -> QuerySet[Job]:
+    if not user.is_authenticated:
+        return Job.objects.none()
+    member_of = Namespace.objects.filter(Q(user=user) | Q(memberships__user=user)).values("id")
+    return Job.objects.filter(Q(owner=user) | Q(namespace__in=member_of)).select_related(
+        "namespace", "owner", "result_version__repository__namespace"
+    )
+
+
+def job_get(*, user, job_id) -> Job:
+    job = visible_jobs(user).filter(pk=job_id).first()
+    if job is None:
+        raise NotFound(f"Job {job_id} not found (or you have no access to it).")
+    return job
+
+
+def job_get_any(*, job_id) -> Job:
+    """For worker endpoints: workers serve every job."""
+    job = Job.objects.select_related("namespace", "owner").filter(pk=job_id).first()
+    if job is None:
+        raise NotFound(f"Job {job_id} not found.")
+    return job

@@ -1,0 +1,339 @@
+"""Job lifecycle: submit, dispatch, claim, heartbeat, events, complete, fail, cancel, reap.
+
+State changes are conditional updates or run under a row lock, so a job is claimed by
+one worker at a time, its events get gap-free sequence numbers, and a job produces at
+most one result version (``Version.job`` is unique).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from pefthub.queue_config import TASK_MERGE, TASK_TRAIN
+from pefthub.specs import MERGEABLE_PEFT_TYPES, QUEUES, MergeSpec, SpecError, TrainSpec, spec_from_dict
+from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
+from pefthub_server.core.models import ApiToken, Scope
+from pefthub_server.jobs.models import Job, JobEvent
+from pefthub_server.registry import validation
+from pefthub_server.registry.models import Namespace, Repository, Role, Version
+from pefthub_server.registry.refs import parse_ref
+from pefthub_server.registry.selectors import namespace_role, repository_get, require_namespace_role, version_resolve
+from pefthub_server.registry.services import token_create
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_BATCH = 1000
+_TASKS = {Job.Type.TRAIN: TASK_TRAIN, Job.Type.MERGE: TASK_MERGE}
+_DEFAULT_QUEUE = {Job.Type.TRAIN: "gpu", Job.Type.MERGE: "cpu"}
+
+
+def _pin(version: Version) -> dict:
+    return {"repo": version.repository.full_name, "number": version.number, "digest": f"sha256:{version.digest}"}
+
+
+def _readable_version(*, user, ref: str, field: str, kind: str) -> Version:
+    parsed = parse_ref(ref, field=field)
+    try:
+        repo = repository_get(user=user, namespace=parsed.namespace, name=parsed.name)
+        version = version_resolve(repo=repo, revision=parsed.revision)
+    except NotFound as exc:
+        raise ValidationFailed(f"{field}: {exc.message}", code="invalid_spec", detail={"field": field}) from None
+    if repo.kind != kind:
+        raise ValidationFailed(f"{field} `{repo.full_name}` is a {repo.kind} repository, not a {kind}.",
+                               code="invalid_spec", detail={"field": field})
+    return version
+
+
+def _output_namespace(*, user, output: str, kind: str, base: Repository | None) -> tuple[Namespace, str]:
+    ns_name, _, name = output.partition("/")
+    ns = Namespace.objects.filter(name=ns_name).first()
+    if ns is None or namespace_role(user, ns) is None:
+        raise ValidationFailed(f"output: namespace `{ns_name}` not found (or you are not a member).",
+                               code="invalid_spec", detail={"field": "output"})
+    require_namespace_role(user, ns, Role.WRITE, action=f"write `{output}`")
+    existing = Repository.objects.filter(namespace=ns, name=name).select_related("base_model__namespace").first()
+    if existing is not None:
+        if existing.kind != kind:
+            raise ValidationFailed(f"output `{output}` is a {existing.kind} repository; this job writes a {kind}.",
+                                   code="invalid_spec", detail={"field": "output"})
+        if base is not None and existing.base_model_id not in (None, base.pk):
+            raise ValidationFailed(
+                f"output `{output}` is filed against base `{existing.base_model.full_name}`, not `{base.full_name}`.",
+                code="invalid_spec", detail={"field": "output"})
+    return ns, name
+
+
+def _check_train(*, user, spec: TrainSpec) -> tuple[dict, Namespace, str]:
+    base = _readable_version(user=user, ref=spec.base_model, field="base_model", kind=Repository.Kind.MODEL)
+    dataset = _readable_version(user=user, ref=spec.dataset, field="dataset", kind=Repository.Kind.DATASET)
+    targets = spec.hyperparameters.target_modules
+    if targets is not None and spec.method not in ("prefix_tuning", "prompt_tuning"):
+        try:
+            validation.check_adapter_against_base(
+                {"peft_type": "LORA", "target_modules": targets}, {}, base.fingerprint or {},
+                base_label=f"{base.repository.full_name}@{base.number}")
+        except ValidationFailed as exc:
+            raise ValidationFailed(f"hyperparameters.target_modules: {exc.message}", code="invalid_spec",
+                                   detail={"field": "hyperparameters.target_modules", **(exc.detail or {})}) from None
+    ns, name = _output_namespace(user=user, output=spec.output, kind=Repository.Kind.ADAPTER, base=base.repository)
+    return {"base_model": _pin(base), "dataset": _pin(dataset)}, ns, name
+
+
+def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str]:
+    pinned, base = [], None
+    for i, item in enumerate(spec.adapters):
+        field = f"adapters[{i}].ref"
+        version = _readable_version(user=user, ref=item.ref, field=field, kind=Repository.Kind.ADAPTER)
+        peft_type = (version.adapter_config or {}).get("peft_type")
+        if peft_type not in MERGEABLE_PEFT_TYPES:
+            raise ValidationFailed(
+                f"{field}: `{version}` is a {peft_type} adapter, which cannot be merged into its base "
+                f"(mergeable: {', '.join(sorted(MERGEABLE_PEFT_TYPES))}); load it with peft instead.",
+                code="not_mergeable", detail={"field": field})
+        if base is None:
+            base = version.base_version
+        elif version.base_version.repository_id != base.repository_id:
+            raise ValidationFailed(
+                f"{field}: `{version}` fits base `{version.base_version.repository.full_name}`, but the first adapter "
+                f"fits `{base.repository.full_name}`; merged adapters must share one base.",
+                code="invalid_spec", detail={"field": field})
+        pinned.append({**_pin(version), "weight": item.weight})
+    ns, name = _output_namespace(user=user, output=spec.output, kind=Repository.Kind.MODEL, base=None)
+    return {"base_model": _pin(base), "adapters": pinned}, ns, name
+
+
+def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Validate a spec, pin its inputs, create the job and enqueue its id after commit."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("The job spec must be a JSON object.", code="invalid_spec")
+    body = dict(body)
+    queue = body.pop("queue", None)
+    max_attempts = body.pop("max_attempts", 3)
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
+        raise ValidationFailed("Idempotency-Key must be 1 to 128 characters.", code="validation_error")
+    digest = hashlib.sha256(json.dumps([body, queue, max_attempts], sort_keys=True, default=str).encode()).hexdigest()
+    if idempotency_key:
+        existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            if existing.request_digest != digest:
+                raise Conflict(f"Idempotency-Key {idempotency_key!r} was used for a different job ({existing.id.hex}).")
+            return existing, False
+    try:
+        spec = spec_from_dict(body)
+    except SpecError as exc:
+        raise ValidationFailed(exc.message, code="invalid_spec", detail={"field": exc.field}) from None
+    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or not 1 <= max_attempts <= 10:
+        raise ValidationFailed("max_attempts must be an integer from 1 to 10.", code="invalid_spec",
+                               detail={"field": "max_attempts"})
+    job_type = Job.Type.TRAIN if isinstance(spec, TrainSpec) else Job.Type.MERGE
+    queue = queue or _DEFAULT_QUEUE[job_type]
+    if queue not in QUEUES:
+        raise ValidationFailed(f"queue {queue!r} is unknown; use one of {', '.join(QUEUES)}.", code="invalid_spec",
+                               detail={"field": "queue"})
+    check = _check_train if job_type == Job.Type.TRAIN else _check_merge
+    inputs, ns, name = check(user=user, spec=spec)
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                type=job_type, queue=queue, owner=user, namespace=ns, output_name=name, spec=spec.to_dict(),
+                inputs=inputs, idempotency_key=idempotency_key or None, request_digest=digest, max_attempts=max_attempts,
+            )
+            _event(job, JobEvent.Type.STATUS, {"status": Job.Status.QUEUED})
+            transaction.on_commit(lambda: job_dispatch(job=job))
+    except IntegrityError:
+        # Two requests raced with one key: the loser returns the winner's job.
+        if idempotency_key and (winner := Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()):
+            return winner, False
+        raise
+    return job, True
+
+
+def job_dispatch(*, job: Job) -> None:
+    """Send the job id (only) to its queue."""
+    from pefthub_server.celery import app
+
+    app.send_task(_TASKS[job.type], args=[job.id.hex], queue=job.queue)
+
+
+def _event(job: Job, type: str, data: dict, *, attempt: int | None = None) -> JobEvent:
+    """Append one event; the caller holds the job row (or created it in this transaction)."""
+    seq = Job.objects.filter(pk=job.pk).values_list("last_seq", flat=True).get() + 1
+    Job.objects.filter(pk=job.pk).update(last_seq=seq)
+    job.last_seq = seq
+    return JobEvent.objects.create(job=job, seq=seq, type=type, data=data, time=timezone.now(),
+                                   attempt=job.attempt if attempt is None else attempt)
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.PEFTHUB_JOB_LEASE_SECONDS)
+
+
+def job_claim(*, job_id, worker: str) -> tuple[Job, str]:
+    """Atomically move a queued job to running; returns the job and a job token (its owner's rights)."""
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+            status=Job.Status.RUNNING, attempt=F("attempt") + 1, worker=worker[:200], heartbeat_at=now,
+            lease_expires_at=now + _lease(), started_at=now,
+        )
+        job = Job.objects.select_for_update().select_related("namespace", "owner").filter(pk=job_id).first()
+        if job is None:
+            raise NotFound(f"Job {job_id} not found.")
+        if not claimed:
+            raise Conflict(f"Job {job.id.hex} is {job.status}, not queued; another worker has it or it ended.",
+                           detail={"status": job.status})
+        token, secret = token_create(user=job.owner, name=f"job:{job.id.hex[:12]}", scope=Scope.WRITE,
+                                     expires_in_days=settings.PEFTHUB_JOB_TOKEN_DAYS)
+        job.token = token
+        job.save(update_fields=["token"])
+        _event(job, JobEvent.Type.STATUS, {"status": Job.Status.RUNNING, "worker": job.worker})
+    return job, secret
+
+
+def _active(job_id, attempt) -> Job:
+    """The running job under a row lock, if ``attempt`` is still its current attempt."""
+    job = Job.objects.select_for_update().select_related("namespace").filter(pk=job_id).first()
+    if job is None:
+        raise NotFound(f"Job {job_id} not found.")
+    if job.status not in Job.ACTIVE or job.attempt != attempt:
+        raise HubError(f"Attempt {attempt} of job {job.id.hex} no longer holds it (status {job.status}, "
+                       f"attempt {job.attempt}); stop working on it.", code="lease_lost", status=409)
+    return job
+
+
+def job_heartbeat(*, job_id, attempt: int, progress: dict | None = None) -> Job:
+    with transaction.atomic():
+        job = _active(job_id, attempt)
+        now = timezone.now()
+        job.heartbeat_at, job.lease_expires_at = now, now + _lease()
+        fields = ["heartbeat_at", "lease_expires_at"]
+        if isinstance(progress, dict):
+            job.progress = {**job.progress, **progress}
+            fields.append("progress")
+        job.save(update_fields=fields)
+    return job
+
+
+_PROGRESS_KEYS = ("step", "total_steps", "epoch")
+
+
+def job_events_append(*, job_id, attempt: int, events) -> int:
+    if not isinstance(events, list) or not events or len(events) > MAX_EVENTS_PER_BATCH:
+        raise ValidationFailed(f"events must be a list of 1 to {MAX_EVENTS_PER_BATCH} events.")
+    with transaction.atomic():
+        job = _active(job_id, attempt)
+        rows, seq, now = [], job.last_seq, timezone.now()
+        progress, metrics = dict(job.progress), dict(job.metrics)
+        for i, event in enumerate(events):
+            kind = event.get("type") if isinstance(event, dict) else None
+            data = event.get("data", {}) if isinstance(event, dict) else None
+            if kind not in JobEvent.Type.values or kind == JobEvent.Type.STATUS or not isinstance(data, dict):
+                raise ValidationFailed(
+                    f"events[{i}] must be {{type, data}} with type log, metric, checkpoint or artifact and data an object.")
+            if kind == JobEvent.Type.METRIC:
+                for key, value in data.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                        (progress if key in _PROGRESS_KEYS else metrics)[key] = value
+            seq += 1
+            rows.append(JobEvent(job=job, seq=seq, type=kind, data=data, attempt=attempt, time=now))
+        JobEvent.objects.bulk_create(rows)
+        now = timezone.now()
+        Job.objects.filter(pk=job.pk).update(last_seq=seq, progress=progress, metrics=metrics, heartbeat_at=now,
+                                             lease_expires_at=now + _lease())
+    return seq
+
+
+def _finish(job: Job, status: str, *, error: dict | None = None, reason: str | None = None) -> None:
+    job.status, job.error, job.finished_at = status, error, timezone.now()
+    job.lease_expires_at = None
+    job.save(update_fields=["status", "error", "finished_at", "lease_expires_at"])
+    if job.token_id:
+        ApiToken.objects.filter(pk=job.token_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    _event(job, JobEvent.Type.STATUS, {"status": status, **({"reason": reason} if reason else {}),
+                                       **({"error": error} if error else {})})
+
+
+def job_complete(*, job_id, attempt: int, version_number) -> Job:
+    with transaction.atomic():
+        job = _active(job_id, attempt)
+        version = Version.objects.filter(job=job).select_related("repository__namespace").first()
+        if version is None or version.number != version_number:
+            raise ValidationFailed(
+                f"Job {job.id.hex} has no result version {version_number}; push the result with job={job.id.hex} first.")
+        _event(job, JobEvent.Type.ARTIFACT, _pin(version))
+        _finish(job, Job.Status.SUCCEEDED)
+    return job
+
+
+def _requeue(job: Job, reason: str) -> None:
+    job.status, job.lease_expires_at, job.worker = Job.Status.QUEUED, None, ""
+    job.save(update_fields=["status", "lease_expires_at", "worker"])
+    if job.token_id:
+        ApiToken.objects.filter(pk=job.token_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    _event(job, JobEvent.Type.STATUS, {"status": Job.Status.QUEUED, "reason": reason})
+    transaction.on_commit(lambda: job_dispatch(job=job))
+
+
+def job_fail(*, job_id, attempt: int, code: str, message: str, retryable: bool = False) -> Job:
+    error = {"code": str(code)[:64] or "failed", "message": str(message)[:4000]}
+    with transaction.atomic():
+        job = _active(job_id, attempt)
+        if job.status == Job.Status.CANCEL_REQUESTED:
+            _finish(job, Job.Status.CANCELLED, reason="cancelled by request")
+        elif retryable and job.attempt < job.max_attempts:
+            _requeue(job, f"attempt {job.attempt} of {job.max_attempts} failed: {error['message']}")
+        else:
+            _finish(job, Job.Status.FAILED, error=error)
+    return job
+
+
+def job_cancel(*, user, job: Job) -> Job:
+    if job.owner_id != user.id:
+        require_namespace_role(user, job.namespace, Role.WRITE, action=f"cancel jobs writing to `{job.output}`")
+    with transaction.atomic():
+        job = Job.objects.select_for_update().select_related("namespace", "owner").get(pk=job.pk)
+        if job.status == Job.Status.QUEUED:
+            _finish(job, Job.Status.CANCELLED, reason=f"cancelled by {user.username} before it started")
+        elif job.status == Job.Status.RUNNING:
+            job.status = Job.Status.CANCEL_REQUESTED
+            job.save(update_fields=["status"])
+            _event(job, JobEvent.Type.STATUS, {"status": job.status, "reason": f"cancel requested by {user.username}"})
+        elif job.status != Job.Status.CANCEL_REQUESTED:
+            raise Conflict(f"Job {job.id.hex} already ended ({job.status}).")
+    return job
+
+
+def jobs_reap(*, now=None) -> dict:
+    """Re-queue running jobs whose lease expired (up to max_attempts), fail the rest."""
+    now = now or timezone.now()
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0}
+    expired = Job.objects.filter(status__in=Job.ACTIVE, lease_expires_at__lt=now).values_list("pk", flat=True)
+    for pk in list(expired):
+        with transaction.atomic():
+            job = Job.objects.select_for_update().filter(pk=pk, status__in=Job.ACTIVE, lease_expires_at__lt=now).first()
+            if job is None:
+                continue  # it heartbeated or ended meanwhile
+            seen = job.heartbeat_at.isoformat(timespec="seconds") if job.heartbeat_at else "never"
+            why = f"worker {job.worker or '?'} stopped heartbeating (last seen {seen})"
+            if job.status == Job.Status.CANCEL_REQUESTED:
+                _finish(job, Job.Status.CANCELLED, reason=f"cancelled; {why}")
+                counts["cancelled"] += 1
+            elif job.attempt < job.max_attempts:
+                _requeue(job, f"{why}; attempt {job.attempt} of {job.max_attempts}, re-queued")
+                counts["requeued"] += 1
+            else:
+                _finish(job, Job.Status.FAILED, error={
+                    "code": "lease_expired", "message": f"{why}; all {job.max_attempts} attempts used"})
+                counts["failed"] += 1
+    if any(counts.values()):
+        log.info("reaped jobs: %s", counts)
+    return counts

@@ -1,0 +1,35 @@
+"""`pefthub-worker`: run a Celery worker for the `gpu` and/or `cpu` queues."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="pefthub-worker",
+        description="Run PEFT Hub jobs. Needs PEFTHUB_URL and a worker-scope PEFTHUB_TOKEN; "
+        "CELERY_BROKER_URL (default: the embedded filesystem broker in PEFTHUB_DATA_DIR).",
+    )
+    parser.add_argument("--queues", "-Q", default="gpu,cpu", help="comma-separated queues (default: gpu,cpu)")
+    parser.add_argument("--concurrency", "-c", type=int, default=1, help="jobs at a time (default: 1, one per GPU)")
+    parser.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"],
+                        help="solo runs jobs in this process (default); prefork in child processes")
+    parser.add_argument("--loglevel", "-l", default=os.environ.get("PEFTHUB_LOG_LEVEL", "info"))
+    parser.add_argument("--hostname", "-n", default=None)
+    args = parser.parse_args(argv)
+    if not os.environ.get("PEFTHUB_TOKEN"):
+        parser.error("PEFTHUB_TOKEN must hold a worker-scope token (pefthub-server adduser worker --scope worker)")
+
+    from pefthub_worker.app import app
+
+    worker_args = ["worker", "-Q", args.queues, "--concurrency", str(args.concurrency), "--pool", args.pool,
+                   "--loglevel", args.loglevel, "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"]
+    if args.hostname:
+        worker_args += ["--hostname", args.hostname]
+    app.worker_main(worker_args)
+
+
+if __name__ == "__main__":
+    main()

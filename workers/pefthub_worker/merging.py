@@ -1,0 +1,412 @@
+"""Merge adapters into a base model, streaming tensor by tensor over its safetensors shards.
+
+The base is never loaded as a model: each output shard is built from one input shard read
+with ``safe_open``, so peak memory stays near one shard plus the adapters. The formulas are
+peft 0.21's: LoRA ``W + transpose(B @ A, fan_in_fan_out) * scaling``, DoRA and IA3 as in
+their layers' ``merge``, and TIES/DARE as ``peft.utils.merge_utils`` applied to the dense
+per-tensor deltas ``ΔW_i`` of several LoRA adapters. Everything is computed in float32 and
+cast to the chosen dtype when written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported lazily: a worker starts without it
+    import torch
+
+COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties")
+DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+_QUANTIZED = re.compile(r"^(U8|I8|F4|F6_.*|F8_.*)$")
+_PROMPT_TYPES = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "ADAPTION_PROMPT", "MULTITASK_PROMPT_TUNING", "CPT"}
+# LoRA options whose adapters are not "W + ΔW": their merge needs code this module does not have.
+_UNSUPPORTED_LORA = ("use_qalora", "layer_replication", "target_parameters", "trainable_token_indices", "megatron_config",
+                     "alora_invocation_tokens", "use_bdlora", "arrow_config", "velora_config", "monteclora_config", "kasa_config")
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+_PART = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B|"
+                   r"lora_magnitude_vector|ia3_l)$")
+_PEFT_PREFIX = "base_model.model."
+_INTEGER = ("BOOL", "I16", "U16", "I32", "U32", "I64", "U64")
+
+
+class MergeError(ValueError):
+    """A merge that cannot be done; the message names the adapter, module or field and says what to do."""
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` wrote: the folder, its parameter count and how many base tensors changed."""
+
+    output_dir: Path
+    parameters: int
+    merged_modules: int
+    seconds: float
+    peak_rss_mib: float | None
+
+
+@dataclass
+class _Edit:
+    """One adapter's change to one base tensor: ``lora``/``dora``/``ia3`` on a weight, ``bias`` or ``replace``."""
+
+    kind: str
+    adapter: int
+    tensors: dict[str, torch.Tensor]
+    scaling: float = 1.0
+    fan_in_fan_out: bool = False
+
+
+@dataclass
+class _Adapter:
+    path: Path
+    weight: float
+    config: dict[str, Any]
+    modules: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    replacements: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """The seed of DARE's random masks for base tensor ``name``: reproducible and independent of the shard layout."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+
+
+def merge(
+    *, base_dir: Path, adapters: list[tuple[Path, float]], output_dir: Path, combination: str = "linear",
+    density: float = 0.5, dtype: str = "float32", seed: int = 0,
+    on_event: Callable[[str, dict], None] = lambda t, d: None,
+) -> MergeResult:
+    """Merge ``adapters`` (folder, weight) into the safetensors model in ``base_dir``; write ``output_dir``.
+
+    One adapter with weight 1.0 and ``linear`` reproduces peft's ``merge_and_unload()`` (LoRA, DoRA, IA3,
+    ``modules_to_save``); anything else combines plain LoRA deltas with ``combination``. The result is written
+    to a temporary sibling folder and renamed to ``output_dir`` only when complete.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    started = time.monotonic()
+    base_dir, output_dir = Path(base_dir), Path(output_dir)
+    _check_options(adapters, combination, density, dtype)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise MergeError(f"output_dir `{output_dir}` exists and is not empty: give a new folder")
+    shards, index = _base_layout(base_dir)
+    config = json.loads((base_dir / "config.json").read_text()) if (base_dir / "config.json").is_file() else {}
+    if config.get("quantization_config"):
+        raise MergeError(f"base `{base_dir}` is quantized ({config['quantization_config'].get('quant_method', '?')}): "
+                         "merge into the float16/bfloat16/float32 base the adapter was trained from, not a 4-bit one")
+    headers = _read_headers(base_dir, shards)
+    loaded = [_load_adapter(Path(path), float(weight), i) for i, (path, weight) in enumerate(adapters)]
+    exact = len(loaded) == 1 and loaded[0].weight == 1.0 and combination == "linear"
+    plan = _plan(loaded, headers, exact=exact)
+    target = getattr(torch, dtype)
+    merged_modules = sum(1 for edits in plan.values() if any(edit.kind != "bias" for edit in edits))
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        parameters = 0
+        for done, shard in enumerate(shards, 1):
+            names = [name for name, (file, _, _) in headers.items() if file == shard]
+            edited = [name for name in names if name in plan]
+            parameters += sum(math.prod(headers[name][2]) for name in names)
+            if not edited and all(headers[n][1] in (DTYPES[dtype], *_INTEGER) for n in names):
+                shutil.copyfile(base_dir / shard, tmp / shard)  # nothing to change: bytes as they are
+            else:
+                out: dict[str, torch.Tensor] = {}
+                with safe_open(base_dir / shard, framework="pt") as fh:
+                    metadata = fh.metadata()
+                    for name in names:
+                        tensor = fh.get_tensor(name)
+                        if name in plan:
+                            tensor = _apply(name, tensor.float(), plan.pop(name), loaded, combination, density, seed, exact)
+                        out[name] = (tensor.to(target) if tensor.is_floating_point() else tensor).contiguous()
+                save_file(out, tmp / shard, metadata=metadata)
+                del out
+            on_event("log", {"message": f"shard {done}/{len(shards)} `{shard}`: {len(names)} tensors, "
+                                        f"{len(edited)} merged", "level": "info"})
+            on_event("metric", {"step": done, "total_steps": len(shards)})
+        if index is not None:
+            index.setdefault("metadata", {})["total_size"] = sum(_data_bytes(tmp / s) for s in shards)
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _copy_side_files(base_dir, tmp, config, dtype)
+        os.chmod(tmp, 0o755)
+        if output_dir.exists():
+            output_dir.rmdir()
+        os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MergeResult(output_dir=output_dir, parameters=parameters, merged_modules=merged_modules,
+                       seconds=time.monotonic() - started, peak_rss_mib=_peak_rss_mib())
+
+
+def _check_options(adapters: list[tuple[Path, float]], combination: str, density: float, dtype: str) -> None:
+    if not adapters:
+        raise MergeError("adapters: give at least one (folder, weight)")
+    if combination not in COMBINATIONS:
+        raise MergeError(f"combination `{combination}` is unknown: use one of {', '.join(COMBINATIONS)}")
+    if dtype not in DTYPES:
+        raise MergeError(f"dtype `{dtype}` is unknown: use one of {', '.join(DTYPES)}")
+    if not 0.0 < density <= 1.0:
+        raise MergeError(f"density {density} must be in (0, 1]: the fraction of each delta kept")
+    for path, weight in adapters:
+        if not isinstance(weight, (int, float)) or weight != weight or abs(weight) == float("inf"):
+            raise MergeError(f"adapter `{path}`: weight {weight!r} must be a finite number")
+
+
+def _base_layout(base_dir: Path) -> tuple[list[str], dict[str, Any] | None]:
+    """The base's shard file names in order and its index (None for a single ``model.safetensors``)."""
+    index_path = base_dir / "model.safetensors.index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        return sorted(set(index["weight_map"].values())), index
+    if (base_dir / "model.safetensors").is_file():
+        return ["model.safetensors"], None
+    found = ", ".join(sorted(p.name for p in base_dir.iterdir())) if base_dir.is_dir() else "no such folder"
+    raise MergeError(f"base `{base_dir}` has no model.safetensors or model.safetensors.index.json ({found}); "
+                     "re-save it with save_pretrained(safe_serialization=True)")
+
+
+def _read_headers(base_dir: Path, shards: list[str]) -> dict[str, tuple[str, str, list[int]]]:
+    """tensor name -> (shard, safetensors dtype, shape), from the shard headers only."""
+    headers: dict[str, tuple[str, str, list[int]]] = {}
+    for shard in shards:
+        with (base_dir / shard).open("rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if _QUANTIZED.match(info["dtype"]):
+                raise MergeError(f"base `{base_dir}` holds quantized weights (`{name}` is {info['dtype']}): merge into the "
+                                 "float16/bfloat16/float32 base the adapter was trained from, not a 4-bit one")
+            headers[name] = (shard, info["dtype"], info["shape"])
+    return headers
+
+
+def _load_adapter(path: Path, weight: float, position: int) -> _Adapter:
+    """Read one adapter folder (config + tensors, as float32) and refuse what cannot be merged."""
+    from safetensors.torch import load_file
+
+    label = f"adapter {position + 1} `{path}`"
+    if not (path / "adapter_config.json").is_file():
+        raise MergeError(f"{label} has no adapter_config.json: is it a peft adapter folder?")
+    config = json.loads((path / "adapter_config.json").read_text())
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type in _PROMPT_TYPES:
+        raise MergeError(f"{label} is {peft_type.lower().replace('_', ' ')}: it adds virtual tokens, not weight changes, "
+                         "and cannot be merged; serve it with the base and peft instead")
+    if peft_type not in ("LORA", "IA3"):
+        raise MergeError(f"{label} has peft_type `{peft_type}`: the merger handles LoRA, DoRA and IA3")
+    bad = [key for key in _UNSUPPORTED_LORA if config.get(key)]
+    init = str(config.get("init_lora_weights", True)).lower()
+    if init.startswith(_BASE_CHANGING_INITS):
+        bad.append(f"init_lora_weights={init}")
+    if bad:
+        raise MergeError(f"{label} uses {', '.join(bad)}: such adapters cannot be merged here")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise MergeError(f"{label} has no adapter_model.safetensors (pickled .bin adapters are not read)")
+    adapter = _Adapter(path=path, weight=weight, config=config)
+    for saved, tensor in load_file(path / "adapter_model.safetensors").items():
+        key = saved.removeprefix(_PEFT_PREFIX)
+        match = _PART.match(key)
+        if match:
+            adapter.modules.setdefault(match["module"], {})[match["part"]] = tensor.float()
+        elif re.search(r"(^|\.)(lora_|ia3_|trainable_tokens|vera_|hada_|lokr_)", key):
+            raise MergeError(f"{label}: tensor `{key}` is an adapter part the merger does not know")
+        else:  # modules_to_save, saved embedding layers, bias="all": whole tensors that replace the base's
+            adapter.replacements[key.replace(".base_layer.", ".")] = tensor.float()
+    if not adapter.modules and not adapter.replacements:
+        raise MergeError(f"{label} has no tensors")
+    return adapter
+
+
+def _plan(adapters: list[_Adapter], headers: dict[str, tuple[str, str, list[int]]], *, exact: bool) -> dict[str, list[_Edit]]:
+    """base tensor name -> the edits to apply to it, checked against the base's names and shapes."""
+    plan: dict[str, list[_Edit]] = {}
+    for i, adapter in enumerate(adapters):
+        label = f"adapter {i + 1} `{adapter.path}`"
+        for key, tensor in adapter.replacements.items():
+            name = _base_name(key, headers, label)
+            if list(tensor.shape) != headers[name][2]:
+                raise MergeError(f"{label} replaces `{name}` with shape {list(tensor.shape)} but the base's is "
+                                 f"{headers[name][2]} (a resized vocabulary cannot be merged)")
+            plan.setdefault(name, []).append(_Edit("replace", i, {"value": tensor}))
+        for module, parts in adapter.modules.items():
+            name = _base_name(f"{module}.weight", headers, label)
+            plan.setdefault(name, []).append(_module_edit(adapter, i, module, parts, headers[name][2], label, exact))
+            if "lora_B.bias" in parts or ("ia3_l" in parts and parts["ia3_l"].shape[0] != 1):
+                bias = name.removesuffix(".weight") + ".bias"
+                if bias in headers:
+                    plan.setdefault(bias, []).append(_Edit("bias", i, parts, plan[name][-1].scaling))
+                elif "lora_B.bias" in parts:
+                    raise MergeError(f"{label} has lora_bias on `{module}` but the base has no `{bias}`")
+    return plan
+
+
+def _module_edit(adapter: _Adapter, i: int, module: str, parts: dict[str, torch.Tensor], shape: list[int], label: str,
+                 exact: bool) -> _Edit:
+    config, where = adapter.config, f"{label}, module `{module}`"
+    config_fif = bool(config.get("fan_in_fan_out"))
+    if "ia3_l" in parts:
+        vec = parts["ia3_l"]
+        if not exact:
+            raise MergeError(f"{label} is IA3: it can only be merged alone, with weight 1.0 and combination linear")
+        n, feedforward = vec.numel(), vec.shape[0] == 1
+        fif = _orientation(shape, None if feedforward else n, n if feedforward else None, config_fif, where)
+        return _Edit("ia3", i, parts, 1.0, fif)
+    a, b = (parts.get("lora_A.weight"), parts.get("lora_B.weight"))
+    embedding = a is None
+    if embedding:
+        a, b = parts.get("lora_embedding_A"), parts.get("lora_embedding_B")
+    if a is None or b is None or a.dim() != 2 or b.dim() != 2:
+        raise MergeError(f"{where}: needs 2-D lora_A and lora_B (found {sorted(parts)}); convolution LoRA is not merged here")
+    r = _pattern(config.get("rank_pattern") or {}, module, config.get("r", a.shape[0]))
+    if r != a.shape[0]:
+        raise MergeError(f"{where}: rank {r} from the config (r/rank_pattern) but lora_A has {a.shape[0]} rows")
+    alpha = _pattern(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", r))
+    scaling = alpha / r if config.get("use_rslora") else alpha / r
+    fif = True if embedding else _orientation(shape, b.shape[0], a.shape[1], config_fif, where)
+    if embedding and shape != [a.shape[1], b.shape[0]]:
+        raise MergeError(f"{where}: embedding delta is {a.shape[1]}×{b.shape[0]} but the base tensor is {shape}")
+    tensors = {"A": a, "B": b}
+    if "lora_magnitude_vector" in parts:
+        tensors["m"] = parts["lora_magnitude_vector"]
+    if not exact and ("m" in tensors or "lora_B.bias" in parts):
+        feature = "DoRA" if "m" in tensors else "lora_bias"
+        raise MergeError(f"{where} uses {feature}: it can only be merged alone, with weight 1.0 and combination linear")
+    return _Edit("dora" if "m" in tensors else "lora", i, tensors, scaling, fif)
+
+
+def _orientation(shape: list[int], out_f: int | None, in_f: int | None, config_fif: bool, where: str) -> bool:
+    """Whether the base stores this weight (in, out) like GPT-2's Conv1D; the config decides only square ones."""
+    fits = [fif for fif in (False, True)
+            if len(shape) == 2 and all(want is None or have == want
+                                       for have, want in zip(shape, (in_f, out_f) if fif else (out_f, in_f)))]
+    if not fits:
+        raise MergeError(f"{where}: adapter shapes (out {out_f}, in {in_f}) do not fit the base tensor {shape}")
+    return config_fif if len(fits) == 2 else fits[0]
+
+
+def _pattern(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """peft's ``get_pattern_key``: the first key matching the end of the module name."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _base_name(key: str, headers: dict[str, Any], label: str) -> str:
+    """The base tensor ``key`` refers to, whether or not the base was saved with a leading ``model.``."""
+    for name in (key, key.removeprefix("model."), f"model.{key}"):
+        if name in headers:
+            return name
+    module = key.rsplit(".", 1)[0]
+    raise MergeError(f"{label} changes `{module}` but the base has no tensor `{key}`: was it trained on another base?")
+
+
+def _apply(name: str, w: torch.Tensor, edits: list[_Edit], adapters: list[_Adapter], combination: str, density: float,
+           seed: int, exact: bool) -> torch.Tensor:
+    """The merged float32 value of base tensor ``name``."""
+    import torch
+
+    deltas: list[torch.Tensor] = []
+    weights: list[float] = []
+    for edit in edits:
+        label = f"adapter {edit.adapter + 1} `{adapters[edit.adapter].path}`"
+        if edit.kind == "replace":
+            value = edit.tensors["value"]
+            if not exact and not torch.equal(value, w):
+                raise MergeError(f"{label} replaces `{name}` (modules_to_save or bias training): that can only be "
+                                 "merged alone, with weight 1.0 and combination linear")
+            w = value
+        elif edit.kind == "ia3":
+            w = w * _t(edit.tensors["ia3_l"], edit.fan_in_fan_out)
+        elif edit.kind == "bias":
+            if "ia3_l" in edit.tensors:
+                w = w * edit.tensors["ia3_l"].reshape(w.shape)
+            else:
+                w = w + edit.tensors["lora_B.bias"] * edit.scaling
+        else:
+            delta = _t(edit.tensors["B"] @ edit.tensors["A"], edit.fan_in_fan_out) * edit.scaling
+            if edit.kind == "dora":  # peft's DoraLinearVariant.merge_unsafe; the norm is a constant (detached)
+                norm = torch.linalg.norm(_t(w, edit.fan_in_fan_out) + 1 * _t(delta, edit.fan_in_fan_out), dim=1)
+                factor = _t((edit.tensors["m"] / norm).view(-1, 1), edit.fan_in_fan_out)
+                w = factor * (w + delta)
+            else:
+                deltas.append(delta)
+                weights.append(adapters[edit.adapter].weight)
+    if deltas:
+        generator = torch.Generator().manual_seed(tensor_seed(seed, name))
+        w = w + combine(deltas, weights, combination, density, generator)
+    if not torch.isfinite(w).all():
+        raise MergeError(f"merging into `{name}` gives NaN or inf: an adapter is broken or the weights are too large")
+    return w
+
+
+def combine(deltas: list[torch.Tensor], weights: list[float], combination: str, density: float,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Combine dense deltas as ``peft.utils.merge_utils`` does (task_arithmetic, ties, dare_linear, dare_ties)."""
+    import torch
+
+    if combination in ("ties", "dare_linear", "dare_ties") and density < 1:
+        if combination == "ties":  # magnitude_based_pruning: keep the top-k |values|, k = int(density * numel)
+            pruned = []
+            for delta in deltas:
+                mask = torch.zeros_like(delta).reshape(-1)
+                mask[torch.topk(delta.abs().reshape(-1), k=int(density * delta.numel()), largest=True)[1]] = 1
+                pruned.append(delta * mask.reshape(delta.shape))
+            deltas = pruned
+        else:  # random_pruning with rescale
+            deltas = [delta * torch.bernoulli(torch.full_like(delta, density), generator=generator) / density
+                      for delta in deltas]
+    stacked = torch.stack(deltas, dim=0)
+    weighted = stacked * torch.tensor(weights, dtype=stacked.dtype).view((-1,) + (1,) * (stacked.dim() - 1))
+    if combination in ("linear", "dare_linear"):
+        return weighted.sum(dim=0)
+    majority = stacked.sign() == torch.where(stacked.sum(dim=0) >= 0, 1, -1)  # sign elected by total, unweighted
+    return (weighted * majority).sum(dim=0) / torch.clamp(majority.sum(dim=0), min=1.0)
+
+
+def _t(tensor: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
+    return tensor.T if fan_in_fan_out else tensor
+
+
+def _copy_side_files(base_dir: Path, out: Path, config: dict[str, Any], dtype: str) -> None:
+    """config.json with the new dtype; generation config, tokenizer and other small files as they are."""
+    if config:
+        config["dtype"] = dtype
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for path in base_dir.iterdir():
+        weights = path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.name.endswith(".index.json")
+        if path.is_file() and not weights and path.name not in ("config.json", "README.md") and not path.name.startswith("."):
+            shutil.copy2(path, out / path.name)
+
+
+def _data_bytes(path: Path) -> int:
+    """Bytes of tensor data in a safetensors file (its size less the header)."""
+    with path.open("rb") as fh:
+        return path.stat().st_size - 8 - struct.unpack("<Q", fh.read(8))[0]
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,290 @@
+"""The training recipe: data, model, train, evaluate, save; read it top to bottom.
+
+A plain PyTorch loop (AdamW, linear warmup then linear decay, gradient accumulation,
+clipping at 1.0): simpler and faster than the HF Trainer for adapters. Everything that
+can fail on the inputs fails before the base model's weights are read: the whole
+dataset is checked, then the target modules against the base's module tree. The
+adapter is written to a temporary folder beside ``output_dir`` and moved into place
+only when training succeeded, so a failed or cancelled run leaves no half-written adapter.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pefthub.specs import TrainHyperparameters
+
+from . import config as cfg
+from . import data
+
+
+@dataclass
+class Callbacks:
+    """How the recipe talks to its caller (the job runner, the CLI, a test)."""
+
+    #: ``(type, data)`` with type ``"metric"`` (step, loss...), ``"log"`` (message, level) or ``"checkpoint"``
+    on_event: Callable[[str, dict], None] = lambda type, data: None
+    #: polled before every optimizer step; True stops the run with :class:`Cancelled`
+    should_stop: Callable[[], bool] = lambda: False
+
+
+class Cancelled(Exception):
+    """``should_stop()`` said stop; nothing was written to ``output_dir``."""
+
+    code = "cancelled"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    #: first_loss, final_loss, eval_loss (with eval_split), train_tokens, train_seconds, tokens_per_second, steps
+    metrics: dict
+    peft_type: str
+    #: the 4-bit settings the base was loaded with (qlora), else None
+    quantization: dict | None
+
+
+_NO_CALLBACKS = Callbacks()
+
+
+def train(
+    *,
+    method: str,
+    hyperparameters: TrainHyperparameters,
+    base_dir: Path,
+    dataset_path: Path,
+    output_dir: Path,
+    callbacks: Callbacks = _NO_CALLBACKS,
+) -> TrainResult:
+    """Train a ``method`` adapter on the base in ``base_dir`` and save it to ``output_dir``."""
+    result, _ = run_recipe(method=method, hyperparameters=hyperparameters, base_dir=base_dir,
+                           dataset_path=dataset_path, output_dir=output_dir, callbacks=callbacks)
+    return result
+
+
+def run_recipe(
+    *,
+    method: str,
+    hyperparameters: TrainHyperparameters,
+    base_dir: Path,
+    dataset_path: Path,
+    output_dir: Path,
+    callbacks: Callbacks = _NO_CALLBACKS,
+) -> tuple[TrainResult, Any]:
+    """:func:`train`, also returning the trained ``PeftModel`` (in eval mode): for tests and notebooks."""
+    import torch
+
+    hp = hyperparameters
+    hp.check_method(method)
+    base_dir, dataset_path, output_dir = Path(base_dir), Path(dataset_path), Path(output_dir)
+    emit = callbacks.on_event
+
+    def log(message: str, level: str = "info") -> None:
+        emit("log", {"message": message, "level": level})
+
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise FileExistsError(f"output folder {output_dir} exists and is not empty")
+
+    # -- 1. data: the whole file is checked before the model is touched --------------------
+    rows, fmt = data.read_jsonl(dataset_path)
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    examples, stats = data.tokenize(rows, fmt, tokenizer, max_seq_length=hp.max_seq_length, name=dataset_path.name)
+    train_set, eval_set = data.split(examples, hp.eval_split, hp.seed)
+    rendering = f", chat rendered as {stats.chat_rendering}" if fmt == "messages" else ""
+    log(f"dataset {dataset_path.name}: {stats.rows} rows ({fmt}{rendering}), {stats.tokens} tokens; "
+        f"{len(train_set)} to train, {len(eval_set)} held out")
+    for note in stats.notes:
+        log(note, "warning")
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+
+    # -- 2. model: check targets on the bare module tree, then load and wrap ---------------
+    model_type = AutoConfig.from_pretrained(base_dir).model_type
+    targets = cfg.resolve_target_modules(hp, method, model_type)
+    cfg.check_target_modules(cfg.skeleton(base_dir), targets)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    random.seed(hp.seed)
+    torch.manual_seed(hp.seed)
+    model, quantization = _load_base(base_dir, method, hp, device)
+    architecture = type(model).__name__
+    from peft import get_peft_model
+
+    torch.manual_seed(hp.seed)  # adapter init depends on the seed alone, not on how the base loaded
+    model = get_peft_model(model, cfg.peft_config(method, hp, targets, model_type))
+    trainable, total = model.get_nb_trainable_parameters()
+    log(f"{architecture} on {device.type} ({_dtype_for(device)}): {method} on {targets or 'virtual tokens'}; "
+        f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%)")
+
+    # -- 3. train -------------------------------------------------------------------------
+    metrics: dict[str, Any] = {}
+    if eval_set:
+        metrics["eval_loss_before"] = _evaluate(model, eval_set, hp.batch_size, pad_id, device)
+        emit("metric", {"step": 0, "eval_loss": metrics["eval_loss_before"]})
+    metrics.update(_train_loop(model, train_set, hp, pad_id, device, callbacks))
+
+    # -- 4. evaluate ----------------------------------------------------------------------
+    if eval_set:
+        metrics["eval_loss"] = _evaluate(model, eval_set, hp.batch_size, pad_id, device)
+        emit("metric", {"step": metrics["steps"], "eval_loss": metrics["eval_loss"]})
+    model.eval()
+    if callbacks.should_stop():
+        raise Cancelled(f"cancelled after step {metrics['steps']}, before saving")
+
+    # -- 5. save: into a temporary folder, moved into place only when complete -------------
+    _save_atomically(model, output_dir)
+    peft_type = model.peft_config["default"].peft_type
+    log(f"saved the adapter to {output_dir}")
+    result = TrainResult(output_dir=output_dir, metrics=metrics, peft_type=getattr(peft_type, "value", str(peft_type)),
+                         quantization=quantization)
+    return result, model
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def _dtype_for(device: Any) -> Any:
+    """bf16 weights where the GPU has it; fp32 on CPU (exact, and as fast for small models)."""
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _load_base(base_dir: Path, method: str, hp: TrainHyperparameters, device: Any) -> tuple[Any, dict | None]:
+    from transformers import AutoModelForCausalLM
+
+    dtype = _dtype_for(device)
+    gc_kwargs = {"use_reentrant": False}
+    if method != "qlora":
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+            model.enable_input_require_grads()
+        model.config.use_cache = False
+        return model, None
+
+    from peft import prepare_model_for_kbit_training
+
+    cfg.require_bitsandbytes(device, dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, quantization_config=cfg.quantization_config(dtype), dtype=dtype,
+        device_map={"": device.index if device.type == "cuda" else "cpu"},
+    )
+    cfg.keep_4bit_layers_trainable(model)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing,
+                                            gradient_checkpointing_kwargs=gc_kwargs)
+    model.config.use_cache = False
+    return model, {**cfg.QLORA_SETTINGS, "compute_dtype": str(dtype).removeprefix("torch.")}
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _label_count(labels: Any) -> int:
+    return int((labels[:, 1:] != data.IGNORE_INDEX).sum())
+
+
+def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparameters, pad_id: int, device: Any,
+                callbacks: Callbacks) -> dict:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
+    per_epoch = data.batches_per_epoch(len(examples), hp.batch_size)
+    total = hp.max_steps or max(1, math.ceil(hp.epochs * per_epoch / hp.gradient_accumulation_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, hp.warmup_steps, total))
+    stream = data.micro_batches(examples, hp.batch_size, hp.seed)
+
+    model.train()
+    consumed = tokens = window_tokens = 0
+    first_loss = loss = float("nan")
+    window_losses: list[float] = []
+    started = window_started = time.perf_counter()
+    for step in range(1, total + 1):
+        if callbacks.should_stop():
+            raise Cancelled(f"cancelled before step {step} of {total}")
+        window = [collate_on(batch, pad_id, device) for _, batch in (next(stream) for _ in range(hp.gradient_accumulation_steps))]
+        consumed += len(window)
+        n_labels = sum(_label_count(b["labels"]) for b in window)
+        loss_sum = 0.0
+        for batch in window:
+            n = _label_count(batch["labels"])
+            if n == 0:
+                continue
+            out = model(**batch)
+            # token-weighted mean over the whole accumulation window
+            (out.loss * (n / n_labels)).backward()
+            loss_sum += float(out.loss.detach()) * n
+            step_tokens = int(batch["attention_mask"].sum())
+            tokens += step_tokens
+            window_tokens += step_tokens
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        learning_rate = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        loss = loss_sum / n_labels
+        if step == 1:
+            first_loss = loss
+        window_losses.append(loss)
+        if step % hp.logging_steps == 0 or step == total:
+            now = time.perf_counter()
+            callbacks.on_event("metric", {
+                "step": step, "total_steps": total, "epoch": round(consumed / per_epoch, 4),
+                "loss": sum(window_losses) / len(window_losses), "learning_rate": learning_rate,
+                "tokens_per_second": round(window_tokens / max(now - window_started, 1e-9), 1),
+            })
+            window_losses, window_tokens, window_started = [], 0, now
+    seconds = time.perf_counter() - started
+    return {"first_loss": first_loss, "final_loss": loss, "train_tokens": tokens, "train_seconds": round(seconds, 3),
+            "tokens_per_second": round(tokens / max(seconds, 1e-9), 1), "steps": total}
+
+
+def collate_on(batch: list[data.Example], pad_id: int, device: Any) -> dict:
+    return {k: v.to(device) for k, v in data.collate(batch, pad_id).items()}
+
+
+def _evaluate(model: Any, examples: list[data.Example], batch_size: int, pad_id: int, device: Any) -> float:
+    """Token-weighted mean loss over ``examples``, in eval mode without gradients."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    loss_sum, n_total = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate_on(examples[start:start + batch_size], pad_id, device)
+            n = _label_count(batch["labels"])
+            if n:
+                loss_sum += float(model(**batch).loss) * n
+                n_total += n
+    model.train(was_training)
+    return loss_sum / max(n_total, 1)
+
+
+def _save_atomically(model: Any, output_dir: Path) -> None:
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        if output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
