@@ -24,7 +24,7 @@ def test_load_gives_the_adapter_on_its_base_with_identical_logits(tmp_path, make
     ids = torch.tensor([[1, 5, 9, 3]])
     with torch.no_grad():
         expected = tuned(ids).logits
-        plain = tuned.get_base_model()(ids).logits  # still adapted: the LoRA lives in the modules
+        plain = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base").eval()(ids).logits
     hub = make_hub()
     base_version = hub.push(tmp_path / "base", "acme/llama-tiny", kind="model")
     hub.push(tmp_path / "adapter", "acme/bot", base_model="acme/llama-tiny")
@@ -43,7 +43,7 @@ def test_load_gives_the_adapter_on_its_base_with_identical_logits(tmp_path, make
     assert isinstance(model, peft.PeftModel)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, expected)
-        assert torch.equal(plain, expected)
+        assert not torch.allclose(plain, expected)  # the adapter does change the output
 
     reloaded_base = hub.load("acme/llama-tiny", torch_dtype=torch.bfloat16)
     assert isinstance(reloaded_base, transformers.LlamaForCausalLM)

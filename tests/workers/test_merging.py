@@ -39,8 +39,12 @@ def llama(work) -> Path:
 @pytest.fixture(scope="module")
 def gpt2(work) -> Path:
     torch.manual_seed(0)
-    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=512, bos_token_id=1, eos_token_id=2)
-    GPT2LMHeadModel(config).save_pretrained(work / "gpt2")
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=512, bos_token_id=1, eos_token_id=2))
+    with torch.no_grad():  # GPT-2 starts its biases at zero: give them values, so merges that scale biases show
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0, 0.02)
+    model.save_pretrained(work / "gpt2")
     return work / "gpt2"
 
 
@@ -68,7 +72,7 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
     out = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(path, framework="pt") as fh:
-            out.update({name: fh.get_tensor(name) for name in fh.keys()})
+            out.update({name: fh.get_tensor(name) for name in fh.keys()})  # noqa: SIM118 (safe_open is not a dict)
     return out
 
 
@@ -121,11 +125,17 @@ def test_dora_merge_equals_peft(work, llama):
     assert_matches_peft(llama, adapter, result.output_dir)
 
 
-def test_ia3_merge_equals_peft(work, llama):
-    config = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
-    adapter = train(llama, work / "ia3", config)
-    result = merge(base_dir=llama, adapters=[(adapter, 1.0)], output_dir=work / "merged-ia3")
-    assert_matches_peft(llama, adapter, result.output_dir)
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_ia3_merge_equals_peft(work, request, model):
+    # Feedforward modules scale input features, the others output features (and their bias: GPT-2 has biases).
+    base = request.getfixturevalue(model)
+    if model == "llama":
+        targets, feedforward = ["k_proj", "v_proj", "down_proj"], ["down_proj"]
+    else:
+        targets, feedforward = ["c_attn", "mlp.c_proj"], ["mlp.c_proj"]
+    adapter = train(base, work / f"ia3-{model}", IA3Config(target_modules=targets, feedforward_modules=feedforward))
+    result = merge(base_dir=base, adapters=[(adapter, 1.0)], output_dir=work / f"merged-ia3-{model}")
+    assert_matches_peft(base, adapter, result.output_dir)
 
 
 @pytest.mark.parametrize("dora", [False, True])
@@ -218,7 +228,7 @@ def test_prefix_tuning_is_refused(work, llama):
     adapter = work / "prefix"
     get_peft_model(AutoModelForCausalLM.from_pretrained(llama), PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")
                    ).save_pretrained(adapter)
-    with pytest.raises(MergeError, match="prefix tuning.*cannot be merged") as excinfo:
+    with pytest.raises(MergeError, match=r"prefix tuning.*cannot be merged") as excinfo:
         merge(base_dir=llama, adapters=[(adapter, 1.0)], output_dir=work / "merged-prefix")
     assert str(adapter) in str(excinfo.value)
     assert not (work / "merged-prefix").exists()
@@ -237,7 +247,7 @@ def test_refusals_name_the_problem(work, llama, gpt2, lora):
     (quantized / "model.safetensors").write_bytes((llama / "model.safetensors").read_bytes())
     config = json.loads((llama / "config.json").read_text()) | {"quantization_config": {"quant_method": "bitsandbytes"}}
     (quantized / "config.json").write_text(json.dumps(config))
-    with pytest.raises(MergeError, match="quantized.*not a 4-bit one"):
+    with pytest.raises(MergeError, match=r"quantized.*not a 4-bit one"):
         merge(base_dir=quantized, adapters=[(lora, 1.0)], output_dir=work / "never")
     assert not (work / "never").exists()
 

@@ -276,7 +276,7 @@ def _module_edit(adapter: _Adapter, i: int, module: str, parts: dict[str, torch.
     if r != a.shape[0]:
         raise MergeError(f"{where}: rank {r} from the config (r/rank_pattern) but lora_A has {a.shape[0]} rows")
     alpha = _pattern(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", r))
-    scaling = alpha / r if config.get("use_rslora") else alpha / r
+    scaling = alpha / (r**0.5) if config.get("use_rslora") else alpha / r
     fif = True if embedding else _orientation(shape, b.shape[0], a.shape[1], config_fif, where)
     if embedding and shape != [a.shape[1], b.shape[0]]:
         raise MergeError(f"{where}: embedding delta is {a.shape[1]}×{b.shape[0]} but the base tensor is {shape}")

@@ -1,0 +1,176 @@
+"""Jobs end to end: a live hub, Redis, and real `pefthub-worker` processes training with peft.
+
+The worker is a separate process (Celery, solo pool) that reaches the hub over HTTP,
+exactly as a GPU node would; the tests kill it with SIGKILL, cancel its job, and check
+what lands in the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+import torch
+from django.core.management import call_command
+
+from examples import tiny
+from pefthub.errors import JobCancelled, JobFailed
+from pefthub_server.jobs.models import Job, JobEvent
+from pefthub_server.registry.models import Version
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+FAST = {"max_steps": 30, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 64, "r": 8}
+
+
+@pytest.fixture
+def start_worker(live_server, tmp_path, db):
+    from tests.conftest import _person
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    token = _person("gpu-node").new_token("worker")
+    procs = []
+
+    def start(name: str = "w") -> subprocess.Popen:
+        env = {**os.environ, "PEFTHUB_URL": live_server.url, "PEFTHUB_TOKEN": token, "CELERY_BROKER_URL": REDIS_URL,
+               "PEFTHUB_CACHE": str(tmp_path / f"worker-cache-{name}"), "PEFTHUB_DISABLE_PROGRESS_BARS": "1"}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        log = open(tmp_path / f"worker-{name}.log", "wb")  # noqa: SIM115 - the child writes to it until killed
+        proc = subprocess.Popen([sys.executable, "-m", "pefthub_worker.cli", "-Q", "gpu,cpu", "--hostname", f"{name}@test"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def inputs(alice, hub_for, tiny_base, tmp_path):
+    """alice's tiny base and a prompt/completion dataset, pushed."""
+    hub = hub_for(alice)
+    hub.push(tiny_base, "acme/llama-tiny")
+    hub.push(tiny.make_dataset(tmp_path / "train.jsonl", rows=64), "acme/support-data")
+    return hub
+
+
+def _wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _losses(job_id) -> list[float]:
+    return [e.data["loss"] for e in JobEvent.objects.filter(job_id=job_id, type="metric").order_by("seq") if "loss" in e.data]
+
+
+def test_train_then_merge_end_to_end(inputs, start_worker, tiny_base):
+    start_worker()
+    hub = inputs
+    job = hub.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/bot", method="lora",
+                    aliases=["staging"], **FAST)
+    done = job.wait(timeout=180)
+    assert done.status == "succeeded" and done.attempt == 1
+    losses = _losses(job.id)
+    assert len(losses) >= 10 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, losses  # nats, well above noise
+    version = done.result
+    assert version.ref == "acme/bot@1" and "staging" in version.aliases
+    lineage = version.metadata["lineage"]
+    assert lineage["job"] == job.id and lineage["method"] == "lora" and lineage["base_model"]["number"] == 1
+    assert lineage["dataset"]["repo"] == "acme/support-data" and lineage["hyperparameters"]["r"] == 8
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_path, adapter_path = hub.pull("acme/llama-tiny"), hub.pull("acme/bot")
+    x = tiny.sample_input()
+    with torch.no_grad():
+        base_logits = AutoModelForCausalLM.from_pretrained(base_path)(input_ids=x).logits
+        adapter_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter_path).eval()
+        adapter_logits = adapter_model(input_ids=x).logits
+    assert (adapter_logits - base_logits).abs().max() > 1e-3  # training changed the model
+
+    merged = hub.merge("acme/bot@1", output="acme/bot-merged").wait(timeout=180)
+    assert merged.status == "succeeded" and merged.queue == "cpu"
+    merged_version = merged.result
+    assert merged_version.metadata["lineage"]["adapters"][0]["repo"] == "acme/bot"
+    with torch.no_grad():
+        merged_logits = AutoModelForCausalLM.from_pretrained(hub.pull("acme/bot-merged"))(input_ids=x).logits
+    assert (merged_logits - adapter_logits).abs().max() <= 1e-5
+
+
+def test_bad_dataset_fails_fast_naming_the_line(inputs, start_worker, tmp_path):
+    start_worker()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "also fine"}\n{not json\n')
+    inputs.push(bad, "acme/bad-data")
+    job = inputs.train(base_model="acme/llama-tiny", dataset="acme/bad-data", output="acme/bot", **FAST)
+    with pytest.raises(JobFailed) as failed:
+        job.wait(timeout=120)
+    assert failed.value.code == "dataset_invalid" and "line 3" in failed.value.message
+    assert Job.objects.get(pk=job.id).attempt == 1  # not retried: a bad dataset stays bad
+    assert not Version.objects.filter(repository__name="bot").exists()
+
+
+def _kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_sigkilled_worker_job_is_requeued_and_succeeds_once(inputs, start_worker):
+    first = start_worker("first")
+    job = inputs.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/bot",
+                       **{**FAST, "max_steps": 200, "learning_rate": 1e-3})
+    _wait_for(lambda: Job.objects.get(pk=job.id).progress.get("step", 0) >= 3, what="training to start")
+    _kill(first)
+    # the lease (4 s in tests) runs out; the reaper (beat task / `reap_jobs`) re-queues the job
+    _wait_for(lambda: call_command("reap_jobs") or Job.objects.get(pk=job.id).status == "queued", timeout=30,
+              what="the reaper to re-queue")
+    start_worker("second")
+    done = job.wait(timeout=240)
+    assert done.status == "succeeded" and done.attempt == 2
+    assert Version.objects.filter(job_id=job.id).count() == 1 and Version.objects.filter(repository__name="bot").count() == 1
+    reasons = [e.data.get("reason", "") for e in JobEvent.objects.filter(job_id=job.id, type="status")]
+    assert any("stopped heartbeating" in r and "re-queued" in r for r in reasons), reasons
+
+
+def test_sigkilled_worker_at_the_attempt_limit_fails_with_the_reason(inputs, start_worker):
+    proc = start_worker()
+    job = inputs.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/bot",
+                       max_attempts=1, **{**FAST, "max_steps": 2000})
+    _wait_for(lambda: Job.objects.get(pk=job.id).progress.get("step", 0) >= 1, what="training to start")
+    _kill(proc)
+    _wait_for(lambda: call_command("reap_jobs") or Job.objects.get(pk=job.id).status == "failed", timeout=30,
+              what="the reaper to fail the job")
+    with pytest.raises(JobFailed) as failed:
+        job.wait(timeout=5)
+    assert failed.value.code == "lease_expired" and "stopped heartbeating" in failed.value.message
+
+
+def test_cancel_stops_training_within_a_heartbeat(inputs, start_worker):
+    start_worker()
+    job = inputs.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/bot",
+                       **{**FAST, "max_steps": 5000})
+    _wait_for(lambda: Job.objects.get(pk=job.id).progress.get("step", 0) >= 2, what="training to start")
+    asked = time.monotonic()
+    assert job.cancel().status == "cancel_requested"
+    with pytest.raises(JobCancelled):
+        job.wait(timeout=60)
+    took = time.monotonic() - asked
+    row = Job.objects.get(pk=job.id)
+    assert row.status == "cancelled" and row.progress["step"] < 5000
+    assert not Version.objects.filter(repository__name="bot").exists()
+    statuses = [e.data["status"] for e in JobEvent.objects.filter(job_id=job.id, type="status").order_by("seq")]
+    assert statuses == ["queued", "running", "cancel_requested", "cancelled"]
+    print(json.dumps({"cancel_to_cancelled_seconds": round(took, 2), "heartbeat_seconds": 1.0}))
