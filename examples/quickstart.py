@@ -1,11 +1,13 @@
-"""The README's worked example: share a LoRA adapter through a running hub.
+"""The README's worked example: train, share and merge a LoRA adapter through a running hub.
 
-alice builds a tiny Llama and trains a LoRA adapter on it (all offline), pushes both;
-bob, a teammate with a read-only token, pulls the adapter by reference, loads it with
-peft and gets exactly the same logits. Run against a hub started by `./dev up`, or:
+alice builds a tiny Llama and a prompt/completion dataset (offline), pushes both, and
+asks the hub to train a LoRA adapter on them: a worker claims the job, trains, and
+pushes the adapter as a new version. bob, a teammate with a read-only token, pulls the
+adapter and gets exactly the logits the hub's copy gives; alice merges it into the base
+for zero-overhead inference. Run against a hub started by `./dev up`, or:
 
-    pefthub-server up &                      # in one shell
-    python -m examples.quickstart            # in another (same PEFTHUB_DATA_DIR)
+    pefthub-server up &                      # one shell (it starts one embedded worker)
+    python -m examples.quickstart            # another (same PEFTHUB_DATA_DIR)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import requests
 
 from examples import tiny
+
+PROMPT = "the hub"
 
 
 def adduser(*args: str) -> str:
@@ -43,52 +47,83 @@ def wait_for(url: str, seconds: float = 60) -> None:
             time.sleep(0.3)
 
 
+def generate(model, tokenizer) -> str:
+    import torch
+
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def logits(model):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=tiny.sample_input()).logits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("PEFTHUB_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--workdir", default=None, help="where to build the tiny model (default: a temp dir)")
     args = parser.parse_args()
     os.environ.setdefault("PEFTHUB_DISABLE_PROGRESS_BARS", "1")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from pefthub import Hub
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
     wait_for(args.url)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pefthub-demo-"))
     alice_token = adduser("alice", "--team", "acme", "--role", "admin")
     bob_token = adduser("bob", "--team", "acme", "--role", "read", "--scope", "read")
 
-    print(f"1. alice builds a tiny Llama and trains a LoRA adapter on it in {work}")
+    print(f"1. alice builds a tiny Llama and a prompt/completion dataset in {work}, and pushes both")
     base_dir = tiny.make_tiny_llama(work / "llama-tiny")
-    expected = tiny.train_lora(base_dir, work / "support-bot", steps=10)
-
+    dataset = tiny.make_dataset(work / "train.jsonl", rows=256)
     alice = Hub(url=args.url, token=alice_token, cache_dir=work / "cache-alice")
     base = alice.push(base_dir, "acme/llama-tiny", message="random-init tiny Llama")
-    print(f"2. alice pushed acme/llama-tiny@{base.number} ({base.digest[:19]}…)")
-    adapter = alice.push(
-        work / "support-bot", "acme/support-bot", base_model="acme/llama-tiny", aliases=["prod"], message="10 steps"
-    )
-    print(f"3. alice pushed acme/support-bot@{adapter.number}, alias prod; created={adapter.created}")
-    again = alice.push(work / "support-bot", "acme/support-bot")
-    print(f"   re-pushing the same folder: created={again.created} (still version {again.number})")
+    data = alice.push(dataset, "acme/support-data")
+    print(f"   acme/llama-tiny@{base.number}, acme/support-data@{data.number}")
 
+    print("2. alice submits a LoRA training job; a worker claims it, trains and pushes the adapter")
+    job = alice.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/support-bot",
+                      method="lora", r=8, max_steps=80, learning_rate=1e-2, batch_size=8, max_seq_length=64,
+                      aliases=["prod"])
+    done = job.wait(timeout=600)
+    losses = [e.data["loss"] for e in job.events() if e.type == "metric" and "loss" in e.data]
+    print(f"   job {done.id[:12]} {done.status}: loss {losses[0]:.2f} -> {losses[-1]:.2f} in {len(losses)} steps; "
+          f"result {done.result.ref} (alias prod)")
+
+    print("3. bob (read-only token) pulls the adapter and loads it with peft")
     bob = Hub(url=args.url, token=bob_token, cache_dir=work / "cache-bob")
-    base_path = bob.pull("acme/llama-tiny")
-    adapter_path = bob.pull("acme/support-bot@prod")
-    print(f"4. bob pulled acme/support-bot@prod into {adapter_path}")
-    got = tiny.load_adapter_logits(base_path, adapter_path)
-    diff = (got - expected).abs().max().item()
-    print(f"5. bob's PeftModel.from_pretrained logits vs alice's: max |diff| = {diff:g}")
-    if diff != 0.0:
-        raise SystemExit("logits differ: the round trip is broken")
+    base_path, adapter_path = bob.pull("acme/llama-tiny"), bob.pull("acme/support-bot@prod")
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    base_model = AutoModelForCausalLM.from_pretrained(base_path).eval()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter_path).eval()
+    print(f"   before: {generate(base_model, tokenizer)!r}")
+    print(f"   after:  {generate(tuned, tokenizer)!r}")
+    same = alice.load("acme/support-bot@prod").eval()
+    print(f"   bob's logits vs alice's hub.load(): max |diff| = {(logits(tuned) - logits(same)).abs().max().item():g}")
+
+    print("4. alice merges the adapter into its base (a `model` version with lineage)")
+    merged_job = alice.merge("acme/support-bot@prod", output="acme/support-bot-merged").wait(timeout=600)
+    merged = AutoModelForCausalLM.from_pretrained(alice.pull("acme/support-bot-merged")).eval()
+    diff = (logits(merged) - logits(tuned)).abs().max().item()
+    print(f"   {merged_job.result.ref}: merged logits vs adapter logits max |diff| = {diff:.2g}")
+    if diff > 1e-5:
+        raise SystemExit("merged model does not match the adapter")
+
     print("\nTry the CLI next:")
     print(f"  export PEFTHUB_URL={args.url} PEFTHUB_TOKEN={alice_token}")
     print("  pefthub ls --kind adapter")
-    print("  pefthub info acme/support-bot")
-    print("  pefthub pull acme/support-bot@prod")
+    print("  pefthub jobs ls")
+    print("  pefthub train --base-model acme/llama-tiny --dataset acme/support-data --output acme/bot2 "
+          "--method dora --set r=4 --set max_steps=40 --wait")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def format_event(event: JobEvent) -> str:
         text = message if level == "info" else f"{level.upper()} {message}"
     elif event.type == "status":
         text = f"status {d.get('status')}"
-        if event.attempt is not None:
+        if event.attempt:  # 0 while still queued
             text += f" (attempt {event.attempt})"
         if d.get("reason"):
             text += f": {d['reason']}"

@@ -133,7 +133,6 @@ def merge(
                             tensor = _apply(name, tensor.float(), plan.pop(name), loaded, combination, density, seed, exact)
                         out[name] = (tensor.to(target) if tensor.is_floating_point() else tensor).contiguous()
                 save_file(out, tmp / shard, metadata=metadata)
-                del out
             on_event("log", {"message": f"shard {done}/{len(shards)} `{shard}`: {len(names)} tensors, "
                                         f"{len(edited)} merged", "level": "info"})
             on_event("metric", {"step": done, "total_steps": len(shards)})
@@ -142,9 +141,7 @@ def merge(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         _copy_side_files(base_dir, tmp, config, dtype)
         os.chmod(tmp, 0o755)
-        if output_dir.exists():
-            output_dir.rmdir()
-        os.replace(tmp, output_dir)
+        os.replace(tmp, output_dir)  # over an empty output_dir too
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -162,7 +159,7 @@ def _check_options(adapters: list[tuple[Path, float]], combination: str, density
     if not 0.0 < density <= 1.0:
         raise MergeError(f"density {density} must be in (0, 1]: the fraction of each delta kept")
     for path, weight in adapters:
-        if not isinstance(weight, (int, float)) or weight != weight or abs(weight) == float("inf"):
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise MergeError(f"adapter `{path}`: weight {weight!r} must be a finite number")
 
 
@@ -185,9 +182,8 @@ def _read_headers(base_dir: Path, shards: list[str]) -> dict[str, tuple[str, str
     for shard in shards:
         with (base_dir / shard).open("rb") as fh:
             header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        header.pop("__metadata__", None)
         for name, info in header.items():
-            if name == "__metadata__":
-                continue
             if _QUANTIZED.match(info["dtype"]):
                 raise MergeError(f"base `{base_dir}` holds quantized weights (`{name}` is {info['dtype']}): merge into the "
                                  "float16/bfloat16/float32 base the adapter was trained from, not a 4-bit one")
@@ -266,23 +262,19 @@ def _module_edit(adapter: _Adapter, i: int, module: str, parts: dict[str, torch.
         n, feedforward = vec.numel(), vec.shape[0] == 1
         fif = _orientation(shape, None if feedforward else n, n if feedforward else None, config_fif, where)
         return _Edit("ia3", i, parts, 1.0, fif)
-    a, b = (parts.get("lora_A.weight"), parts.get("lora_B.weight"))
-    embedding = a is None
-    if embedding:
-        a, b = parts.get("lora_embedding_A"), parts.get("lora_embedding_B")
+    a, b = parts.get("lora_A.weight", parts.get("lora_embedding_A")), parts.get("lora_B.weight", parts.get("lora_embedding_B"))
+    embedding = "lora_embedding_A" in parts
     if a is None or b is None or a.dim() != 2 or b.dim() != 2:
         raise MergeError(f"{where}: needs 2-D lora_A and lora_B (found {sorted(parts)}); convolution LoRA is not merged here")
     r = _pattern(config.get("rank_pattern") or {}, module, config.get("r", a.shape[0]))
     if r != a.shape[0]:
         raise MergeError(f"{where}: rank {r} from the config (r/rank_pattern) but lora_A has {a.shape[0]} rows")
     alpha = _pattern(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", r))
-    scaling = alpha / (r**0.5) if config.get("use_rslora") else alpha / r
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     fif = True if embedding else _orientation(shape, b.shape[0], a.shape[1], config_fif, where)
     if embedding and shape != [a.shape[1], b.shape[0]]:
         raise MergeError(f"{where}: embedding delta is {a.shape[1]}×{b.shape[0]} but the base tensor is {shape}")
-    tensors = {"A": a, "B": b}
-    if "lora_magnitude_vector" in parts:
-        tensors["m"] = parts["lora_magnitude_vector"]
+    tensors = {"A": a, "B": b} | ({"m": parts["lora_magnitude_vector"]} if "lora_magnitude_vector" in parts else {})
     if not exact and ("m" in tensors or "lora_B.bias" in parts):
         feature = "DoRA" if "m" in tensors else "lora_bias"
         raise MergeError(f"{where} uses {feature}: it can only be merged alone, with weight 1.0 and combination linear")
@@ -312,8 +304,7 @@ def _base_name(key: str, headers: dict[str, Any], label: str) -> str:
     for name in (key, key.removeprefix("model."), f"model.{key}"):
         if name in headers:
             return name
-    module = key.rsplit(".", 1)[0]
-    raise MergeError(f"{label} changes `{module}` but the base has no tensor `{key}`: was it trained on another base?")
+    raise MergeError(f"{label} changes `{key.rsplit('.', 1)[0]}` but the base has no tensor `{key}`: was it trained on another base?")
 
 
 def _apply(name: str, w: torch.Tensor, edits: list[_Edit], adapters: list[_Adapter], combination: str, density: float,
@@ -321,15 +312,13 @@ def _apply(name: str, w: torch.Tensor, edits: list[_Edit], adapters: list[_Adapt
     """The merged float32 value of base tensor ``name``."""
     import torch
 
-    deltas: list[torch.Tensor] = []
-    weights: list[float] = []
+    deltas, weights = [], []
     for edit in edits:
-        label = f"adapter {edit.adapter + 1} `{adapters[edit.adapter].path}`"
         if edit.kind == "replace":
             value = edit.tensors["value"]
             if not exact and not torch.equal(value, w):
-                raise MergeError(f"{label} replaces `{name}` (modules_to_save or bias training): that can only be "
-                                 "merged alone, with weight 1.0 and combination linear")
+                raise MergeError(f"adapter {edit.adapter + 1} `{adapters[edit.adapter].path}` replaces `{name}` "
+                                 "(modules_to_save, bias): that can only be merged alone, with weight 1.0 and combination linear")
             w = value
         elif edit.kind == "ia3":
             w = w * _t(edit.tensors["ia3_l"], edit.fan_in_fan_out)
@@ -389,7 +378,7 @@ def _copy_side_files(base_dir: Path, out: Path, config: dict[str, Any], dtype: s
         config["dtype"] = dtype
         if "torch_dtype" in config:
             config["torch_dtype"] = dtype
-        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for path in base_dir.iterdir():
         weights = path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.name.endswith(".index.json")
         if path.is_file() and not weights and path.name not in ("config.json", "README.md") and not path.name.startswith("."):
@@ -403,10 +392,7 @@ def _data_bytes(path: Path) -> int:
 
 
 def _peak_rss_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    """This process's peak resident memory (VmHWM), where /proc has it."""
+    status = Path("/proc/self/status")
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.MULTILINE) if status.exists() else None
+    return int(found[1]) / 1024 if found else None

@@ -1,0 +1,216 @@
+"""The training recipe, for real: every method trains a tiny Llama (built here, offline) and reloads exactly.
+
+Runs torch on one thread: the models are tiny, and on a busy 2-core machine OpenMP's
+spinning threads make each step up to 100x slower.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from examples import tiny
+from pefthub.specs import SpecError, TrainHyperparameters
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from pefthub_worker.training import Callbacks, Cancelled, DatasetError, QLoRAUnavailable, train  # noqa: E402
+from pefthub_worker.training import config as cfg  # noqa: E402
+from pefthub_worker.training import data, recipe  # noqa: E402
+from pefthub_worker.training.__main__ import main as cli_main  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+FAST = {"batch_size": 8, "max_seq_length": 64, "learning_rate": 1e-2}
+#: learning rates at which each method visibly learns in a dozen steps on the tiny model
+LEARNING_RATES = {"lora": 1e-2, "dora": 1e-2, "qlora": 1e-2, "ia3": 1e-1, "prefix_tuning": 1e-2, "prompt_tuning": 3e-1}
+
+
+def _bitsandbytes_problem() -> str | None:
+    try:
+        cfg.require_bitsandbytes(torch.device("cpu"), torch.float32)
+    except QLoRAUnavailable as exc:
+        return str(exc)
+    return None
+
+
+QLORA_SKIP = _bitsandbytes_problem()
+needs_bnb = pytest.mark.skipif(QLORA_SKIP is not None, reason=f"bitsandbytes cannot run 4-bit layers on this CPU: {QLORA_SKIP}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return tiny.make_tiny_llama(tmp_path_factory.mktemp("training") / "llama-tiny")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return tiny.make_dataset(tmp_path_factory.mktemp("data") / "train.jsonl", rows=64)
+
+
+def hyper(method: str = "lora", **overrides) -> TrainHyperparameters:
+    values = {**FAST, "learning_rate": LEARNING_RATES[method], "max_steps": 12, **overrides}
+    if method in ("prefix_tuning", "prompt_tuning"):
+        values.setdefault("num_virtual_tokens", 8)
+    return TrainHyperparameters.from_dict(values, method=method)
+
+
+def run(method: str, base: Path, dataset: Path, out: Path, events: list | None = None, **overrides):
+    on_event = (lambda type, data: events.append((type, data))) if events is not None else (lambda type, data: None)
+    return recipe.run_recipe(method=method, hyperparameters=hyper(method, **overrides), base_dir=base,
+                             dataset_path=dataset, output_dir=out, callbacks=Callbacks(on_event=on_event))
+
+
+def load_base(base: Path, *, four_bit: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    if not four_bit:
+        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=cfg.quantization_config(torch.float32),
+                                                 dtype=torch.float32, device_map={"": "cpu"})
+    cfg.keep_4bit_layers_trainable(model)
+    return model
+
+
+def logits(model) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=tiny.sample_input()).logits
+
+
+# --- every method ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "peft_type"), [
+    ("lora", "LORA"), ("dora", "LORA"), ("ia3", "IA3"), ("prefix_tuning", "PREFIX_TUNING"),
+    ("prompt_tuning", "PROMPT_TUNING"), pytest.param("qlora", "LORA", marks=needs_bnb),
+])
+def test_every_method_learns_and_its_saved_adapter_reloads_exactly(method, peft_type, base, dataset, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "adapter"
+    result, model = run(method, base, dataset, out, eval_split=0.125)
+
+    assert result.output_dir == out and result.peft_type == peft_type
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == peft_type
+    metrics = result.metrics
+    assert metrics["eval_loss"] < metrics["eval_loss_before"] - 0.01, metrics  # held-out loss, same rows both times
+    assert metrics["steps"] == 12 and metrics["train_tokens"] > 0 and metrics["tokens_per_second"] > 0
+
+    reloaded = PeftModel.from_pretrained(load_base(base, four_bit=method == "qlora"), out)
+    assert torch.equal(logits(model), logits(reloaded))
+    if method == "qlora":
+        assert result.quantization == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                       "bnb_4bit_use_double_quant": True, "compute_dtype": "float32"}
+    else:
+        assert result.quantization is None
+
+
+def test_lora_training_loss_goes_down_and_metric_events_follow_the_schedule(base, dataset, tmp_path):
+    events: list = []
+    result, _ = run("lora", base, dataset, tmp_path / "a", events, max_steps=20, warmup_steps=4, logging_steps=5)
+    assert result.metrics["final_loss"] < result.metrics["first_loss"] - 0.2, result.metrics
+    metrics = [d for t, d in events if t == "metric"]
+    assert [m["step"] for m in metrics] == [5, 10, 15, 20]
+    assert all(set(m) == {"step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second"} for m in metrics)
+    assert metrics[-1]["total_steps"] == 20 and metrics[-1]["epoch"] == pytest.approx(20 / 8)
+    assert metrics[0]["learning_rate"] == pytest.approx(1e-2)  # step 5 is the first after 4 warmup steps
+    assert metrics[1]["learning_rate"] == pytest.approx(1e-2 * (20 - 9) / 16)  # then linear decay to 0
+    assert any(t == "log" and "64 rows (prompt_completion)" in d["message"] for t, d in events)
+
+
+def test_default_targets_are_the_attention_projections_and_ia3_scales_down_proj(base, dataset, tmp_path):
+    run("lora", base, dataset, tmp_path / "lora", max_steps=1)
+    run("ia3", base, dataset, tmp_path / "ia3", max_steps=1)
+    lora = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    ia3 = json.loads((tmp_path / "ia3" / "adapter_config.json").read_text())
+    assert sorted(lora["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"] and lora["lora_alpha"] == 32
+    assert sorted(ia3["target_modules"]) == ["down_proj", "k_proj", "v_proj"] and ia3["feedforward_modules"] == ["down_proj"]
+    assert cfg.default_target_modules("gpt2", "lora") == ["c_attn"]
+    assert cfg.default_target_modules("some_new_arch", "lora") == "all-linear"
+
+
+def test_same_seed_same_adapter_bytes(base, dataset, tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        run("lora", base, dataset, tmp_path / name, seed=seed, max_steps=4, eval_split=0.125)
+    weights = {n: (tmp_path / n / "adapter_model.safetensors").read_bytes() for n in "abc"}
+    assert weights["a"] == weights["b"]
+    assert weights["a"] != weights["c"]
+
+
+def test_gradient_accumulation_matches_one_big_batch(base, dataset, tmp_path):
+    run("lora", base, dataset, tmp_path / "big", max_steps=3, batch_size=8, lora_dropout=0.0)
+    run("lora", base, dataset, tmp_path / "acc", max_steps=3, batch_size=4, gradient_accumulation_steps=2, lora_dropout=0.0)
+    big, acc = (load_file(tmp_path / n / "adapter_model.safetensors") for n in ("big", "acc"))
+    for key in big:
+        torch.testing.assert_close(big[key], acc[key], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_trains(base, dataset, tmp_path):
+    result, _ = run("lora", base, dataset, tmp_path / "a", max_steps=3, gradient_checkpointing=True)
+    assert result.metrics["steps"] == 3
+
+
+# --- QLoRA and the AVX512-BF16 eval-mode repack ---------------------------------------------
+
+
+@needs_bnb
+def test_qlora_lora_weights_still_learn_after_an_eval_pass(base):
+    """An eval-mode forward must not stop gradients (bitsandbytes repacks 4-bit weights on AVX512-BF16 CPUs)."""
+    from peft import get_peft_model
+
+    def grads_after(eval_first: bool) -> dict:
+        torch.manual_seed(0)
+        model, _ = recipe._load_base(base, "qlora", hyper("qlora"), torch.device("cpu"))
+        torch.manual_seed(0)
+        model = get_peft_model(model, cfg.peft_config("qlora", hyper("qlora", lora_dropout=0.0), ["q_proj", "v_proj"], "llama"))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)  # so lora_A gets a gradient too
+        if eval_first:
+            logits(model)
+        model.train()
+        batch = tiny.sample_input()
+        model(input_ids=batch, labels=batch).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    after_eval, fresh = grads_after(True), grads_after(False)
+    assert len(after_eval) == 8 and all(g is not None and g.abs().sum() > 0 for g in after_eval.values())
+    for name, grad in fresh.items():
+        torch.testing.assert_close(after_eval[name], grad)
+
+
+@needs_bnb
+def test_qlora_with_eval_split_updates_every_lora_weight(base, dataset, tmp_path):
+    result, _ = run("qlora", base, dataset, tmp_path / "a", eval_split=0.125, target_modules=["q_proj", "v_proj"], max_steps=4)
+    weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
+    assert len(lora_b) == 4 and all(v.abs().max() > 0 for v in lora_b.values())  # lora_B starts at zero
+
+
+def test_qlora_without_a_working_bitsandbytes_says_so(base, dataset, tmp_path, monkeypatch):
+    # Mocked: bitsandbytes does run on this CPU, so its failure has to be simulated.
+    bnb = pytest.importorskip("bitsandbytes")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(bnb.nn, "Linear4bit", broken)
+    with pytest.raises(QLoRAUnavailable, match="qlora needs bitsandbytes with a supported device"):
+        train(method="qlora", hyperparameters=hyper("qlora"), base_dir=base, dataset_path=dataset, output_dir=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
