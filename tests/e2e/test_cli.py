@@ -27,7 +27,9 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     """A real `pefthub-server up` process on the embedded defaults (SQLite, local blobs)."""
     data = tmp_path_factory.mktemp("server-data")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE")}
+    # The embedded defaults: SQLite, local blobs, the filesystem broker and one embedded worker.
+    drop = ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE", "CELERY_BROKER_URL")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PEFTHUB_DATA_DIR"] = str(data)
     port = _free_port()
     with open(data / "server.log", "wb") as log:  # the child keeps its own descriptor
@@ -111,3 +113,30 @@ def test_cli_push_pull_ls_info_alias(server, tiny_base, tiny_adapter, tmp_path):
     (refused / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
     bad = run([cli, "push", refused, "acme/pickled", "--kind", "model"], env)
     assert bad.returncode == 1 and "safetensors" in bad.stderr
+
+
+def test_embedded_worker_trains_and_merges_through_the_cli(server, tiny_base, tmp_path):
+    """`pefthub-server up` alone (no Redis) runs jobs: its embedded worker shares the filesystem broker."""
+    from examples import tiny
+
+    url, server_env = server
+    token = run([BIN / "pefthub-server", "adduser", "tess", "--team", "lab2", "--role", "admin"], server_env).stdout.strip()
+    env = {**os.environ, "PEFTHUB_URL": url, "PEFTHUB_TOKEN": token, "PEFTHUB_CACHE": str(tmp_path / "cache"),
+           "PEFTHUB_CONFIG_DIR": str(tmp_path / "config"), "PEFTHUB_DISABLE_PROGRESS_BARS": "1"}
+    cli = BIN / "pefthub"
+    assert run([cli, "push", tiny_base, "lab2/llama-tiny"], env).returncode == 0
+    assert run([cli, "push", tiny.make_dataset(tmp_path / "d.jsonl", rows=32), "lab2/data"], env).returncode == 0
+    trained = run([cli, "train", "--base-model", "lab2/llama-tiny", "--dataset", "lab2/data", "--output", "lab2/bot",
+                   "--method", "dora", "--set", "r=4", "--set", "max_steps=5", "--set", "max_seq_length=32", "--wait"], env)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    job_id, result = trained.stdout.split()
+    assert result == "lab2/bot@1"
+    logs = run([cli, "jobs", "logs", job_id], env).stdout
+    assert "step 5/5" in logs and "succeeded" in logs
+    shown = json.loads(run([cli, "jobs", "show", job_id, "--json"], env).stdout)
+    assert shown["status"] == "succeeded" and shown["spec"]["method"] == "dora"
+    merged = run([cli, "merge", "lab2/bot@1", "--output", "lab2/bot-merged", "--wait"], env)
+    assert merged.returncode == 0 and merged.stdout.split()[-1] == "lab2/bot-merged@1", merged.stderr
+    refused = run([cli, "train", "--base-model", "lab2/llama-tiny", "--dataset", "lab2/data", "--output", "lab2/x",
+                   "--method", "lora", "--set", "r=0"], env)
+    assert refused.returncode == 1 and "hyperparameters.r" in refused.stderr

@@ -236,8 +236,8 @@ def _chat(messages: list[dict], tokenizer: Any, stats: TokenStats) -> tuple[list
 def _render_plain(messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     text, spans = "", []
     for message in messages:
-        head = f"{message['role']}: "
-        body = f"{message['content']}\n"
+        head = f"{message['role']}:"
+        body = f" {message['content']}\n"  # the space too: BPE tokenizers glue it to the first word
         if message["role"] == "assistant":
             spans.append((len(text) + len(head), len(text) + len(head) + len(body)))
         text += head + body
