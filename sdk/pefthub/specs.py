@@ -400,11 +400,10 @@ def _adapters(value: Any) -> list[AdapterWeight]:
         raise SpecError("adapters", "adapters must be a non-empty list of {\"ref\", \"weight\"} objects")
     out: list[AdapterWeight] = []
     seen: dict[str, int] = {}
-    for i, item in enumerate(value):
+    for i, raw in enumerate(value):
         where = f"adapters[{i}]"
-        if isinstance(item, str):  # shorthand: "acme/bot@3" means weight 1.0
-            item = {"ref": item}
-        item = _check_keys(where, item, ["ref", "weight"])
+        # shorthand: "acme/bot@3" means {"ref": "acme/bot@3", "weight": 1.0}
+        item = _check_keys(where, {"ref": raw} if isinstance(raw, str) else raw, ["ref", "weight"])
         ref = _ref(f"{where}.ref", item.get("ref"), allow_revision=True)
         weight = item.get("weight", 1.0)
         if not _is_number(weight):

@@ -10,20 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from examples import tiny
 from pefthub.specs import SpecError, TrainHyperparameters
-
-torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
-
-from safetensors.torch import load_file  # noqa: E402
-
-from pefthub_worker.training import Callbacks, Cancelled, DatasetError, QLoRAUnavailable, train  # noqa: E402
-from pefthub_worker.training import config as cfg  # noqa: E402
-from pefthub_worker.training import data, recipe  # noqa: E402
-from pefthub_worker.training.__main__ import main as cli_main  # noqa: E402
+from pefthub_worker.training import Callbacks, Cancelled, DatasetError, QLoRAUnavailable, data, recipe, train
+from pefthub_worker.training import config as cfg
+from pefthub_worker.training.__main__ import main as cli_main
 
 pytestmark = pytest.mark.slow
 
@@ -197,7 +191,7 @@ def test_qlora_lora_weights_still_learn_after_an_eval_pass(base):
 
 @needs_bnb
 def test_qlora_with_eval_split_updates_every_lora_weight(base, dataset, tmp_path):
-    result, _ = run("qlora", base, dataset, tmp_path / "a", eval_split=0.125, target_modules=["q_proj", "v_proj"], max_steps=4)
+    run("qlora", base, dataset, tmp_path / "a", eval_split=0.125, target_modules=["q_proj", "v_proj"], max_steps=4)
     weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
     lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
     assert len(lora_b) == 4 and all(v.abs().max() > 0 for v in lora_b.values())  # lora_B starts at zero
@@ -328,7 +322,7 @@ def test_bad_rows_name_the_file_and_line(rows, line, says, tmp_path):
 def test_an_empty_dataset_is_refused(content, tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(content)
-    with pytest.raises(DatasetError, match="train.jsonl is empty") as info:
+    with pytest.raises(DatasetError, match=r"train\.jsonl is empty") as info:
         data.read_jsonl(path)
     assert info.value.line is None
 

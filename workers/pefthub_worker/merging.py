@@ -10,6 +10,7 @@ cast to the chosen dtype when written.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -39,6 +40,7 @@ _PART = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lor
                    r"lora_magnitude_vector|ia3_l)$")
 _PEFT_PREFIX = "base_model.model."
 _INTEGER = ("BOOL", "I16", "U16", "I32", "U32", "I64", "U64")
+_FLOATS = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2)}
 
 
 class MergeError(ValueError):
@@ -92,10 +94,6 @@ def merge(
     ``modules_to_save``); anything else combines plain LoRA deltas with ``combination``. The result is written
     to a temporary sibling folder and renamed to ``output_dir`` only when complete.
     """
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     started = time.monotonic()
     base_dir, output_dir = Path(base_dir), Path(output_dir)
     _check_options(adapters, combination, density, dtype)
@@ -106,47 +104,75 @@ def merge(
     if config.get("quantization_config"):
         raise MergeError(f"base `{base_dir}` is quantized ({config['quantization_config'].get('quant_method', '?')}): "
                          "merge into the float16/bfloat16/float32 base the adapter was trained from, not a 4-bit one")
-    headers = _read_headers(base_dir, shards)
+    headers = {shard: _read_header(base_dir, shard) for shard in shards}
+    tensors = {name: entry for header in headers.values() for name, entry in header.items() if name != "__metadata__"}
     loaded = [_load_adapter(Path(path), float(weight), i) for i, (path, weight) in enumerate(adapters)]
     exact = len(loaded) == 1 and loaded[0].weight == 1.0 and combination == "linear"
-    plan = _plan(loaded, headers, exact=exact)
-    target = getattr(torch, dtype)
+    plan = _plan(loaded, tensors, exact=exact)
     merged_modules = sum(1 for edits in plan.values() if any(edit.kind != "bias" for edit in edits))
+
+    def merged(name: str, weight: torch.Tensor) -> torch.Tensor:
+        return _apply(name, weight, plan[name], loaded, combination, density, seed, exact)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
-        parameters = 0
         for done, shard in enumerate(shards, 1):
-            names = [name for name, (file, _, _) in headers.items() if file == shard]
+            names = [name for name in headers[shard] if name != "__metadata__"]
             edited = [name for name in names if name in plan]
-            parameters += sum(math.prod(headers[name][2]) for name in names)
-            if not edited and all(headers[n][1] in (DTYPES[dtype], *_INTEGER) for n in names):
-                shutil.copyfile(base_dir / shard, tmp / shard)  # nothing to change: bytes as they are
+            if not edited and all(tensors[n]["dtype"] in (DTYPES[dtype], *_INTEGER) for n in names):
+                shutil.copyfile(base_dir / shard, tmp / shard)  # nothing to change: the bytes as they are
             else:
-                out: dict[str, torch.Tensor] = {}
-                with safe_open(base_dir / shard, framework="pt") as fh:
-                    metadata = fh.metadata()
-                    for name in names:
-                        tensor = fh.get_tensor(name)
-                        if name in plan:
-                            tensor = _apply(name, tensor.float(), plan.pop(name), loaded, combination, density, seed, exact)
-                        out[name] = (tensor.to(target) if tensor.is_floating_point() else tensor).contiguous()
-                save_file(out, tmp / shard, metadata=metadata)
+                _write_shard(base_dir / shard, tmp / shard, headers[shard], plan, merged, DTYPES[dtype])
             on_event("log", {"message": f"shard {done}/{len(shards)} `{shard}`: {len(names)} tensors, "
                                         f"{len(edited)} merged", "level": "info"})
             on_event("metric", {"step": done, "total_steps": len(shards)})
         if index is not None:
             index.setdefault("metadata", {})["total_size"] = sum(_data_bytes(tmp / s) for s in shards)
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         _copy_side_files(base_dir, tmp, config, dtype)
         os.chmod(tmp, 0o755)
         os.replace(tmp, output_dir)  # over an empty output_dir too
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return MergeResult(output_dir=output_dir, parameters=parameters, merged_modules=merged_modules,
-                       seconds=time.monotonic() - started, peak_rss_mib=_peak_rss_mib())
+    return MergeResult(output_dir=output_dir, parameters=sum(math.prod(e["shape"]) for e in tensors.values()),
+                       merged_modules=merged_modules, seconds=time.monotonic() - started, peak_rss_mib=_peak_rss_mib())
+
+
+def _write_shard(src: Path, dst: Path, header: dict[str, Any], plan: dict[str, list[_Edit]],
+                 merged: Callable[[str, torch.Tensor], torch.Tensor], target: str) -> None:
+    """Write one output shard tensor by tensor: read, merge (float32), cast, append; never the whole shard at once.
+
+    safetensors' ``safe_open`` + ``save_file`` would hold the shard twice (its mapped pages and the merged copy).
+    """
+    import torch
+
+    names = sorted((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"][0])
+    out: dict[str, Any] = {"__metadata__": header.get("__metadata__") or {"format": "pt"}}
+    offset = 0
+    for name in names:
+        entry, cast = header[name], header[name]["dtype"] in _FLOATS
+        size = math.prod(entry["shape"]) * _FLOATS[target][1] if cast else entry["data_offsets"][1] - entry["data_offsets"][0]
+        out[name] = {"dtype": target if cast else entry["dtype"], "shape": entry["shape"], "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(out, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # safetensors aligns the data to 8 bytes
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        fout.write(struct.pack("<Q", len(blob)) + blob)
+        for name in names:
+            entry = header[name]
+            begin, end = entry["data_offsets"]
+            fin.seek(header["__data_start__"] + begin)
+            if name not in plan and entry["dtype"] in (target, *_INTEGER):
+                shutil.copyfileobj(io.BytesIO(fin.read(end - begin)), fout)
+                continue
+            tensor = torch.empty(entry["shape"], dtype=getattr(torch, _FLOATS[entry["dtype"]][0]))
+            if fin.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - begin:
+                raise MergeError(f"base shard `{src}` is truncated at tensor `{name}`")
+            if name in plan:
+                tensor = merged(name, tensor.float())
+            fout.write(tensor.to(getattr(torch, _FLOATS[target][0])).contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def _check_options(adapters: list[tuple[Path, float]], combination: str, density: float, dtype: str) -> None:
@@ -176,19 +202,19 @@ def _base_layout(base_dir: Path) -> tuple[list[str], dict[str, Any] | None]:
                      "re-save it with save_pretrained(safe_serialization=True)")
 
 
-def _read_headers(base_dir: Path, shards: list[str]) -> dict[str, tuple[str, str, list[int]]]:
-    """tensor name -> (shard, safetensors dtype, shape), from the shard headers only."""
-    headers: dict[str, tuple[str, str, list[int]]] = {}
-    for shard in shards:
-        with (base_dir / shard).open("rb") as fh:
-            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
-        header.pop("__metadata__", None)
-        for name, info in header.items():
-            if _QUANTIZED.match(info["dtype"]):
-                raise MergeError(f"base `{base_dir}` holds quantized weights (`{name}` is {info['dtype']}): merge into the "
-                                 "float16/bfloat16/float32 base the adapter was trained from, not a 4-bit one")
-            headers[name] = (shard, info["dtype"], info["shape"])
-    return headers
+def _read_header(base_dir: Path, shard: str) -> dict[str, Any]:
+    """A shard's safetensors header (name -> dtype, shape, data_offsets), plus ``__data_start__`` and the shard name."""
+    with (base_dir / shard).open("rb") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        header = json.loads(fh.read(size))
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if _QUANTIZED.match(entry["dtype"]) or entry["dtype"] not in (*_FLOATS, *_INTEGER):
+            raise MergeError(f"base `{base_dir}` holds quantized weights (`{name}` is {entry['dtype']}): merge into the "
+                             "float16/bfloat16/float32 base the adapter was trained from, not a 4-bit one")
+        entry["shard"] = shard
+    return header | {"__data_start__": 8 + size}
 
 
 def _load_adapter(path: Path, weight: float, position: int) -> _Adapter:
