@@ -39,6 +39,8 @@ def child(method: str, base: Path, adapter: Path, out: Path) -> None:
     """
     Path("/proc/self/clear_refs").write_text("5")
     if method == "streaming":
+        import torch  # noqa: F401  merge() imports it lazily; import it before the clock starts, as peft's side does
+
         from pefthub_worker.merging import merge
 
         imported = vm("VmRSS")

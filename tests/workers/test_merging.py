@@ -7,6 +7,7 @@ a few steps (so lora_B and the IA3 vectors are no longer their identity init).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ peft = pytest.importorskip("peft")
 from peft import IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model  # noqa: E402
 from peft.utils import merge_utils  # noqa: E402
 from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from examples import tiny  # noqa: E402
@@ -211,6 +213,27 @@ def test_sharded_base_keeps_its_layout(work, llama, lora):
     assert [d for kind, d in events if kind == "metric"] == [{"step": i, "total_steps": len(shards)} for i in range(1, len(shards) + 1)]
     assert sum(kind == "log" for kind, _ in events) == len(shards)
     assert_matches_peft(llama, lora, result.output_dir)
+
+
+def test_base_saved_without_the_model_prefix(work, llama, lora):
+    # A base saved from LlamaModel has `layers.0...`; the adapter, trained on LlamaForCausalLM, says `model.layers.0...`.
+    bare = work / "llama-bare"
+    bare.mkdir()
+    save_file({k.removeprefix("model."): t for k, t in tensors(llama).items()}, bare / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(llama / "config.json", bare / "config.json")
+    got = tensors(merge(base_dir=bare, adapters=[(lora, 1.0)], output_dir=work / "merged-bare").output_dir)
+    expected = tensors(merge(base_dir=llama, adapters=[(lora, 1.0)], output_dir=work / "merged-prefixed").output_dir)
+    assert got.keys() == {k.removeprefix("model.") for k in expected}
+    assert all(torch.equal(got[k.removeprefix("model.")], t) for k, t in expected.items())
+    assert any(not torch.equal(got[k], t) for k, t in tensors(bare).items())
+
+
+def test_output_dir_must_be_new_or_empty(work, llama, lora):
+    (work / "empty").mkdir()
+    assert merge(base_dir=llama, adapters=[(lora, 1.0)], output_dir=work / "empty").output_dir == work / "empty"
+    assert (work / "empty" / "model.safetensors").is_file()
+    with pytest.raises(MergeError, match="exists and is not empty"):
+        merge(base_dir=llama, adapters=[(lora, 1.0)], output_dir=work / "empty")
 
 
 def test_bfloat16_output_loads_and_stays_close(work, llama, lora):

@@ -18,7 +18,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="solo runs jobs in this process (default); prefork in child processes")
     parser.add_argument("--loglevel", "-l", default=os.environ.get("PEFTHUB_LOG_LEVEL", "info"))
     parser.add_argument("--hostname", "-n", default=None)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="CPU threads per job (default: cores / concurrency, so jobs do not oversubscribe the CPU)")
     args = parser.parse_args(argv)
+    threads = args.torch_threads or max(1, (os.cpu_count() or 1) // max(1, args.concurrency))
+    os.environ["PEFTHUB_TORCH_THREADS"] = str(threads)
     if not os.environ.get("PEFTHUB_TOKEN"):
         parser.error("PEFTHUB_TOKEN must hold a worker-scope token (pefthub-server adduser worker --scope worker)")
 

@@ -1,16 +1,14 @@
 """Merge adapters into a base model, streaming tensor by tensor over its safetensors shards.
 
-The base is never loaded as a model: each output shard is built from one input shard read
-with ``safe_open``, so peak memory stays near one shard plus the adapters. The formulas are
-peft 0.21's: LoRA ``W + transpose(B @ A, fan_in_fan_out) * scaling``, DoRA and IA3 as in
-their layers' ``merge``, and TIES/DARE as ``peft.utils.merge_utils`` applied to the dense
-per-tensor deltas ``ΔW_i`` of several LoRA adapters. Everything is computed in float32 and
-cast to the chosen dtype when written.
+The base is never loaded as a model: each shard is rewritten in the base's layout one tensor at a time (read, merge
+in float32, cast, append), so peak memory stays near the largest tensor plus the adapters. The formulas are peft
+0.21's: LoRA ``W + transpose(B @ A, fan_in_fan_out) * scaling``, DoRA and IA3 as their layers' ``merge``, and
+TIES/DARE as ``peft.utils.merge_utils`` applied to the dense per-tensor deltas of several LoRA adapters.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 import math
 import os
@@ -30,12 +28,11 @@ if TYPE_CHECKING:  # torch is imported lazily: a worker starts without it
 
 COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties")
 DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-_QUANTIZED = re.compile(r"^(U8|I8|F4|F6_.*|F8_.*)$")
 _PROMPT_TYPES = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "ADAPTION_PROMPT", "MULTITASK_PROMPT_TUNING", "CPT"}
 # LoRA options whose adapters are not "W + ΔW": their merge needs code this module does not have.
 _UNSUPPORTED_LORA = ("use_qalora", "layer_replication", "target_parameters", "trainable_token_indices", "megatron_config",
                      "alora_invocation_tokens", "use_bdlora", "arrow_config", "velora_config", "monteclora_config", "kasa_config")
-_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")  # initialisations that change the base weights
 _PART = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B|"
                    r"lora_magnitude_vector|ia3_l)$")
 _PEFT_PREFIX = "base_model.model."
@@ -50,7 +47,6 @@ class MergeError(ValueError):
 @dataclass
 class MergeResult:
     """What :func:`merge` wrote: the folder, its parameter count and how many base tensors changed."""
-
     output_dir: Path
     parameters: int
     merged_modules: int
@@ -61,12 +57,19 @@ class MergeResult:
 @dataclass
 class _Edit:
     """One adapter's change to one base tensor: ``lora``/``dora``/``ia3`` on a weight, ``bias`` or ``replace``."""
-
     kind: str
     adapter: int
     tensors: dict[str, torch.Tensor]
     scaling: float = 1.0
     fan_in_fan_out: bool = False
+
+
+@dataclass
+class _Shard:
+    path: Path
+    data_start: int
+    metadata: dict[str, str] | None
+    entries: dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -104,31 +107,31 @@ def merge(
     if config.get("quantization_config"):
         raise MergeError(f"base `{base_dir}` is quantized ({config['quantization_config'].get('quant_method', '?')}): "
                          "merge into the float16/bfloat16/float32 base the adapter was trained from, not a 4-bit one")
-    headers = {shard: _read_header(base_dir, shard) for shard in shards}
-    tensors = {name: entry for header in headers.values() for name, entry in header.items() if name != "__metadata__"}
+    headers = [_read_header(base_dir, shard) for shard in shards]
+    tensors = {name: entry for header in headers for name, entry in header.entries.items()}
     loaded = [_load_adapter(Path(path), float(weight), i) for i, (path, weight) in enumerate(adapters)]
     exact = len(loaded) == 1 and loaded[0].weight == 1.0 and combination == "linear"
     plan = _plan(loaded, tensors, exact=exact)
     merged_modules = sum(1 for edits in plan.values() if any(edit.kind != "bias" for edit in edits))
-
-    def merged(name: str, weight: torch.Tensor) -> torch.Tensor:
-        return _apply(name, weight, plan[name], loaded, combination, density, seed, exact)
+    merged = functools.partial(_apply, adapters=loaded, combination=combination, density=density, seed=seed, exact=exact)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
-        for done, shard in enumerate(shards, 1):
-            names = [name for name in headers[shard] if name != "__metadata__"]
-            edited = [name for name in names if name in plan]
-            if not edited and all(tensors[n]["dtype"] in (DTYPES[dtype], *_INTEGER) for n in names):
-                shutil.copyfile(base_dir / shard, tmp / shard)  # nothing to change: the bytes as they are
+        total_size = 0
+        for done, header in enumerate(headers, 1):
+            shard, entries = header.path.name, header.entries
+            edited = [name for name in entries if name in plan]
+            if not edited and all(entry["dtype"] in (DTYPES[dtype], *_INTEGER) for entry in entries.values()):
+                shutil.copyfile(header.path, tmp / shard)  # nothing to change: the bytes as they are
+                total_size += header.path.stat().st_size - header.data_start
             else:
-                _write_shard(base_dir / shard, tmp / shard, headers[shard], plan, merged, DTYPES[dtype])
-            on_event("log", {"message": f"shard {done}/{len(shards)} `{shard}`: {len(names)} tensors, "
+                total_size += _write_shard(header, tmp / shard, plan, merged, DTYPES[dtype])
+            on_event("log", {"message": f"shard {done}/{len(shards)} `{shard}`: {len(entries)} tensors, "
                                         f"{len(edited)} merged", "level": "info"})
             on_event("metric", {"step": done, "total_steps": len(shards)})
         if index is not None:
-            index.setdefault("metadata", {})["total_size"] = sum(_data_bytes(tmp / s) for s in shards)
+            index.setdefault("metadata", {})["total_size"] = total_size
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         _copy_side_files(base_dir, tmp, config, dtype)
         os.chmod(tmp, 0o755)
@@ -140,60 +143,56 @@ def merge(
                        merged_modules=merged_modules, seconds=time.monotonic() - started, peak_rss_mib=_peak_rss_mib())
 
 
-def _write_shard(src: Path, dst: Path, header: dict[str, Any], plan: dict[str, list[_Edit]],
-                 merged: Callable[[str, torch.Tensor], torch.Tensor], target: str) -> None:
-    """Write one output shard tensor by tensor: read, merge (float32), cast, append; never the whole shard at once.
+def _write_shard(src: _Shard, dst: Path, plan: dict[str, list[_Edit]], merged: Callable[..., torch.Tensor], target: str) -> int:
+    """Write one shard tensor by tensor (read, merge in float32, cast, append); returns its data bytes.
 
-    safetensors' ``safe_open`` + ``save_file`` would hold the shard twice (its mapped pages and the merged copy).
+    Not ``safe_open`` + ``save_file``: they would hold the whole shard twice (its mapped pages and the merged copy).
     """
     import torch
 
-    names = sorted((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"][0])
-    out: dict[str, Any] = {"__metadata__": header.get("__metadata__") or {"format": "pt"}}
+    names = sorted(src.entries, key=lambda n: src.entries[n]["data_offsets"][0])
+    out: dict[str, Any] = {"__metadata__": src.metadata or {"format": "pt"}}
     offset = 0
     for name in names:
-        entry, cast = header[name], header[name]["dtype"] in _FLOATS
+        entry, cast = src.entries[name], src.entries[name]["dtype"] in _FLOATS
         size = math.prod(entry["shape"]) * _FLOATS[target][1] if cast else entry["data_offsets"][1] - entry["data_offsets"][0]
         out[name] = {"dtype": target if cast else entry["dtype"], "shape": entry["shape"], "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(out, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # safetensors aligns the data to 8 bytes
-    with src.open("rb") as fin, dst.open("wb") as fout:
+    with src.path.open("rb") as fin, dst.open("wb") as fout:
         fout.write(struct.pack("<Q", len(blob)) + blob)
         for name in names:
-            entry = header[name]
-            begin, end = entry["data_offsets"]
-            fin.seek(header["__data_start__"] + begin)
+            begin, end = (entry := src.entries[name])["data_offsets"]
+            fin.seek(src.data_start + begin)
             if name not in plan and entry["dtype"] in (target, *_INTEGER):
-                shutil.copyfileobj(io.BytesIO(fin.read(end - begin)), fout)
+                fout.write(fin.read(end - begin))
                 continue
             tensor = torch.empty(entry["shape"], dtype=getattr(torch, _FLOATS[entry["dtype"]][0]))
             if fin.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - begin:
-                raise MergeError(f"base shard `{src}` is truncated at tensor `{name}`")
+                raise MergeError(f"base shard `{src.path}` is truncated at tensor `{name}`")
             if name in plan:
-                tensor = merged(name, tensor.float())
+                tensor = merged(name, tensor.float(), plan[name])
             fout.write(tensor.to(getattr(torch, _FLOATS[target][0])).contiguous().reshape(-1).view(torch.uint8).numpy())
+    return offset
 
 
 def _check_options(adapters: list[tuple[Path, float]], combination: str, density: float, dtype: str) -> None:
-    if not adapters:
-        raise MergeError("adapters: give at least one (folder, weight)")
-    if combination not in COMBINATIONS:
-        raise MergeError(f"combination `{combination}` is unknown: use one of {', '.join(COMBINATIONS)}")
-    if dtype not in DTYPES:
-        raise MergeError(f"dtype `{dtype}` is unknown: use one of {', '.join(DTYPES)}")
-    if not 0.0 < density <= 1.0:
-        raise MergeError(f"density {density} must be in (0, 1]: the fraction of each delta kept")
-    for path, weight in adapters:
-        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise MergeError(f"adapter `{path}`: weight {weight!r} must be a finite number")
+    for bad, message in [
+        (not adapters, "adapters: give at least one (folder, weight)"),
+        (combination not in COMBINATIONS, f"combination `{combination}` is unknown: use one of {', '.join(COMBINATIONS)}"),
+        (dtype not in DTYPES, f"dtype `{dtype}` is unknown: use one of {', '.join(DTYPES)}"),
+        (not 0.0 < density <= 1.0, f"density {density} must be in (0, 1]: the fraction of each delta kept"),
+        *((not isinstance(w, (int, float)) or not math.isfinite(w), f"adapter `{p}`: weight {w!r} is not finite") for p, w in adapters),
+    ]:
+        if bad:
+            raise MergeError(message)
 
 
 def _base_layout(base_dir: Path) -> tuple[list[str], dict[str, Any] | None]:
     """The base's shard file names in order and its index (None for a single ``model.safetensors``)."""
-    index_path = base_dir / "model.safetensors.index.json"
-    if index_path.is_file():
-        index = json.loads(index_path.read_text())
+    if (base_dir / "model.safetensors.index.json").is_file():
+        index = json.loads((base_dir / "model.safetensors.index.json").read_text())
         return sorted(set(index["weight_map"].values())), index
     if (base_dir / "model.safetensors").is_file():
         return ["model.safetensors"], None
@@ -202,23 +201,22 @@ def _base_layout(base_dir: Path) -> tuple[list[str], dict[str, Any] | None]:
                      "re-save it with save_pretrained(safe_serialization=True)")
 
 
-def _read_header(base_dir: Path, shard: str) -> dict[str, Any]:
-    """A shard's safetensors header (name -> dtype, shape, data_offsets), plus ``__data_start__`` and the shard name."""
+def _read_header(base_dir: Path, shard: str) -> _Shard:
+    """A shard's safetensors header: tensor name -> {dtype, shape, data_offsets}, and its metadata."""
     with (base_dir / shard).open("rb") as fh:
         size = struct.unpack("<Q", fh.read(8))[0]
-        header = json.loads(fh.read(size))
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if _QUANTIZED.match(entry["dtype"]) or entry["dtype"] not in (*_FLOATS, *_INTEGER):
+        entries = json.loads(fh.read(size))
+    metadata = entries.pop("__metadata__", None)
+    for name, entry in entries.items():
+        if entry["dtype"] not in (*_FLOATS, *_INTEGER):  # U8/I8 packed 4/8-bit, F8, F4 ...
             raise MergeError(f"base `{base_dir}` holds quantized weights (`{name}` is {entry['dtype']}): merge into the "
                              "float16/bfloat16/float32 base the adapter was trained from, not a 4-bit one")
-        entry["shard"] = shard
-    return header | {"__data_start__": 8 + size}
+    return _Shard(base_dir / shard, 8 + size, metadata, entries)
 
 
 def _load_adapter(path: Path, weight: float, position: int) -> _Adapter:
     """Read one adapter folder (config + tensors, as float32) and refuse what cannot be merged."""
+    import torch
     from safetensors.torch import load_file
 
     label = f"adapter {position + 1} `{path}`"
@@ -231,10 +229,8 @@ def _load_adapter(path: Path, weight: float, position: int) -> _Adapter:
                          "and cannot be merged; serve it with the base and peft instead")
     if peft_type not in ("LORA", "IA3"):
         raise MergeError(f"{label} has peft_type `{peft_type}`: the merger handles LoRA, DoRA and IA3")
-    bad = [key for key in _UNSUPPORTED_LORA if config.get(key)]
     init = str(config.get("init_lora_weights", True)).lower()
-    if init.startswith(_BASE_CHANGING_INITS):
-        bad.append(f"init_lora_weights={init}")
+    bad = [key for key in _UNSUPPORTED_LORA if config.get(key)] + ([f"init_lora_weights={init}"] if init.startswith(_INITS) else [])
     if bad:
         raise MergeError(f"{label} uses {', '.join(bad)}: such adapters cannot be merged here")
     if not (path / "adapter_model.safetensors").is_file():
@@ -243,6 +239,8 @@ def _load_adapter(path: Path, weight: float, position: int) -> _Adapter:
     for saved, tensor in load_file(path / "adapter_model.safetensors").items():
         key = saved.removeprefix(_PEFT_PREFIX)
         match = _PART.match(key)
+        if not torch.isfinite(tensor).all():
+            raise MergeError(f"{label}: tensor `{key}` holds NaN or inf; the adapter is broken")
         if match:
             adapter.modules.setdefault(match["module"], {})[match["part"]] = tensor.float()
         elif re.search(r"(^|\.)(lora_|ia3_|trainable_tokens|vera_|hada_|lokr_)", key):
@@ -254,20 +252,20 @@ def _load_adapter(path: Path, weight: float, position: int) -> _Adapter:
     return adapter
 
 
-def _plan(adapters: list[_Adapter], headers: dict[str, tuple[str, str, list[int]]], *, exact: bool) -> dict[str, list[_Edit]]:
+def _plan(adapters: list[_Adapter], headers: dict[str, dict[str, Any]], *, exact: bool) -> dict[str, list[_Edit]]:
     """base tensor name -> the edits to apply to it, checked against the base's names and shapes."""
     plan: dict[str, list[_Edit]] = {}
     for i, adapter in enumerate(adapters):
         label = f"adapter {i + 1} `{adapter.path}`"
         for key, tensor in adapter.replacements.items():
             name = _base_name(key, headers, label)
-            if list(tensor.shape) != headers[name][2]:
+            if list(tensor.shape) != headers[name]["shape"]:
                 raise MergeError(f"{label} replaces `{name}` with shape {list(tensor.shape)} but the base's is "
-                                 f"{headers[name][2]} (a resized vocabulary cannot be merged)")
+                                 f"{headers[name]['shape']} (a resized vocabulary cannot be merged)")
             plan.setdefault(name, []).append(_Edit("replace", i, {"value": tensor}))
         for module, parts in adapter.modules.items():
             name = _base_name(f"{module}.weight", headers, label)
-            plan.setdefault(name, []).append(_module_edit(adapter, i, module, parts, headers[name][2], label, exact))
+            plan.setdefault(name, []).append(_module_edit(adapter, i, module, parts, headers[name]["shape"], label, exact))
             if "lora_B.bias" in parts or ("ia3_l" in parts and parts["ia3_l"].shape[0] != 1):
                 bias = name.removesuffix(".weight") + ".bias"
                 if bias in headers:
@@ -279,13 +277,11 @@ def _plan(adapters: list[_Adapter], headers: dict[str, tuple[str, str, list[int]
 
 def _module_edit(adapter: _Adapter, i: int, module: str, parts: dict[str, torch.Tensor], shape: list[int], label: str,
                  exact: bool) -> _Edit:
-    config, where = adapter.config, f"{label}, module `{module}`"
-    config_fif = bool(config.get("fan_in_fan_out"))
-    if "ia3_l" in parts:
-        vec = parts["ia3_l"]
+    config, where, config_fif = adapter.config, f"{label}, module `{module}`", bool(adapter.config.get("fan_in_fan_out"))
+    if "ia3_l" in parts:  # peft's shapes: (1, in) on feedforward modules (scales inputs), else (out, 1)
         if not exact:
             raise MergeError(f"{label} is IA3: it can only be merged alone, with weight 1.0 and combination linear")
-        n, feedforward = vec.numel(), vec.shape[0] == 1
+        n, feedforward = parts["ia3_l"].numel(), parts["ia3_l"].shape[0] == 1
         fif = _orientation(shape, None if feedforward else n, n if feedforward else None, config_fif, where)
         return _Edit("ia3", i, parts, 1.0, fif)
     a, b = parts.get("lora_A.weight", parts.get("lora_embedding_A")), parts.get("lora_B.weight", parts.get("lora_embedding_B"))
@@ -297,9 +293,7 @@ def _module_edit(adapter: _Adapter, i: int, module: str, parts: dict[str, torch.
         raise MergeError(f"{where}: rank {r} from the config (r/rank_pattern) but lora_A has {a.shape[0]} rows")
     alpha = _pattern(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", r))
     scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    fif = True if embedding else _orientation(shape, b.shape[0], a.shape[1], config_fif, where)
-    if embedding and shape != [a.shape[1], b.shape[0]]:
-        raise MergeError(f"{where}: embedding delta is {a.shape[1]}×{b.shape[0]} but the base tensor is {shape}")
+    fif = _orientation(shape, b.shape[0], a.shape[1], config_fif or embedding, where)  # an embedding is (in, out)
     tensors = {"A": a, "B": b} | ({"m": parts["lora_magnitude_vector"]} if "lora_magnitude_vector" in parts else {})
     if not exact and ("m" in tensors or "lora_B.bias" in parts):
         feature = "DoRA" if "m" in tensors else "lora_bias"
@@ -309,9 +303,8 @@ def _module_edit(adapter: _Adapter, i: int, module: str, parts: dict[str, torch.
 
 def _orientation(shape: list[int], out_f: int | None, in_f: int | None, config_fif: bool, where: str) -> bool:
     """Whether the base stores this weight (in, out) like GPT-2's Conv1D; the config decides only square ones."""
-    fits = [fif for fif in (False, True)
-            if len(shape) == 2 and all(want is None or have == want
-                                       for have, want in zip(shape, (in_f, out_f) if fif else (out_f, in_f)))]
+    fits = [fif for fif in (False, True) if len(shape) == 2
+            and all(want in (None, have) for have, want in zip(shape, (in_f, out_f) if fif else (out_f, in_f)))]
     if not fits:
         raise MergeError(f"{where}: adapter shapes (out {out_f}, in {in_f}) do not fit the base tensor {shape}")
     return config_fif if len(fits) == 2 else fits[0]
@@ -319,10 +312,7 @@ def _orientation(shape: list[int], out_f: int | None, in_f: int | None, config_f
 
 def _pattern(patterns: dict[str, Any], module: str, default: Any) -> Any:
     """peft's ``get_pattern_key``: the first key matching the end of the module name."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+    return next((value for key, value in patterns.items() if re.match(rf"(.*\.)?({key})$", module)), default)
 
 
 def _base_name(key: str, headers: dict[str, Any], label: str) -> str:
@@ -333,7 +323,7 @@ def _base_name(key: str, headers: dict[str, Any], label: str) -> str:
     raise MergeError(f"{label} changes `{key.rsplit('.', 1)[0]}` but the base has no tensor `{key}`: was it trained on another base?")
 
 
-def _apply(name: str, w: torch.Tensor, edits: list[_Edit], adapters: list[_Adapter], combination: str, density: float,
+def _apply(name: str, w: torch.Tensor, edits: list[_Edit], *, adapters: list[_Adapter], combination: str, density: float,
            seed: int, exact: bool) -> torch.Tensor:
     """The merged float32 value of base tensor ``name``."""
     import torch
@@ -341,20 +331,16 @@ def _apply(name: str, w: torch.Tensor, edits: list[_Edit], adapters: list[_Adapt
     deltas, weights = [], []
     for edit in edits:
         if edit.kind == "replace":
-            value = edit.tensors["value"]
-            if not exact and not torch.equal(value, w):
+            if not exact and not torch.equal(edit.tensors["value"], w):
                 raise MergeError(f"adapter {edit.adapter + 1} `{adapters[edit.adapter].path}` replaces `{name}` "
                                  "(modules_to_save, bias): that can only be merged alone, with weight 1.0 and combination linear")
-            w = value
+            w = edit.tensors["value"].clone()
         elif edit.kind == "ia3":
             w = w * _t(edit.tensors["ia3_l"], edit.fan_in_fan_out)
-        elif edit.kind == "bias":
-            if "ia3_l" in edit.tensors:
-                w = w * edit.tensors["ia3_l"].reshape(w.shape)
-            else:
-                w = w + edit.tensors["lora_B.bias"] * edit.scaling
+        elif edit.kind == "bias":  # IA3 scales the bias of a non-feedforward module; lora_bias adds lora_B's
+            w = w * edit.tensors["ia3_l"].reshape(w.shape) if "ia3_l" in edit.tensors else w + edit.tensors["lora_B.bias"] * edit.scaling
         else:
-            delta = _t(edit.tensors["B"] @ edit.tensors["A"], edit.fan_in_fan_out) * edit.scaling
+            delta = _t(edit.tensors["B"] @ edit.tensors["A"], edit.fan_in_fan_out).mul_(edit.scaling)
             if edit.kind == "dora":  # peft's DoraLinearVariant.merge_unsafe; the norm is a constant (detached)
                 norm = torch.linalg.norm(_t(w, edit.fan_in_fan_out) + 1 * _t(delta, edit.fan_in_fan_out), dim=1)
                 factor = _t((edit.tensors["m"] / norm).view(-1, 1), edit.fan_in_fan_out)
@@ -364,9 +350,7 @@ def _apply(name: str, w: torch.Tensor, edits: list[_Edit], adapters: list[_Adapt
                 weights.append(adapters[edit.adapter].weight)
     if deltas:
         generator = torch.Generator().manual_seed(tensor_seed(seed, name))
-        w = w + combine(deltas, weights, combination, density, generator)
-    if not torch.isfinite(w).all():
-        raise MergeError(f"merging into `{name}` gives NaN or inf: an adapter is broken or the weights are too large")
+        w = w.add_(combine(deltas, weights, combination, density, generator))  # w is this merge's own copy
     return w
 
 
@@ -375,14 +359,13 @@ def combine(deltas: list[torch.Tensor], weights: list[float], combination: str, 
     """Combine dense deltas as ``peft.utils.merge_utils`` does (task_arithmetic, ties, dare_linear, dare_ties)."""
     import torch
 
+    if combination == "linear" and len(deltas) == 1:
+        return deltas[0] if weights[0] == 1.0 else deltas[0] * weights[0]
     if combination in ("ties", "dare_linear", "dare_ties") and density < 1:
         if combination == "ties":  # magnitude_based_pruning: keep the top-k |values|, k = int(density * numel)
-            pruned = []
-            for delta in deltas:
-                mask = torch.zeros_like(delta).reshape(-1)
-                mask[torch.topk(delta.abs().reshape(-1), k=int(density * delta.numel()), largest=True)[1]] = 1
-                pruned.append(delta * mask.reshape(delta.shape))
-            deltas = pruned
+            masks = [torch.zeros_like(d).reshape(-1).index_fill_(0, torch.topk(d.abs().reshape(-1), k=int(density * d.numel()),
+                                                                                largest=True)[1], 1) for d in deltas]
+            deltas = [delta * mask.reshape(delta.shape) for delta, mask in zip(deltas, masks)]
         else:  # random_pruning with rescale
             deltas = [delta * torch.bernoulli(torch.full_like(delta, density), generator=generator) / density
                       for delta in deltas]
@@ -401,20 +384,12 @@ def _t(tensor: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
 def _copy_side_files(base_dir: Path, out: Path, config: dict[str, Any], dtype: str) -> None:
     """config.json with the new dtype; generation config, tokenizer and other small files as they are."""
     if config:
-        config["dtype"] = dtype
-        if "torch_dtype" in config:
-            config["torch_dtype"] = dtype
+        config.update({"dtype": dtype} | ({"torch_dtype": dtype} if "torch_dtype" in config else {}))
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for path in base_dir.iterdir():
         weights = path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.name.endswith(".index.json")
         if path.is_file() and not weights and path.name not in ("config.json", "README.md") and not path.name.startswith("."):
             shutil.copy2(path, out / path.name)
-
-
-def _data_bytes(path: Path) -> int:
-    """Bytes of tensor data in a safetensors file (its size less the header)."""
-    with path.open("rb") as fh:
-        return path.stat().st_size - 8 - struct.unpack("<Q", fh.read(8))[0]
 
 
 def _peak_rss_mib() -> float | None:

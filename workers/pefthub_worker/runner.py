@@ -173,6 +173,10 @@ def run_job(job_id: str, *, hub: Hub | None = None) -> str:
     """Run job ``job_id`` to its end; returns what happened (for logs and tests)."""
     from pefthub_worker.training import Cancelled
 
+    if threads := os.environ.get("PEFTHUB_TORCH_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(threads))
     hub = hub or Hub(progress=False)
     try:
         claim = hub.request("POST", f"/jobs/{job_id}/claim", json={"worker": _worker_name()})
@@ -190,7 +194,7 @@ def run_job(job_id: str, *, hub: Hub | None = None) -> str:
                 version = recipe(job, job_hub, session, work)
             except Cancelled:
                 version, outcome = None, "lease_lost" if session.lease_lost.is_set() else "cancelled"
-            except Exception as exc:  # noqa: BLE001 - every failure is reported to the hub below
+            except Exception as exc:  # every failure is reported to the hub below
                 log.exception("job %s attempt %s failed", job_id, attempt)
                 version, outcome, failure = None, "failed", _failure(exc)
             if session.lease_lost.is_set():

@@ -33,6 +33,8 @@ _DESCRIBE = {"text": "a `text` row", "prompt_completion": "a `prompt`/`completio
 class DatasetError(ValueError):
     """The dataset cannot be trained on; ``message`` names the file and line."""
 
+    code = "dataset_invalid"
+
     def __init__(self, message: str, *, line: int | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -41,8 +43,6 @@ class DatasetError(ValueError):
 
     def __str__(self) -> str:
         return self.message
-
-    code = "dataset_invalid"
 
 
 @dataclass

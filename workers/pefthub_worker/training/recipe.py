@@ -46,7 +46,8 @@ class Cancelled(Exception):
 @dataclass
 class TrainResult:
     output_dir: Path
-    #: first_loss, final_loss, eval_loss (with eval_split), train_tokens, train_seconds, tokens_per_second, steps
+    #: first_loss, final_loss, train_tokens, train_seconds, tokens_per_second, steps; with eval_split also
+    #: eval_loss (after training) and eval_loss_before (the same rows before the first step)
     metrics: dict
     peft_type: str
     #: the 4-bit settings the base was loaded with (qlora), else None
@@ -217,7 +218,7 @@ def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparamete
     for step in range(1, total + 1):
         if callbacks.should_stop():
             raise Cancelled(f"cancelled before step {step} of {total}")
-        window = [collate_on(batch, pad_id, device) for _, batch in (next(stream) for _ in range(hp.gradient_accumulation_steps))]
+        window = [_collate_on(batch, pad_id, device) for _, batch in (next(stream) for _ in range(hp.gradient_accumulation_steps))]
         consumed += len(window)
         n_labels = sum(_label_count(b["labels"]) for b in window)
         loss_sum = 0.0
@@ -255,7 +256,8 @@ def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparamete
             "tokens_per_second": round(tokens / max(seconds, 1e-9), 1), "steps": total}
 
 
-def collate_on(batch: list[data.Example], pad_id: int, device: Any) -> dict:
+def _collate_on(batch: list[data.Example], pad_id: int, device: Any) -> dict:
+    """A padded micro-batch as tensors on ``device``."""
     return {k: v.to(device) for k, v in data.collate(batch, pad_id).items()}
 
 
@@ -268,7 +270,7 @@ def _evaluate(model: Any, examples: list[data.Example], batch_size: int, pad_id:
     loss_sum, n_total = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            batch = collate_on(examples[start:start + batch_size], pad_id, device)
+            batch = _collate_on(examples[start:start + batch_size], pad_id, device)
             n = _label_count(batch["labels"])
             if n:
                 loss_sum += float(model(**batch).loss) * n

@@ -34,7 +34,7 @@ def _reap_forever(stop: threading.Event) -> None:
         try:
             close_old_connections()
             jobs_reap()
-        except Exception:  # noqa: BLE001 - keep reaping; the next round may succeed
+        except Exception:  # keep reaping; the next round may succeed
             log.exception("reaping jobs failed")
         finally:
             close_old_connections()

@@ -1,0 +1,324 @@
+"""Training benchmark: one tiny-Llama LoRA run as a hub job (Redis + pefthub-worker) beside the same run as a plain script.
+
+    python bench/training.py [--repeats 3] [--steps 400] [--check]
+
+Starts `pefthub-server up --no-worker` (SQLite, CELERY_BROKER_URL=redis://127.0.0.1:6379/14, flushed first) and one
+`pefthub-worker` with a worker-scope token, pushes a random-init Llama (hidden 256, 4 layers) and a prompt/completion
+dataset once, runs one warm-up job on the fresh worker, then the same LoRA training `--repeats` times each way,
+interleaved: `hub.train(...)` -> `job.wait()`, and this file's `--plain` mode (transformers + peft and a hand-written
+loop with the recipe's tokenisation, batching, AdamW and schedule) in a fresh interpreter. Prints medians.
+`--check` exits 1 when a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+ROOT, BIN = Path(__file__).resolve().parents[1], Path(sys.executable).parent
+REDIS_URL = "redis://127.0.0.1:6379/14"
+HP = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+      "learning_rate": 1e-3, "batch_size": 16, "max_seq_length": 64, "seed": 0}
+ROWS = 2000
+# Celery's log line: "[2026-11-29 10:00:00,123: INFO/MainProcess] job <id>: training lora on ..." (local time)
+LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]*\] job (\w+): (training|pushing) ", re.M)
+
+
+# --- the plain script: `--plain`, run in a fresh interpreter -------------------------------------------------------
+
+
+def plain(base: Path, dataset: Path, out: Path, steps: int) -> dict:
+    """The recipe's training, written out with plain transformers + peft; seconds per phase, tokens and losses."""
+    t = [time.perf_counter()]
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t.append(time.perf_counter())
+    tok = AutoTokenizer.from_pretrained(base)
+    examples = []  # (input_ids, labels): loss on the completion and EOS only, as the recipe tokenises
+    for line in dataset.read_text().splitlines():
+        row = json.loads(line)
+        prompt = tok(row["prompt"], add_special_tokens=True)["input_ids"]
+        completion = tok(row["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        cut = HP["max_seq_length"]
+        examples.append(((prompt + completion)[:cut], ([-100] * len(prompt) + completion)[:cut]))
+    t.append(time.perf_counter())
+    random.seed(HP["seed"])
+    torch.manual_seed(HP["seed"])
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model.config.use_cache = False
+    torch.manual_seed(HP["seed"])
+    model = get_peft_model(model, LoraConfig(r=HP["r"], lora_alpha=HP["lora_alpha"], lora_dropout=HP["lora_dropout"],
+                                             target_modules=HP["target_modules"], bias="none", task_type="CAUSAL_LM"))
+    t.append(time.perf_counter())
+
+    def batches():  # endless, reshuffled each epoch by one seeded generator; the last batch of an epoch may be short
+        rng, bs = random.Random(HP["seed"]), HP["batch_size"]
+        while True:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            for i in range(0, len(order), bs):
+                yield [examples[j] for j in order[i:i + bs]]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=HP["learning_rate"], weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, (steps - s) / steps))
+    stream, tokens, losses = batches(), 0, []
+    model.train()
+    t.append(time.perf_counter())
+    for _ in range(steps):
+        batch = next(stream)
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        tokens += int(mask.sum())  # the recipe's count: every non-padding token of every micro-batch
+    t.append(time.perf_counter())
+    model.save_pretrained(out)
+    t.append(time.perf_counter())
+    phases = dict(zip(("imports", "tokenise", "load + wrap", "optimizer", "loop", "save"), (b - a for a, b in zip(t, t[1:]))))
+    return {**phases, "tokens": tokens, "first_loss": losses[0], "final_loss": losses[-1]}
+
+
+# --- processes ------------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path, ready) -> subprocess.Popen:
+    """Start a process in its own session (output to `log`); wait until `ready()` is true."""
+    with log.open("wb") as out:  # own process group: a Ctrl-C reaches only us, and stop() ends the whole group
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"{cmd[0]} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def answers(url: str):
+    def ready() -> bool:
+        try:
+            return requests.get(url, timeout=1).status_code < 500
+        except requests.RequestException:
+            return False
+    return ready
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after 20 s (a worker finishes its current job on SIGTERM first)."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def start_hub(tmp: Path, procs: list[subprocess.Popen], broker: str | None) -> tuple[str, dict[str, str]]:
+    """`pefthub-server up` on a temp data dir: `--no-worker` with a broker URL, else the embedded broker and worker."""
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE",
+                                                           "CELERY_BROKER_URL", "PEFTHUB_BROKER_DIR")}
+    env.update(PEFTHUB_DATA_DIR=str(tmp / "hub-data"), PEFTHUB_DISABLE_PROGRESS_BARS="1")
+    cmd = [str(BIN / "pefthub-server"), "up", "--port", url.rsplit(":", 1)[1]]
+    if broker:
+        env["CELERY_BROKER_URL"] = broker
+        cmd.append("--no-worker")
+    procs.append(start(cmd, env, tmp / "hub.log", answers(f"{url}/api/v1/")))
+    return url, env
+
+
+def adduser(env: dict[str, str], *args: str) -> str:
+    return subprocess.run([str(BIN / "pefthub-server"), "adduser", *args], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def start_worker(tmp: Path, procs: list[subprocess.Popen], url: str, hub_env: dict[str, str]) -> Path:
+    token = adduser(hub_env, "w", "--scope", "worker")
+    env = {**hub_env, "PEFTHUB_URL": url, "PEFTHUB_TOKEN": token, "PEFTHUB_CACHE": str(tmp / "worker-cache")}
+    log = tmp / "worker.log"
+    procs.append(start([str(BIN / "pefthub-worker"), "-Q", "gpu,cpu", "--hostname", "bench@local"], env, log,
+                       lambda: " ready." in log.read_text(errors="replace")))
+    return log
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------------
+
+
+def make_inputs(root: Path) -> tuple[Path, Path]:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(ROOT))
+    from examples import tiny
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=512, max_position_embeddings=256, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    base = root / "base"
+    LlamaForCausalLM(config).save_pretrained(base, safe_serialization=True)
+    tiny.make_tokenizer(512).save_pretrained(base)
+    return base, tiny.make_dataset(root / "train.jsonl", rows=ROWS)
+
+
+def hub_run(hub, steps: int, worker_log: Path) -> dict:
+    t0 = time.time()
+    job = hub.train(base_model="acme/bench-base", dataset="acme/bench-data", output="acme/bench-lora", method="lora",
+                    max_steps=steps, **HP).wait(timeout=900)  # polls once a second, as a user's script would
+    seen = time.time()
+    metrics = job.result.metadata["metrics"]
+    per_step = [e for e in job.events() if e.type == "metric" and "tokens_per_second" in e.data]
+    marks = {what: datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # naive = local time, as Celery logs
+             for stamp, job_id, what in LOG_LINE.findall(worker_log.read_text(errors="replace")) if job_id == job.id}
+    created, started, finished = epoch(job.created_at), epoch(job.started_at), epoch(job.finished_at)
+    train_s = metrics["train_seconds"]
+    return {"tokens/s": metrics["train_tokens"] / train_s, "loop": train_s, "overhead": finished - started - train_s,
+            "e2e": finished - t0, "seen": seen - t0, "tokens": metrics["train_tokens"], "metric events": len(per_step),
+            "first_loss": metrics["first_loss"], "final_loss": metrics["final_loss"],
+            "parts": {"submit -> claimed": started - t0, "claim + pull inputs": marks["training"] - started,
+                      "recipe outside the loop": marks["pushing"] - marks["training"] - train_s,
+                      "push + complete": finished - marks["pushing"], "until wait() saw it": seen - finished}}
+
+
+def plain_run(base: Path, dataset: Path, out: Path, steps: int) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--plain", str(base), str(dataset), str(out), "--steps", str(steps)],
+                          capture_output=True, text=True, check=True)
+    e2e = time.perf_counter() - t0
+    shutil.rmtree(out)
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    outside = {k: r[k] for k in ("tokenise", "load + wrap", "optimizer", "save")}  # what the recipe also does
+    return {"tokens/s": r["tokens"] / r["loop"], "loop": r["loop"], "overhead": sum(outside.values()), "e2e": e2e,
+            **{k: r[k] for k in ("tokens", "first_loss", "final_loss")},
+            "parts": {"interpreter + imports": e2e - r["loop"] - sum(outside.values()), **outside}}
+
+
+def table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in [rows[0], tuple("-" * w for w in widths), *rows[1:]]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> bool:
+    import redis
+
+    from pefthub import Hub
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    print("building the base model and dataset, starting the hub and a worker ...", flush=True)
+    base, dataset = make_inputs(tmp / "inputs")
+    url, hub_env = start_hub(tmp, procs, REDIS_URL)
+    token = adduser(hub_env, "bench", "--team", "acme", "--role", "admin")
+    worker_log = start_worker(tmp, procs, url, hub_env)
+    hub = Hub(url, token, cache_dir=tmp / "client-cache", progress=False)
+    hub.push(base, "acme/bench-base", kind="model")
+    hub.push(dataset, "acme/bench-data")
+
+    print("first job on the fresh worker (it imports torch, transformers and peft) ...", flush=True)
+    cold = hub_run(hub, args.steps, worker_log)
+    runs: dict[str, list[dict]] = {"hub": [], "plain": []}
+    for i in range(args.repeats):  # interleaved, the order alternating, so drift on this noisy machine hits both alike
+        for way in ("hub", "plain") if i % 2 == 0 else ("plain", "hub"):
+            print(f"repeat {i + 1}/{args.repeats}: {way} ...", flush=True)
+            runs[way].append(hub_run(hub, args.steps, worker_log) if way == "hub" else
+                             plain_run(base, dataset, tmp / "plain-out", args.steps))
+    hub.close()
+
+    med = statistics.median
+    m = {way: {k: med(r[k] for r in rs) for k in ("tokens/s", "loop", "overhead", "e2e")} for way, rs in runs.items()}
+    speed = m["hub"]["tokens/s"] / m["plain"]["tokens/s"]
+    goals = {"throughput": speed >= 0.95, "overhead": m["hub"]["overhead"] < 3.0}
+    ok = {True: "ok", False: "MISSED"}
+    print(f"\n{args.steps} steps x {HP['batch_size']} rows (LoRA r={HP['r']} on q/k/v/o of a 4-layer hidden-256 Llama, "
+          f"{runs['plain'][0]['tokens']} tokens); median of {args.repeats}; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    table([
+        ("measurement", "hub job", "plain script", "hub/plain", "goal", ""),
+        ("training loop, tokens/s", f"{m['hub']['tokens/s']:.0f}", f"{m['plain']['tokens/s']:.0f}",
+         f"{int(speed * 100) / 100:.2f}x", ">= 0.95x", ok[goals["throughput"]]),
+        ("training loop, s", f"{m['hub']['loop']:.2f}", f"{m['plain']['loop']:.2f}", "", "", ""),
+        ("outside the loop, s", f"{m['hub']['overhead']:.2f}", f"{m['plain']['overhead']:.2f}", "", "< 3 s (hub)",
+         ok[goals["overhead"]]),
+        ("end to end, s", f"{m['hub']['e2e']:.2f}", f"{m['plain']['e2e']:.2f}", "", "", ""),
+        ("first job, fresh worker: outside loop / e2e, s", f"{cold['overhead']:.2f} / {cold['e2e']:.2f}", "", "", "", ""),
+    ])
+    parts = {way: {k: med(r["parts"][k] for r in rs) for k in rs[0]["parts"]} for way, rs in runs.items()}
+    print("\n".join([
+        "",
+        "hub 'outside the loop' = finished_at - started_at - train_seconds; 'end to end' = t(before hub.train) to finished_at.",
+        "plain 'outside the loop' = tokenise + load + wrap + optimizer + save; 'end to end' = spawn to exit.",
+        "hub job, where the time goes (median s; worker-log marks): " + ", ".join(f"{k} {v:.2f}" for k, v in parts["hub"].items()),
+        "  first job: " + ", ".join(f"{k} {v:.2f}" for k, v in cold["parts"].items()),
+        "plain script (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts["plain"].items()),
+        f"same work: tokens hub {runs['hub'][0]['tokens']} / plain {runs['plain'][0]['tokens']}; final loss hub "
+        f"{runs['hub'][0]['final_loss']:.5f} / plain {runs['plain'][0]['final_loss']:.5f}; "
+        f"{runs['hub'][0]['metric events']} metric events per job.",
+        "per-repeat tokens/s, hub: " + ", ".join(f"{r['tokens/s']:.0f}" for r in runs["hub"])
+        + "; plain: " + ", ".join(f"{r['tokens/s']:.0f}" for r in runs["plain"]),
+    ]))
+    return all(goals.values())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument("--plain", nargs=3, metavar=("BASE", "DATASET", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain:
+        print(json.dumps(plain(*map(Path, args.plain), args.steps)))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on `kill` too
+    procs: list[subprocess.Popen] = []
+    tmp = Path(tempfile.mkdtemp(prefix="pefthub-bench-"))
+    try:
+        met = run(args, tmp, procs)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if met or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
