@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -63,7 +64,10 @@ def make_models(root: Path) -> tuple[Path, Path, int]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                          num_key_value_heads=12, vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False)

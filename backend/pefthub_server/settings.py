@@ -116,6 +116,7 @@ WHITENOISE_USE_FINDERS = True
 PEFTHUB_STORAGE = env_str("PEFTHUB_STORAGE") or f"file://{DATA_DIR / 'blobs'}"
 # Endpoint written into presigned URLs when clients reach S3 by another name than the server.
 PEFTHUB_S3_PUBLIC_ENDPOINT = env_str("PEFTHUB_S3_PUBLIC_ENDPOINT")
+PEFTHUB_HF_TREE_PAGE_SIZE = env_int("PEFTHUB_HF_TREE_PAGE_SIZE", 1000)  # entries per page of /hf/…/tree, as the Hub
 PEFTHUB_URL_TTL = env_int("PEFTHUB_URL_TTL", 3600)  # seconds a signed blob URL stays valid
 PEFTHUB_MAX_FILE_SIZE = env_int("PEFTHUB_MAX_FILE_SIZE", 5 * 1024**3)  # single PUT limit of S3
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     re_path(r"^api/", json_404),
+    path("hf/", include("pefthub_server.registry.hf.urls")),
     path("", include("pefthub_server.web.urls")),
 ]
 

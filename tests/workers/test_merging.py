@@ -245,6 +245,11 @@ def test_bfloat16_output_loads_and_stays_close(work, llama, lora):
     model = AutoModelForCausalLM.from_pretrained(result.output_dir)
     assert model.dtype == torch.bfloat16
     assert (logits(result.output_dir) - logits(work / "m32")).abs().max().item() <= 1e-2
+    # A bfloat16 base: read, merged in float32, written in the dtype asked for.
+    AutoModelForCausalLM.from_pretrained(llama, dtype=torch.bfloat16).save_pretrained(work / "llama-bf16")
+    again = tensors(merge(base_dir=work / "llama-bf16", adapters=[(lora, 1.0)], output_dir=work / "m-bf16-32").output_dir)
+    assert {t.dtype for t in again.values()} == {torch.float32}
+    assert max((again[n] - exact[n]).abs().max().item() for n in again) <= 1e-2
 
 
 def test_prefix_tuning_is_refused(work, llama):

@@ -93,9 +93,8 @@ def merge(
 ) -> MergeResult:
     """Merge ``adapters`` (folder, weight) into the safetensors model in ``base_dir``; write ``output_dir``.
 
-    One adapter with weight 1.0 and ``linear`` reproduces peft's ``merge_and_unload()`` (LoRA, DoRA, IA3,
-    ``modules_to_save``); anything else combines plain LoRA deltas with ``combination``. The result is written
-    to a temporary sibling folder and renamed to ``output_dir`` only when complete.
+    One adapter with weight 1.0 and ``linear`` reproduces peft's ``merge_and_unload()`` (LoRA, DoRA, IA3, ``modules_to_save``);
+    anything else combines plain LoRA deltas. Written to a temporary sibling folder, renamed to ``output_dir`` when complete.
     """
     started = time.monotonic()
     base_dir, output_dir = Path(base_dir), Path(output_dir)
@@ -339,6 +338,8 @@ def _apply(name: str, w: torch.Tensor, edits: list[_Edit], *, adapters: list[_Ad
             w = w * _t(edit.tensors["ia3_l"], edit.fan_in_fan_out)
         elif edit.kind == "bias":  # IA3 scales the bias of a non-feedforward module; lora_bias adds lora_B's
             w = w * edit.tensors["ia3_l"].reshape(w.shape) if "ia3_l" in edit.tensors else w + edit.tensors["lora_B.bias"] * edit.scaling
+        elif edit.kind == "lora" and len(edits) == 1 and combination == "linear":  # in one pass, without a delta tensor
+            _t(w, edit.fan_in_fan_out).addmm_(edit.tensors["B"], edit.tensors["A"], alpha=edit.scaling * adapters[edit.adapter].weight)
         else:
             delta = _t(edit.tensors["B"] @ edit.tensors["A"], edit.fan_in_fan_out).mul_(edit.scaling)
             if edit.kind == "dora":  # peft's DoraLinearVariant.merge_unsafe; the norm is a constant (detached)
@@ -359,8 +360,6 @@ def combine(deltas: list[torch.Tensor], weights: list[float], combination: str, 
     """Combine dense deltas as ``peft.utils.merge_utils`` does (task_arithmetic, ties, dare_linear, dare_ties)."""
     import torch
 
-    if combination == "linear" and len(deltas) == 1:
-        return deltas[0] if weights[0] == 1.0 else deltas[0] * weights[0]
     if combination in ("ties", "dare_linear", "dare_ties") and density < 1:
         if combination == "ties":  # magnitude_based_pruning: keep the top-k |values|, k = int(density * numel)
             masks = [torch.zeros_like(d).reshape(-1).index_fill_(0, torch.topk(d.abs().reshape(-1), k=int(density * d.numel()),

@@ -1,0 +1,237 @@
+"""A Hugging Face Hub–compatible read API under ``/hf/``.
+
+With ``HF_ENDPOINT=http://hub:8000/hf HF_TOKEN=<hub token>``, huggingface_hub (and so
+peft, transformers, vLLM, TGI) fetch ``namespace/name`` from the hub unchanged: repo
+info, file trees, and ``resolve`` downloads (bytes from the local store, or a 302 to a
+presigned S3 URL). Revisions: ``main`` (the latest version), an alias, a version number,
+or the 40-hex commit id (the first 40 hex digits of the version digest, stable forever).
+Errors carry ``X-Error-Code`` as the Hub's do; private repos are ``RepoNotFound`` to
+outsiders. No Xet fields are ever sent (clients would switch protocols and fail).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
+from django.views.decorators.http import require_http_methods
+
+from pefthub_server.core.auth import TokenAuthentication
+from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
+from pefthub_server.registry.api.views import _file_slice, _parse_range, base_url
+from pefthub_server.registry.hf.card import card_data, render_card
+from pefthub_server.registry.models import Repository, Version, VersionFile
+from pefthub_server.registry.refs import check_revision
+from pefthub_server.registry.selectors import readable_repositories, version_resolve
+from pefthub_server.registry.storage import get_blob_store
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+CARD = "README.md"
+KINDS = {"models": (Repository.Kind.ADAPTER, Repository.Kind.MODEL), "datasets": (Repository.Kind.DATASET,)}
+
+
+class HfError(Exception):
+    def __init__(self, status: int, code: str | None, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(exc: HfError) -> JsonResponse:
+    response = JsonResponse({"error": exc.message}, status=exc.status)
+    if exc.code:
+        response["X-Error-Code"] = exc.code
+    response["X-Error-Message"] = exc.message
+    return response
+
+
+def hf_view(view):
+    """Authenticate like HF_TOKEN does and render errors as the Hub does."""
+
+    def wrapped(request, *args, **kwargs):
+        try:
+            auth = TokenAuthentication().authenticate(request)
+        except AuthenticationFailed as exc:
+            return _error(HfError(401, None, exc.message))
+        if auth is not None:
+            request.user, request.auth = auth
+        try:
+            return view(request, *args, **kwargs)
+        except HfError as exc:
+            return _error(exc)
+
+    wrapped.__name__ = view.__name__
+    return wrapped
+
+
+@dataclass
+class Entry:
+    path: str
+    sha256: str
+    size: int
+    generated: bytes | None = None  # the model card
+
+
+def _repo(request, repo_type: str, ns: str, name: str) -> Repository:
+    repo = (readable_repositories(request.user).select_related("namespace", "base_model__namespace")
+            .filter(namespace__name=ns, name=name, kind__in=KINDS[repo_type]).first())
+    if repo is None:
+        raise HfError(404, "RepoNotFound", f"Repository Not Found for url: {request.path}. Make sure your token can read "
+                      f"`{ns}/{name}` (HF_TOKEN must be a PEFT Hub token).")
+    return repo
+
+
+def _version(repo: Repository, revision: str) -> Version:
+    qs = Version.objects.filter(repository=repo).select_related(
+        "created_by", "base_version__repository__namespace", "repository__namespace", "repository__base_model__namespace")
+    version = None
+    if revision == "main":
+        version = qs.order_by("-number").first()
+    elif COMMIT_RE.match(revision):
+        version = qs.filter(digest__startswith=revision).order_by("-number").first()
+    else:
+        try:
+            version = version_resolve(repo=repo, revision=check_revision(revision))
+            version = qs.get(pk=version.pk)
+        except (NotFound, HubError):
+            version = None
+    if version is None:
+        raise HfError(404, "RevisionNotFound", f"Invalid rev id: {revision} for `{repo.full_name}`.")
+    return version
+
+
+def _commit(version: Version) -> str:
+    return version.digest[:40]
+
+
+def _entries(request, version: Version) -> list[Entry]:
+    files = [Entry(f.path, f.blob_id, f.size) for f in VersionFile.objects.filter(version=version).order_by("path")
+             if f.path != CARD]
+    card = render_card(version, hub_url=base_url(request))
+    files.append(Entry(CARD, hashlib.sha256(card).hexdigest(), len(card), generated=card))
+    return sorted(files, key=lambda e: e.path)
+
+
+def _info(request, repo: Repository, version: Version) -> dict:
+    data = card_data(version)
+    tags = list(data.get("tags", []))
+    if data.get("base_model"):
+        tags.append(f"base_model:{data['base_model_relation']}:{data['base_model']}")
+    return {
+        "_id": f"{repo.pk:024x}", "id": repo.full_name, "modelId": repo.full_name, "author": repo.namespace.name,
+        "sha": _commit(version), "lastModified": version.created_at.isoformat().replace("+00:00", "Z"),
+        "createdAt": repo.created_at.isoformat().replace("+00:00", "Z"),
+        "private": repo.visibility != Repository.Visibility.PUBLIC, "disabled": False, "gated": False,
+        "downloads": 0, "likes": 0, "tags": tags, "library_name": data.get("library_name"),
+        "pipeline_tag": "text-generation" if repo.kind != Repository.Kind.DATASET else None,
+        "cardData": data, "siblings": [{"rfilename": e.path} for e in _entries(request, version)],
+        "usedStorage": version.size,
+    }
+
+
+@require_http_methods(["GET"])
+@hf_view
+def repo_info(request, repo_type, ns, name, rev="main"):
+    repo = _repo(request, repo_type, ns, name)
+    return JsonResponse(_info(request, repo, _version(repo, rev)))
+
+
+def _tree_item(entry: Entry) -> dict:
+    item = {"type": "file", "oid": entry.sha256[:40], "size": entry.size, "path": entry.path}
+    if entry.path.endswith(".safetensors"):
+        item["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": 134}
+    return item
+
+
+@require_http_methods(["GET"])
+@hf_view
+def tree(request, repo_type, ns, name, rev, path=""):
+    repo = _repo(request, repo_type, ns, name)
+    version = _version(repo, rev)
+    prefix = path.strip("/")
+    recursive = request.GET.get("recursive", "").lower() in ("1", "true")
+    items: dict[str, dict] = {}
+    for entry in _entries(request, version):
+        if prefix and not entry.path.startswith(prefix + "/"):
+            continue
+        rest = entry.path[len(prefix) + 1 :] if prefix else entry.path
+        parts = rest.split("/")
+        for depth in range(1, len(parts)):  # the folders on the way down
+            if not recursive and depth > 1:
+                break
+            folder = "/".join(([prefix] if prefix else []) + parts[:depth])
+            items.setdefault(folder, {"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                                      "size": 0, "path": folder})
+        if recursive or len(parts) == 1:
+            items[entry.path] = _tree_item(entry)
+    if prefix and not items:
+        raise HfError(404, "EntryNotFound", f"`{prefix}` does not exist in `{repo.full_name}` at {rev}.")
+    ordered = sorted(items.values(), key=lambda i: i["path"])
+    page_size = settings.PEFTHUB_HF_TREE_PAGE_SIZE
+    start = _cursor(request.GET.get("cursor"))
+    response = JsonResponse(ordered[start : start + page_size], safe=False)
+    if start + page_size < len(ordered):
+        query = request.GET.copy()
+        query["cursor"] = base64.urlsafe_b64encode(str(start + page_size).encode()).decode()
+        response["Link"] = f'<{request.build_absolute_uri(request.path)}?{query.urlencode()}>; rel="next"'
+    return response
+
+
+def _cursor(raw: str | None) -> int:
+    if not raw:
+        return 0
+    try:
+        return max(int(base64.urlsafe_b64decode(raw.encode()).decode()), 0)
+    except ValueError:
+        raise HfError(400, None, "Invalid cursor.") from None
+
+
+@require_http_methods(["GET", "HEAD"])
+@hf_view
+def resolve(request, repo_type, ns, name, rev, path):
+    repo = _repo(request, repo_type, ns, name)
+    version = _version(repo, rev)
+    entry = next((e for e in _entries(request, version) if e.path == path), None)
+    if entry is None:
+        raise HfError(404, "EntryNotFound", f"{path} does not exist in `{repo.full_name}` at revision {rev}.")
+    headers = {"X-Repo-Commit": _commit(version), "ETag": f'"{entry.sha256}"', "Accept-Ranges": "bytes",
+               "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"'}
+    store = get_blob_store()
+    if entry.generated is None and not store.serves_bytes:
+        # Bytes come straight from S3: a presigned URL, with the real file's etag and size.
+        location = store.download_url(entry.sha256, base_url=base_url(request), filename=path.rsplit("/", 1)[-1],
+                                      expires=settings.PEFTHUB_URL_TTL)
+        response = HttpResponseRedirect(location)
+        response["X-Linked-Etag"] = f'"{entry.sha256}"'
+        response["X-Linked-Size"] = str(entry.size)
+        response["X-Repo-Commit"] = headers["X-Repo-Commit"]
+        response["ETag"] = headers["ETag"]
+        return response
+    try:
+        byte_range = _parse_range(request.headers.get("Range", ""), entry.size)
+    except HubError as exc:
+        raise HfError(416, None, exc.message) from None
+    if request.method == "HEAD":
+        response = HttpResponse(headers=headers, content_type="application/octet-stream")
+        response["Content-Length"] = str(entry.size)
+        return response
+    start, end = byte_range or (0, entry.size - 1)
+    if entry.generated is not None:
+        response = HttpResponse(entry.generated[start : end + 1], headers=headers, content_type="text/markdown",
+                                status=206 if byte_range else 200)
+    elif byte_range is None:
+        response = FileResponse(store.path(entry.sha256).open("rb"), headers=headers, content_type="application/octet-stream")
+    else:
+        response = StreamingHttpResponse(_file_slice(store.path(entry.sha256), start, end - start + 1), status=206,
+                                         headers=headers, content_type="application/octet-stream")
+    if byte_range:
+        response["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
+    response["Content-Length"] = str(end - start + 1) if entry.size else "0"
+    return response
+
+
+def not_found(request, path=""):
+    return _error(HfError(404, None, f"No Hugging Face–compatible endpoint at {request.path}."))

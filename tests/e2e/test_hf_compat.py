@@ -1,0 +1,153 @@
+"""Hugging Face tools load from the hub with only HF_ENDPOINT and HF_TOKEN set, in fresh processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from examples import tiny
+from pefthub_server.registry.hf import views as hf_views
+
+SCRIPT = Path(__file__).with_name("hf_client_script.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request):
+    if request.param == "s3":
+        request.getfixturevalue("s3_storage")
+    return request.param
+
+
+@pytest.fixture
+def published(alice, hub_for, tiny_base, tmp_path):
+    """acme/x with three versions (3 is `prod`), acme/llama-tiny, and a merged model acme/merged."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    hub = hub_for(alice)
+    hub.push(tiny_base, "acme/llama-tiny")
+    expected = {}
+    for i in (1, 2, 3):
+        folder = tmp_path / f"x{i}"
+        expected[i] = tiny.train_lora(tiny_base, folder, steps=2 + i, seed=i)
+        hub.push(folder, "acme/x", base_model="acme/llama-tiny", aliases=["prod"] if i == 3 else ())
+    merged_dir = tmp_path / "merged"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), tmp_path / "x3").merge_and_unload()
+    model.save_pretrained(merged_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_base / name, merged_dir / name)
+    hub.push(merged_dir, "acme/merged")
+    with torch.no_grad():
+        expected["merged"] = model.eval()(input_ids=tiny.sample_input()).logits
+    return hub, expected
+
+
+def _run(env_extra, out, revisions, hf_home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "DJANGO_"))}
+    env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1", **env_extra})
+    result = subprocess.run([sys.executable, str(SCRIPT), str(out), *revisions], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.fixture
+def served_bytes(monkeypatch):
+    """Counts responses in which the hub itself streams file bytes (observed, not replaced)."""
+    count = {"n": 0}
+    for cls in ("FileResponse", "StreamingHttpResponse"):
+        original = getattr(hf_views, cls)
+
+        def counting(*args, _original=original, **kwargs):
+            count["n"] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(hf_views, cls, counting)
+    return count
+
+
+def test_hf_tools_load_everything_and_then_offline(backend, published, alice, live_server, tmp_path, served_bytes):
+    hub, expected = published
+    commit = hub.version("acme/x@2").digest.removeprefix("sha256:")[:40]
+    revisions = ["main", "prod", "3", commit]
+    env = {"HF_ENDPOINT": f"{live_server.url}/hf", "HF_TOKEN": alice.token}
+    online = _run(env, tmp_path / "online.pt", revisions, tmp_path / "hf-home")
+    for rev, version in (("main", 3), ("prod", 3), ("3", 3), (commit, 2)):
+        facts = online[rev]
+        assert torch.equal(facts["peft"], expected[version]), rev
+        assert torch.equal(facts["auto_peft"], expected[version]), rev
+        assert facts["sha"] == hub.version(f"acme/x@{version}").digest.removeprefix("sha256:")[:40]
+        assert facts["exists"] == [True, False]
+        assert facts["files"] == facts["siblings"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        assert "base_model:adapter:acme/llama-tiny" in facts["tags"] and facts["library_name"] == "peft"
+        assert '"base_model_name_or_path": "acme/llama-tiny"' in facts["config"]
+    assert torch.equal(online["merged"], expected["merged"])
+    if backend == "s3":
+        assert served_bytes["n"] == 0  # every byte came from S3 through presigned redirects
+
+    dead = "http://127.0.0.1:9"  # nothing listens: the hub is gone
+    offline = _run({"HF_ENDPOINT": dead, "HF_TOKEN": alice.token, "HF_HUB_OFFLINE": "1"}, tmp_path / "offline.pt",
+                   revisions, tmp_path / "hf-home")
+    for rev, version in (("main", 3), ("prod", 3), ("3", 3), (commit, 2)):
+        assert torch.equal(offline[rev]["peft"], expected[version]), rev
+    assert offline["tokenizer"] == online["tokenizer"]
+
+
+def test_private_repo_is_repo_not_found_to_outsiders_and_anonymous(published, carol, live_server):
+    for headers in ({"Authorization": f"Bearer {carol.token}"}, {}):
+        for url in ("/hf/api/models/acme/x", "/hf/api/models/acme/x/tree/main", "/hf/acme/x/resolve/main/adapter_config.json"):
+            response = requests.get(live_server.url + url, headers=headers, allow_redirects=False)
+            assert response.status_code == 404 and response.headers["X-Error-Code"] == "RepoNotFound", (url, headers)
+    bad = requests.get(live_server.url + "/hf/api/models/acme/x", headers={"Authorization": "Bearer phub_nope"})
+    assert bad.status_code == 401
+
+
+def test_public_repo_loads_anonymously(published, alice, live_server, tmp_path):
+    hub, expected = published
+    for repo in ("acme/x", "acme/llama-tiny", "acme/merged"):
+        hub.update_repo(repo, visibility="public")
+    result = _run({"HF_ENDPOINT": f"{live_server.url}/hf"}, tmp_path / "anon.pt", ["prod"], tmp_path / "anon-home")
+    assert torch.equal(result["prod"]["peft"], expected[3])
+
+
+def test_protocol_details(published, alice, live_server):
+    hub, _ = published
+    h = {"Authorization": f"Bearer {alice.token}"}
+    url = live_server.url + "/hf"
+    head = requests.head(f"{url}/acme/x/resolve/prod/adapter_model.safetensors", headers=h)
+    version = hub.version("acme/x@prod")
+    weights = next(f for f in version.files if f.path == "adapter_model.safetensors")
+    assert head.headers["X-Repo-Commit"] == version.digest.removeprefix("sha256:")[:40]
+    assert head.headers["ETag"] == f'"{weights.sha256}"' and int(head.headers["Content-Length"]) == weights.size
+    assert not any(k.lower().startswith("x-xet") for k in head.headers)
+    part = requests.get(f"{url}/acme/x/resolve/prod/adapter_model.safetensors", headers={**h, "Range": "bytes=0-7"})
+    assert part.status_code == 206 and len(part.content) == 8
+    missing = requests.head(f"{url}/acme/x/resolve/prod/pytorch_model.bin", headers=h)
+    assert missing.status_code == 404 and missing.headers["X-Error-Code"] == "EntryNotFound"
+    norev = requests.get(f"{url}/api/models/acme/x/revision/nope", headers=h)
+    assert norev.status_code == 404 and norev.headers["X-Error-Code"] == "RevisionNotFound"
+    card = requests.get(f"{url}/acme/x/resolve/3/README.md", headers=h).text
+    assert card.startswith("---\nlibrary_name: peft\nbase_model: acme/llama-tiny\nbase_model_relation: adapter\n")
+    assert "## Serving" in card and "AutoPeftModelForCausalLM" in card
+
+
+def test_tree_pages_with_link_headers(published, alice, live_server, settings):
+    settings.PEFTHUB_HF_TREE_PAGE_SIZE = 2
+    h = {"Authorization": f"Bearer {alice.token}"}
+    url = f"{live_server.url}/hf/api/models/acme/merged/tree/main?recursive=true"
+    paths = []
+    while url:
+        response = requests.get(url, headers=h)
+        assert response.status_code == 200
+        paths += [item["path"] for item in response.json()]
+        url = response.links.get("next", {}).get("url")
+    assert paths == sorted(paths) and len(paths) == len(set(paths)) >= 5
+    assert "model.safetensors" in paths and "README.md" in paths
