@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi, file_exists, hf_hub_download, list_repo_files, snapshot_download
@@ -31,7 +32,7 @@ for rev in sys.argv[2:]:
         facts["exists"] = [file_exists("acme/x", "adapter_config.json", revision=rev),
                            file_exists("acme/x", "no_such_file.json", revision=rev)]
     facts["snapshot"] = sorted(os.listdir(snapshot_download("acme/x", revision=rev)))
-    facts["config"] = open(hf_hub_download("acme/x", "adapter_config.json", revision=rev)).read()
+    facts["config"] = Path(hf_hub_download("acme/x", "adapter_config.json", revision=rev)).read_text()
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained("acme/llama-tiny")
         facts["peft"] = PeftModel.from_pretrained(base, "acme/x", revision=rev).eval()(input_ids=x).logits

@@ -234,4 +234,4 @@ def resolve(request, repo_type, ns, name, rev, path):
 
 
 def not_found(request, path=""):
-    return _error(HfError(404, None, f"No Hugging Face–compatible endpoint at {request.path}."))
+    return _error(HfError(404, None, f"No Hugging Face-compatible endpoint at {request.path}."))
