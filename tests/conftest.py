@@ -26,13 +26,14 @@ class Person:
         return self.user.username
 
     def new_token(self, scope: str = "read", **kwargs) -> str:
-        from pefthub_server.registry.services import token_create
+        from pefthub_server.core.tokens import token_create
 
         return token_create(user=self.user, scope=scope, **kwargs)[1]
 
 
 def _person(username: str, *, team: str | None = None, role: str = "write") -> Person:
-    from pefthub_server.registry.services import token_create, user_ensure
+    from pefthub_server.core.tokens import token_create
+    from pefthub_server.registry.teams import user_ensure
 
     user = user_ensure(username=username, team=team, role=role)
     return Person(user=user, token=token_create(user=user, scope="write")[1])

@@ -22,12 +22,12 @@ from pefthub.queue_config import TASK_MERGE, TASK_TRAIN
 from pefthub.specs import MERGEABLE_PEFT_TYPES, QUEUES, MergeSpec, SpecError, TrainSpec, spec_from_dict
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
 from pefthub_server.core.models import ApiToken, Scope
+from pefthub_server.core.tokens import token_create
 from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry import validation
 from pefthub_server.registry.models import Namespace, Repository, Role, Version
 from pefthub_server.registry.refs import parse_ref
 from pefthub_server.registry.selectors import namespace_role, repository_get, require_namespace_role, version_resolve
-from pefthub_server.registry.services import token_create
 
 log = logging.getLogger(__name__)
 

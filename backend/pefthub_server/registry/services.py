@@ -1,4 +1,4 @@
-"""Writes to the registry: repositories, pushes (negotiate, commit), aliases, teams, tokens.
+"""Writes to the registry: repositories, pushes (negotiate, commit), aliases.
 
 Each function is keyword-only and does one state change; the invariants that must
 hold under concurrency (version numbers, alias moves) are enforced in the database.
@@ -9,16 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Max
-from django.utils import timezone
 
-from pefthub_server.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
-from pefthub_server.core.models import SCOPE_GRANTS, ApiToken, Scope, hash_secret, new_secret
+from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
 from pefthub_server.registry import validation
 from pefthub_server.registry.models import (
     Alias,
@@ -34,7 +30,6 @@ from pefthub_server.registry.models import (
 from pefthub_server.registry.refs import (
     LATEST,
     NAME_RE,
-    NAMESPACE_RE,
     SHA256_RE,
     check_alias_name,
     parse_ref,
@@ -45,149 +40,11 @@ from pefthub_server.registry.selectors import (
     version_resolve,
 )
 from pefthub_server.registry.storage import get_blob_store
-
-User = get_user_model()
+from pefthub_server.registry.teams import user_namespace_ensure
 
 MAX_FILES = 10_000
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-# --- namespaces, users, teams -------------------------------------------------------
-
-
-def user_namespace_ensure(*, user) -> Namespace:
-    ns, _ = Namespace.objects.get_or_create(user=user, defaults={"name": user.username, "kind": Namespace.Kind.USER})
-    return ns
-
-
-def team_create(*, user, name: str) -> Namespace:
-    if not NAMESPACE_RE.match(name or ""):
-        raise ValidationFailed(
-            f"Team name {name!r} is invalid: use letters, digits, `_` and `-` (at most 64, starting with a letter or digit)."
-        )
-    try:
-        with transaction.atomic():
-            team = Namespace.objects.create(name=name, kind=Namespace.Kind.TEAM)
-            Membership.objects.create(namespace=team, user=user, role=Role.ADMIN)
-    except IntegrityError:
-        raise Conflict(f"The name `{name}` is taken by a user or a team.") from None
-    return team
-
-
-def _team_for_admin(*, user, team: str) -> Namespace:
-    ns = Namespace.objects.filter(name=team, kind=Namespace.Kind.TEAM).first()
-    if ns is None or not Membership.objects.filter(namespace=ns, user=user).exists():
-        raise NotFound(f"Team `{team}` not found (or you are not a member).")
-    require_namespace_role(user, ns, Role.ADMIN, action=f"manage the members of `{team}`")
-    return ns
-
-
-def _check_role(role: str) -> str:
-    if role not in Role.values:
-        raise ValidationFailed(f"Role {role!r} is invalid; use one of {', '.join(Role.values)}.")
-    return role
-
-
-def member_add(*, user, team: str, username: str, role: str) -> Membership:
-    ns = _team_for_admin(user=user, team=team)
-    member = User.objects.filter(username=username).first()
-    if member is None:
-        raise NotFound(f"User `{username}` not found.")
-    try:
-        with transaction.atomic():
-            return Membership.objects.create(namespace=ns, user=member, role=_check_role(role))
-    except IntegrityError:
-        raise Conflict(f"`{username}` is already a member of `{team}`; PATCH the member to change the role.") from None
-
-
-def _membership(ns: Namespace, username: str) -> Membership:
-    membership = Membership.objects.filter(namespace=ns, user__username=username).select_related("user").first()
-    if membership is None:
-        raise NotFound(f"`{username}` is not a member of `{ns.name}`.")
-    return membership
-
-
-def _ensure_other_admin(ns: Namespace, membership: Membership) -> None:
-    if membership.role == Role.ADMIN and not Membership.objects.filter(namespace=ns, role=Role.ADMIN).exclude(
-        pk=membership.pk
-    ).exists():
-        raise ValidationFailed(f"`{membership.user.username}` is the last admin of `{ns.name}`; make another admin first.")
-
-
-def member_set_role(*, user, team: str, username: str, role: str) -> Membership:
-    ns = _team_for_admin(user=user, team=team)
-    with transaction.atomic():
-        membership = _membership(ns, username)
-        if role != Role.ADMIN:
-            _ensure_other_admin(ns, membership)
-        membership.role = _check_role(role)
-        membership.save(update_fields=["role"])
-    return membership
-
-
-def member_remove(*, user, team: str, username: str) -> None:
-    ns = _team_for_admin(user=user, team=team)
-    with transaction.atomic():
-        membership = _membership(ns, username)
-        _ensure_other_admin(ns, membership)
-        membership.delete()
-
-
-# --- tokens -----------------------------------------------------------------------
-
-
-def token_create(
-    *, user, name: str = "default", scope: str = Scope.READ, expires_in_days: int | None = None, creator: ApiToken | None = None
-) -> tuple[ApiToken, str]:
-    """A new token and its secret (returned once, stored only as a hash)."""
-    if scope not in Scope.values:
-        raise ValidationFailed(f"Scope {scope!r} is invalid; use one of {', '.join(Scope.values)}.")
-    if creator is not None and not SCOPE_GRANTS[scope] <= SCOPE_GRANTS[creator.scope]:
-        raise PermissionDenied(f"A `{creator.scope}` token cannot create a `{scope}` token.")
-    if expires_in_days is not None and expires_in_days <= 0:
-        raise ValidationFailed("expires_in_days must be a positive number of days (or null for no expiry).")
-    secret = new_secret()
-    token = ApiToken.objects.create(
-        user=user,
-        name=name[:100] or "default",
-        scope=scope,
-        prefix=secret[:12],
-        secret_hash=hash_secret(secret),
-        expires_at=timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None,
-    )
-    return token, secret
-
-
-def token_revoke(*, user, token_id: int) -> None:
-    updated = ApiToken.objects.filter(pk=token_id, user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    if not updated and not ApiToken.objects.filter(pk=token_id, user=user).exists():
-        raise NotFound(f"Token {token_id} not found.")
-
-
-def user_ensure(*, username: str, team: str | None = None, role: str = Role.WRITE, staff: bool = False):
-    """Create the user (and team, and membership) if missing; used by `pefthub-server adduser`."""
-    if not NAMESPACE_RE.match(username):
-        raise ValidationFailed(f"User name {username!r} is invalid: use letters, digits, `_` and `-`.")
-    _check_role(role)
-    with transaction.atomic():
-        user, created = User.objects.get_or_create(username=username)
-        if created:
-            user.set_unusable_password()
-        if staff and not (user.is_staff and user.is_superuser):
-            user.is_staff = user.is_superuser = True
-        user.save()
-        if Namespace.objects.filter(name=username).exclude(user=user).exists():
-            raise Conflict(f"The name `{username}` is already a team.")
-        user_namespace_ensure(user=user)
-        if team:
-            ns = Namespace.objects.filter(name=team).first()
-            if ns is None:
-                ns = Namespace.objects.create(name=team, kind=Namespace.Kind.TEAM)
-            elif ns.kind != Namespace.Kind.TEAM:
-                raise Conflict(f"`{team}` is a user, not a team.")
-            Membership.objects.update_or_create(namespace=ns, user=user, defaults={"role": role})
-    return user
 
 
 # --- repositories -------------------------------------------------------------------

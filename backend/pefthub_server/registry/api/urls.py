@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
-from pefthub_server.registry.api import views
+from pefthub_server.registry.api import people, views
 
 app_name = "api"
 
@@ -21,10 +21,10 @@ urlpatterns = [
     re_path(rf"{REPO}/aliases$", views.AliasListView.as_view(), name="aliases"),
     re_path(rf"{REPO}/aliases/(?P<alias>[^/]+)$", views.AliasDetailView.as_view(), name="alias"),
     path("blobs/<str:sha256>", views.BlobView.as_view(), name="blob"),
-    path("teams", views.TeamListView.as_view(), name="teams"),
-    path("teams/<str:team>", views.TeamDetailView.as_view(), name="team"),
-    path("teams/<str:team>/members", views.TeamMembersView.as_view(), name="team-members"),
-    path("teams/<str:team>/members/<str:username>", views.TeamMemberDetailView.as_view(), name="team-member"),
-    path("tokens", views.TokenListView.as_view(), name="tokens"),
-    path("tokens/<int:token_id>", views.TokenDetailView.as_view(), name="token"),
+    path("teams", people.TeamListView.as_view(), name="teams"),
+    path("teams/<str:team>", people.TeamDetailView.as_view(), name="team"),
+    path("teams/<str:team>/members", people.TeamMembersView.as_view(), name="team-members"),
+    path("teams/<str:team>/members/<str:username>", people.TeamMemberDetailView.as_view(), name="team-member"),
+    path("tokens", people.TokenListView.as_view(), name="tokens"),
+    path("tokens/<int:token_id>", people.TokenDetailView.as_view(), name="token"),
 ]

@@ -1,4 +1,4 @@
-"""A Hugging Face Hub–compatible read API under ``/hf/``.
+"""A Hugging Face Hub-compatible read API under ``/hf/``.
 
 With ``HF_ENDPOINT=http://hub:8000/hf HF_TOKEN=<hub token>``, huggingface_hub (and so
 peft, transformers, vLLM, TGI) fetch ``namespace/name`` from the hub unchanged: repo

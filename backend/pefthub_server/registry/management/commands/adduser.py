@@ -7,8 +7,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pefthub_server.core.errors import HubError
 from pefthub_server.core.models import Scope
+from pefthub_server.core.tokens import token_create
 from pefthub_server.registry.models import Role
-from pefthub_server.registry.services import token_create, user_ensure
+from pefthub_server.registry.teams import user_ensure
 
 
 class Command(BaseCommand):

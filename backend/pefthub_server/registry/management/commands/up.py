@@ -20,7 +20,8 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from pefthub_server.core.models import Scope
-from pefthub_server.registry.services import token_create, user_ensure
+from pefthub_server.core.tokens import token_create
+from pefthub_server.registry.teams import user_ensure
 
 log = logging.getLogger(__name__)
 
