@@ -151,3 +151,37 @@ def test_tree_pages_with_link_headers(published, alice, live_server, settings):
         url = response.links.get("next", {}).get("url")
     assert paths == sorted(paths) and len(paths) == len(set(paths)) >= 5
     assert "model.safetensors" in paths and "README.md" in paths
+
+
+def test_revision_suffix_serves_a_config_an_older_peft_loads(published, alice, live_server, tmp_path):
+    """`revision="prod+peft-0.13"`: stock HF tools get an adapter config without the keys peft 0.13 lacks."""
+    import json
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    from pefthub import peft_compat
+
+    hub, _ = published
+    h = {"Authorization": f"Bearer {alice.token}"}
+    url = f"{live_server.url}/hf"
+    original = json.loads(requests.get(f"{url}/acme/x/resolve/prod/adapter_config.json", headers=h).content)
+    response = requests.get(f"{url}/acme/x/resolve/prod%2Bpeft-0.13/adapter_config.json", headers=h)
+    adjusted = json.loads(response.content)
+    dropped = sorted(set(original) - set(adjusted))
+    assert dropped and response.headers["X-PeftHub-Dropped-Keys"] == ",".join(dropped)
+    assert set(adjusted) <= peft_compat.known_fields("LORA", "0.13") | peft_compat.NEVER_DROPPED
+    assert {k: original[k] for k in adjusted} == adjusted
+    plain_commit = requests.head(f"{url}/acme/x/resolve/prod/adapter_config.json", headers=h).headers["X-Repo-Commit"]
+    compat_commit = response.headers["X-Repo-Commit"]
+    assert compat_commit != plain_commit and len(compat_commit) == 40
+    # through huggingface_hub, in this process (endpoint passed explicitly), both revisions side by side in one cache
+    cache = tmp_path / "hf"
+    compat_path = hf_hub_download("acme/x", "adapter_config.json", revision="prod+peft-0.13", endpoint=url,
+                                  token=alice.token, cache_dir=cache)
+    plain_path = hf_hub_download("acme/x", "adapter_config.json", revision="prod", endpoint=url, token=alice.token,
+                                 cache_dir=cache)
+    assert json.loads(Path(compat_path).read_text()) == adjusted and json.loads(Path(plain_path).read_text()) == original
+    snap = snapshot_download("acme/x", revision=compat_commit, endpoint=url, token=alice.token, cache_dir=cache)
+    assert json.loads((Path(snap) / "adapter_config.json").read_text()) == adjusted
+    bad = requests.get(f"{url}/api/models/acme/x/revision/prod%2Bpeft-0.1", headers=h)
+    assert bad.status_code == 404 and bad.headers["X-Error-Code"] == "RevisionNotFound"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_http_methods
 
+from pefthub import peft_compat
 from pefthub_server.core.auth import TokenAuthentication
 from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
 from pefthub_server.registry.api.views import _file_slice, _parse_range, base_url
@@ -31,6 +33,7 @@ from pefthub_server.registry.storage import get_blob_store
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 CARD = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
 KINDS = {"models": (Repository.Kind.ADAPTER, Repository.Kind.MODEL), "datasets": (Repository.Kind.DATASET,)}
 
 
@@ -72,7 +75,8 @@ class Entry:
     path: str
     sha256: str
     size: int
-    generated: bytes | None = None  # the model card
+    generated: bytes | None = None  # the model card, or an adapter config adjusted for an older peft
+    dropped: list[str] | None = None
 
 
 def _repo(request, repo_type: str, ns: str, name: str) -> Repository:
@@ -82,6 +86,47 @@ def _repo(request, repo_type: str, ns: str, name: str) -> Repository:
         raise HfError(404, "RepoNotFound", f"Repository Not Found for url: {request.path}. Make sure your token can read "
                       f"`{ns}/{name}` (HF_TOKEN must be a PEFT Hub token).")
     return repo
+
+
+COMPAT_RE = re.compile(r"^(?P<rev>.+)\+peft-(?P<peft>[0-9][0-9A-Za-z.]*)$")
+
+
+@dataclass
+class Resolved:
+    """A version as the HF view shows it; ``peft`` set when its adapter config is adjusted for an older peft."""
+
+    version: Version
+    peft: str | None = None
+
+    @property
+    def commit(self) -> str:
+        if self.peft is None:
+            return self.version.digest[:40]
+        # A commit of its own, so HF caches never mix the adjusted config with the original.
+        return hashlib.sha256(f"{self.version.digest}+peft-{self.peft}".encode()).hexdigest()[:40]
+
+
+def _resolve(repo: Repository, revision: str) -> Resolved:
+    """``main``, an alias, a number or a 40-hex commit; ``<rev>+peft-0.13`` adjusts the adapter config for peft 0.13."""
+    match = COMPAT_RE.match(revision)
+    if match is None:
+        if COMMIT_RE.match(revision) and not Version.objects.filter(repository=repo, digest__startswith=revision).exists():
+            return _compat_commit(repo, revision)
+        return Resolved(_version(repo, revision))
+    try:
+        peft = peft_compat.resolve_version(match["peft"])
+    except ValueError as exc:
+        raise HfError(404, "RevisionNotFound", f"Invalid rev id: {revision}: {exc}") from None
+    return Resolved(_version(repo, match["rev"]), peft if repo.kind == Repository.Kind.ADAPTER else None)
+
+
+def _compat_commit(repo: Repository, commit: str) -> Resolved:
+    for version in Version.objects.filter(repository=repo).order_by("-number"):
+        for peft in peft_compat.tabled_versions():
+            candidate = Resolved(version, peft)
+            if candidate.commit == commit:
+                return Resolved(_version(repo, str(version.number)), peft)
+    raise HfError(404, "RevisionNotFound", f"Invalid rev id: {commit} for `{repo.full_name}`.")
 
 
 def _version(repo: Repository, revision: str) -> Version:
@@ -103,31 +148,42 @@ def _version(repo: Repository, revision: str) -> Version:
     return version
 
 
-def _commit(version: Version) -> str:
-    return version.digest[:40]
+def _generated(path: str, data: bytes) -> Entry:
+    return Entry(path, hashlib.sha256(data).hexdigest(), len(data), generated=data)
 
 
-def _entries(request, version: Version) -> list[Entry]:
+def _entries(request, resolved: Resolved) -> list[Entry]:
+    version = resolved.version
     files = [Entry(f.path, f.blob_id, f.size) for f in VersionFile.objects.filter(version=version).order_by("path")
              if f.path != CARD]
-    card = render_card(version, hub_url=base_url(request))
-    files.append(Entry(CARD, hashlib.sha256(card).hexdigest(), len(card), generated=card))
+    if resolved.peft is not None:
+        files = [_compat_config(e, resolved.peft) if e.path == ADAPTER_CONFIG else e for e in files]
+    files.append(_generated(CARD, render_card(version, hub_url=base_url(request))))
     return sorted(files, key=lambda e: e.path)
 
 
-def _info(request, repo: Repository, version: Version) -> dict:
+def _compat_config(entry: Entry, peft: str) -> Entry:
+    config = json.loads(get_blob_store().read_range(entry.sha256, 0, entry.size))
+    adjusted, dropped = peft_compat.drop_unknown_keys(config, peft)
+    item = _generated(entry.path, (json.dumps(adjusted, indent=2, sort_keys=True) + "\n").encode())
+    item.dropped = dropped
+    return item
+
+
+def _info(request, repo: Repository, resolved: Resolved) -> dict:
+    version = resolved.version
     data = card_data(version)
     tags = list(data.get("tags", []))
     if data.get("base_model"):
         tags.append(f"base_model:{data['base_model_relation']}:{data['base_model']}")
     return {
         "_id": f"{repo.pk:024x}", "id": repo.full_name, "modelId": repo.full_name, "author": repo.namespace.name,
-        "sha": _commit(version), "lastModified": version.created_at.isoformat().replace("+00:00", "Z"),
+        "sha": resolved.commit, "lastModified": version.created_at.isoformat().replace("+00:00", "Z"),
         "createdAt": repo.created_at.isoformat().replace("+00:00", "Z"),
         "private": repo.visibility != Repository.Visibility.PUBLIC, "disabled": False, "gated": False,
         "downloads": 0, "likes": 0, "tags": tags, "library_name": data.get("library_name"),
         "pipeline_tag": "text-generation" if repo.kind != Repository.Kind.DATASET else None,
-        "cardData": data, "siblings": [{"rfilename": e.path} for e in _entries(request, version)],
+        "cardData": data, "siblings": [{"rfilename": e.path} for e in _entries(request, resolved)],
         "usedStorage": version.size,
     }
 
@@ -136,7 +192,7 @@ def _info(request, repo: Repository, version: Version) -> dict:
 @hf_view
 def repo_info(request, repo_type, ns, name, rev="main"):
     repo = _repo(request, repo_type, ns, name)
-    return JsonResponse(_info(request, repo, _version(repo, rev)))
+    return JsonResponse(_info(request, repo, _resolve(repo, rev)))
 
 
 def _tree_item(entry: Entry) -> dict:
@@ -150,11 +206,11 @@ def _tree_item(entry: Entry) -> dict:
 @hf_view
 def tree(request, repo_type, ns, name, rev, path=""):
     repo = _repo(request, repo_type, ns, name)
-    version = _version(repo, rev)
+    resolved = _resolve(repo, rev)
     prefix = path.strip("/")
     recursive = request.GET.get("recursive", "").lower() in ("1", "true")
     items: dict[str, dict] = {}
-    for entry in _entries(request, version):
+    for entry in _entries(request, resolved):
         if prefix and not entry.path.startswith(prefix + "/"):
             continue
         rest = entry.path[len(prefix) + 1 :] if prefix else entry.path
@@ -193,12 +249,14 @@ def _cursor(raw: str | None) -> int:
 @hf_view
 def resolve(request, repo_type, ns, name, rev, path):
     repo = _repo(request, repo_type, ns, name)
-    version = _version(repo, rev)
-    entry = next((e for e in _entries(request, version) if e.path == path), None)
+    resolved = _resolve(repo, rev)
+    entry = next((e for e in _entries(request, resolved) if e.path == path), None)
     if entry is None:
         raise HfError(404, "EntryNotFound", f"{path} does not exist in `{repo.full_name}` at revision {rev}.")
-    headers = {"X-Repo-Commit": _commit(version), "ETag": f'"{entry.sha256}"', "Accept-Ranges": "bytes",
+    headers = {"X-Repo-Commit": resolved.commit, "ETag": f'"{entry.sha256}"', "Accept-Ranges": "bytes",
                "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"'}
+    if entry.dropped:
+        headers["X-PeftHub-Dropped-Keys"] = ",".join(entry.dropped)
     store = get_blob_store()
     if entry.generated is None and not store.serves_bytes:
         # Bytes come straight from S3: a presigned URL, with the real file's etag and size.
