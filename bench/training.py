@@ -13,6 +13,7 @@ loop with the recipe's tokenisation, batching, AdamW and schedule) in a fresh in
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -41,7 +42,7 @@ LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]*\] 
 # --- the plain script: `--plain`, run in a fresh interpreter -------------------------------------------------------
 
 
-def plain(base: Path, dataset: Path, out: Path, steps: int) -> dict:
+def plain(base: Path, dataset: Path, out: Path, steps: int, threads: int) -> dict:
     """The recipe's training, written out with plain transformers + peft; seconds per phase, tokens and losses."""
     t = [time.perf_counter()]
     import random
@@ -50,6 +51,7 @@ def plain(base: Path, dataset: Path, out: Path, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.set_num_threads(threads)  # what the worker sets per job (`--torch-threads`, default cores / concurrency)
     t.append(time.perf_counter())
     tok = AutoTokenizer.from_pretrained(base)
     examples = []  # (input_ids, labels): loss on the completion and EOS only, as the recipe tokenises
@@ -100,7 +102,7 @@ def plain(base: Path, dataset: Path, out: Path, steps: int) -> dict:
     t.append(time.perf_counter())
     model.save_pretrained(out)
     t.append(time.perf_counter())
-    phases = dict(zip(("imports", "tokenise", "load + wrap", "optimizer", "loop", "save"), (b - a for a, b in zip(t, t[1:]))))
+    phases = dict(zip(("imports", "tokenise", "load + wrap", "optimizer", "loop", "save"), (b - a for a, b in itertools.pairwise(t))))
     return {**phases, "tokens": tokens, "first_loss": losses[0], "final_loss": losses[-1]}
 
 
@@ -171,11 +173,12 @@ def adduser(env: dict[str, str], *args: str) -> str:
                           check=True).stdout.strip()
 
 
-def start_worker(tmp: Path, procs: list[subprocess.Popen], url: str, hub_env: dict[str, str]) -> Path:
+def start_worker(tmp: Path, procs: list[subprocess.Popen], url: str, hub_env: dict[str, str], threads: int) -> Path:
     token = adduser(hub_env, "w", "--scope", "worker")
     env = {**hub_env, "PEFTHUB_URL": url, "PEFTHUB_TOKEN": token, "PEFTHUB_CACHE": str(tmp / "worker-cache")}
     log = tmp / "worker.log"
-    procs.append(start([str(BIN / "pefthub-worker"), "-Q", "gpu,cpu", "--hostname", "bench@local"], env, log,
+    cmd = [str(BIN / "pefthub-worker"), "-Q", "gpu,cpu", "--hostname", "bench@local", "--torch-threads", str(threads)]
+    procs.append(start(cmd, env, log,
                        lambda: " ready." in log.read_text(errors="replace")))
     return log
 
@@ -209,7 +212,7 @@ def hub_run(hub, steps: int, worker_log: Path) -> dict:
     per_step = [e for e in job.events() if e.type == "metric" and "tokens_per_second" in e.data]
     marks = {what: datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # naive = local time, as Celery logs
              for stamp, job_id, what in LOG_LINE.findall(worker_log.read_text(errors="replace")) if job_id == job.id}
-    created, started, finished = epoch(job.created_at), epoch(job.started_at), epoch(job.finished_at)
+    started, finished = epoch(job.started_at), epoch(job.finished_at)
     train_s = metrics["train_seconds"]
     return {"tokens/s": metrics["train_tokens"] / train_s, "loop": train_s, "overhead": finished - started - train_s,
             "e2e": finished - t0, "seen": seen - t0, "tokens": metrics["train_tokens"], "metric events": len(per_step),
@@ -219,10 +222,10 @@ def hub_run(hub, steps: int, worker_log: Path) -> dict:
                       "push + complete": finished - marks["pushing"], "until wait() saw it": seen - finished}}
 
 
-def plain_run(base: Path, dataset: Path, out: Path, steps: int) -> dict:
+def plain_run(base: Path, dataset: Path, out: Path, steps: int, threads: int) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--plain", str(base), str(dataset), str(out), "--steps", str(steps)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, __file__, "--plain", str(base), str(dataset), str(out), "--steps", str(steps),
+                           "--torch-threads", str(threads)], capture_output=True, text=True, check=True)
     e2e = time.perf_counter() - t0
     shutil.rmtree(out)
     r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -248,7 +251,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
     base, dataset = make_inputs(tmp / "inputs")
     url, hub_env = start_hub(tmp, procs, REDIS_URL)
     token = adduser(hub_env, "bench", "--team", "acme", "--role", "admin")
-    worker_log = start_worker(tmp, procs, url, hub_env)
+    worker_log = start_worker(tmp, procs, url, hub_env, args.torch_threads)
     hub = Hub(url, token, cache_dir=tmp / "client-cache", progress=False)
     hub.push(base, "acme/bench-base", kind="model")
     hub.push(dataset, "acme/bench-data")
@@ -260,7 +263,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
         for way in ("hub", "plain") if i % 2 == 0 else ("plain", "hub"):
             print(f"repeat {i + 1}/{args.repeats}: {way} ...", flush=True)
             runs[way].append(hub_run(hub, args.steps, worker_log) if way == "hub" else
-                             plain_run(base, dataset, tmp / "plain-out", args.steps))
+                             plain_run(base, dataset, tmp / "plain-out", args.steps, args.torch_threads))
     hub.close()
 
     med = statistics.median
@@ -269,7 +272,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
     goals = {"throughput": speed >= 0.95, "overhead": m["hub"]["overhead"] < 3.0}
     ok = {True: "ok", False: "MISSED"}
     print(f"\n{args.steps} steps x {HP['batch_size']} rows (LoRA r={HP['r']} on q/k/v/o of a 4-layer hidden-256 Llama, "
-          f"{runs['plain'][0]['tokens']} tokens); median of {args.repeats}; {os.cpu_count()} CPUs, "
+          f"{runs['plain'][0]['tokens']} tokens); torch threads {args.torch_threads}; median of {args.repeats}; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     table([
         ("measurement", "hub job", "plain script", "hub/plain", "goal", ""),
@@ -303,10 +306,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
+                        help="torch CPU threads, for the worker and the plain script alike (default: all cores, as the worker)")
     parser.add_argument("--plain", nargs=3, metavar=("BASE", "DATASET", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain:
-        print(json.dumps(plain(*map(Path, args.plain), args.steps)))
+        print(json.dumps(plain(*map(Path, args.plain), args.steps, args.torch_threads)))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on `kill` too
     procs: list[subprocess.Popen] = []

@@ -1,9 +1,11 @@
-"""Helpers the ``pefthub`` command's modules share: the usage error, tables, JSON."""
+"""Helpers the ``pefthub`` command's modules share: the usage error, tables, JSON,
+shell exports."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .client import Hub
@@ -27,3 +29,30 @@ def print_json(data: Any) -> None:
 
 def make_hub() -> Hub:
     return Hub()
+
+
+SHELLS = ("sh", "fish", "powershell", "json")
+
+
+def _fish_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def shell_exports(env: Mapping[str, str | None], shell: str) -> str:
+    """``env`` as the lines that set it in ``shell``; a ``None`` value unsets the variable."""
+    if shell == "json":
+        return json.dumps(dict(env), indent=2)
+    lines = []
+    for name, value in env.items():
+        if shell == "sh":
+            lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
+        elif shell == "fish":
+            lines.append(f"set -e {name}" if value is None else f"set -gx {name} {_fish_quote(value)}")
+        elif shell == "powershell":
+            quoted = "'" + (value or "").replace("'", "''") + "'"
+            lines.append(
+                f"Remove-Item Env:{name} -ErrorAction SilentlyContinue" if value is None else f"$Env:{name} = {quoted}"
+            )
+        else:
+            raise UsageError(f"unknown shell {shell!r}: use one of {', '.join(SHELLS)}")
+    return "\n".join(lines)

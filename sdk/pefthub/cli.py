@@ -1,5 +1,5 @@
-"""The ``pefthub`` command: login, whoami, push, pull, ls, info, alias; train, merge
-and jobs (in :mod:`pefthub._cli_jobs`).
+"""The ``pefthub`` command: login, whoami, push, pull, env, ls, info, alias; train,
+merge and jobs (in :mod:`pefthub._cli_jobs`).
 
 Exit status: 0 on success, 1 when the hub (or the local files) refused, 2 for a
 usage error (bad arguments, a malformed reference).
@@ -11,18 +11,23 @@ import argparse
 import getpass
 import json
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import _config
 from . import constants as c
 from ._cli_jobs import add_job_commands
+from ._cli_util import SHELLS
 from ._cli_util import UsageError as _UsageError
 from ._cli_util import make_hub as _hub
 from ._cli_util import print_json as _print_json
+from ._cli_util import shell_exports as _shell_exports
 from ._cli_util import table as _table
 from .client import Hub
 from .errors import HubError, RefError
 from .models import Repo, Version
+from .peft_compat import PeftCompatError, PeftCompatWarning, resolve_version
 from .refs import parse_ref
 
 
@@ -98,10 +103,49 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    hf_cache = args.hf_cache or args.hf_home is not None
+    if hf_cache and (args.local_dir or args.peft_version):
+        # the Hugging Face cache holds the files as the hub serves them, keyed by commit
+        raise _UsageError("--hf-cache fills the Hugging Face cache as served: it takes no --local-dir or --peft-version")
     with _hub() as hub:
-        path = hub.pull(args.ref, local_dir=args.local_dir)
+        if hf_cache:
+            cache_dir = Path(args.hf_home).expanduser() / "hub" if args.hf_home else None
+            try:
+                print(hub.pull_to_hf_cache(args.ref, cache_dir=cache_dir))
+            except ImportError as exc:  # huggingface_hub missing: say which extra brings it
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            return 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PeftCompatWarning)
+            path = hub.pull(args.ref, local_dir=args.local_dir, peft_version=args.peft_version)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     print(path)
     return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    with _hub() as hub:
+        hf = hub.hf_env()
+        env: dict[str, str | None] = {c.ENV_URL: hub.url, c.ENV_HF_ENDPOINT: hf[c.ENV_HF_ENDPOINT]}
+        if hub.token:
+            if not args.no_token:
+                env[c.ENV_HF_TOKEN] = hf[c.ENV_HF_TOKEN]
+            env[c.ENV_HF_NO_IMPLICIT_TOKEN] = None  # left over from an earlier tokenless eval
+        else:
+            env[c.ENV_HF_TOKEN] = None
+            env[c.ENV_HF_NO_IMPLICIT_TOKEN] = hf[c.ENV_HF_NO_IMPLICIT_TOKEN]
+    print(_shell_exports(env, args.shell))
+    return 0
+
+
+def _peft_version(value: str) -> str:
+    try:
+        resolve_version(value)
+    except PeftCompatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -244,7 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", help="download a version (cached, verified); prints its path")
     p.add_argument("ref", metavar="REF", help="namespace/name[@revision]")
     p.add_argument("--local-dir", help="also copy the files into this folder and print it")
+    p.add_argument("--peft-version", metavar="X.Y", type=_peft_version,
+                   help="drop adapter_config.json keys this (older) peft does not know; names them on stderr")
+    p.add_argument("--hf-cache", action="store_true",
+                   help="fill the Hugging Face cache instead ($HF_HUB_CACHE or $HF_HOME/hub), for HF_HUB_OFFLINE=1")
+    p.add_argument("--hf-home", metavar="DIR", help="with --hf-cache (implied): fill DIR/hub")
     p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("env", help="print the exports that point Hugging Face tools at the hub: eval \"$(pefthub env)\"")
+    p.add_argument("--shell", choices=SHELLS, default="sh", help="output syntax (default: sh)")
+    p.add_argument("--no-token", action="store_true", help="leave HF_TOKEN out of the output")
+    p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("ls", help="list repositories")
     p.add_argument("--kind", choices=c.KINDS)

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tqdm.auto import tqdm
 
-from . import _config
+from . import _config, peft_compat
 from . import constants as c
 from ._files import collect_files, infer_kind, manifest_digest
 from ._http import HTTPClient, quote_segment
@@ -19,6 +19,7 @@ from ._load import LoadMixin
 from ._upload import hash_files, upload_blob
 from .cache import Cache, check_manifest, check_sha256
 from .errors import Conflict, HubConnectionError, HubError, IntegrityError, NotFound, ValidationError
+from .hf import HFMixin
 from .jobs import JobsMixin
 from .models import Repo, Version
 from .refs import Ref, check_alias, parse_ref
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # only for annotations: no runtime dependency
     from typing_extensions import Self
 
 
-class Hub(JobsMixin, LoadMixin):
+class Hub(JobsMixin, LoadMixin, HFMixin):
     """A PEFT Hub client.
 
     Every argument falls back to the environment, then to the file written by
@@ -314,15 +315,20 @@ class Hub(JobsMixin, LoadMixin):
         return Version.from_json(self._json("POST", f"{repo_path}/versions", json=body))
 
     # -- pull -----------------------------------------------------------------
-    def pull(self, ref: str, *, local_dir: str | os.PathLike[str] | None = None) -> Path:
+    def pull(self, ref: str, *, local_dir: str | os.PathLike[str] | None = None, peft_version: str | None = None) -> Path:
         """Download a version into the cache (verified) and return its folder.
 
         A digest-pinned ref whose snapshot is cached needs no request at all; any
         other ref costs one API request, plus the blobs the cache lacks.
+        With ``peft_version`` (``"0.13"``) the folder's ``adapter_config.json`` holds
+        only keys that peft release knows, and a :class:`~pefthub.peft_compat.PeftCompatWarning`
+        names the ones dropped; the cached blobs stay as pushed.
         """
         r = parse_ref(ref)
+        if peft_version is not None:
+            peft_compat.resolve_version(peft_version)
         if r.is_digest and self.cache.is_complete(r.digest_hex or ""):
-            return self._deliver(r.digest_hex or "", local_dir)
+            return self._deliver(r.digest_hex or "", local_dir, peft_version, str(r))
         try:
             version = self._version(r)
         except HubConnectionError:
@@ -331,7 +337,7 @@ class Hub(JobsMixin, LoadMixin):
                 warnings.warn(
                     f"{self.url} is unreachable; using the cached snapshot of {r}", stacklevel=2
                 )
-                return self._deliver(cached, local_dir)
+                return self._deliver(cached, local_dir, peft_version, str(r))
             raise
 
         files = check_manifest(version.files or ())
@@ -354,9 +360,13 @@ class Hub(JobsMixin, LoadMixin):
         self.cache.write_ref(r, digest_hex)
         if r.revision != str(version.number):
             self.cache.write_ref(Ref(r.namespace, r.name, str(version.number)), digest_hex)
-        return self._deliver(digest_hex, local_dir)
+        return self._deliver(digest_hex, local_dir, peft_version, version.ref)
 
-    def _deliver(self, digest_hex: str, local_dir: str | os.PathLike[str] | None) -> Path:
+    def _deliver(
+        self, digest_hex: str, local_dir: str | os.PathLike[str] | None, peft_version: str | None, label: str
+    ) -> Path:
+        if peft_version is not None:
+            return peft_compat.deliver(self.cache, digest_hex, local_dir, peft_version, label)
         snapshot = self.cache.snapshot_dir(digest_hex)
         if local_dir is None:
             return snapshot

@@ -16,6 +16,15 @@ DEFAULT_CONFIG_DIR = "~/.config/pefthub"
 CONFIG_FILE_NAME = "config.json"
 
 API_PREFIX = "/api/v1"
+#: where the hub serves its Hugging Face-compatible read API
+HF_PREFIX = "/hf"
+#: a hub digest's first 40 hex digits are its Hugging Face commit id
+HF_COMMIT_LENGTH = 40
+ENV_HF_ENDPOINT = "HF_ENDPOINT"
+ENV_HF_TOKEN = "HF_TOKEN"
+# With no hub token this keeps huggingface_hub from sending the user's own
+# huggingface.co token (HF_TOKEN, or the one `hf auth login` saved) to the hub.
+ENV_HF_NO_IMPLICIT_TOKEN = "HF_HUB_DISABLE_IMPLICIT_TOKEN"
 USER_AGENT = f"pefthub/{__version__}"
 
 # Hashing reads big chunks (cheap syscalls); downloads stream in 1 MiB pieces so a

@@ -161,7 +161,7 @@ def test_revision_suffix_serves_a_config_an_older_peft_loads(published, alice, l
 
     from pefthub import peft_compat
 
-    hub, _ = published
+    _ = published
     h = {"Authorization": f"Bearer {alice.token}"}
     url = f"{live_server.url}/hf"
     original = json.loads(requests.get(f"{url}/acme/x/resolve/prod/adapter_config.json", headers=h).content)
