@@ -153,7 +153,8 @@ def test_tree_pages_with_link_headers(published, alice, live_server, settings):
     assert "model.safetensors" in paths and "README.md" in paths
 
 
-def test_revision_suffix_serves_a_config_an_older_peft_loads(published, alice, live_server, tmp_path):
+@pytest.mark.usefixtures("published")
+def test_revision_suffix_serves_a_config_an_older_peft_loads(alice, live_server, tmp_path):
     """`revision="prod+peft-0.13"`: stock HF tools get an adapter config without the keys peft 0.13 lacks."""
     import json
 
@@ -161,7 +162,6 @@ def test_revision_suffix_serves_a_config_an_older_peft_loads(published, alice, l
 
     from pefthub import peft_compat
 
-    _ = published
     h = {"Authorization": f"Bearer {alice.token}"}
     url = f"{live_server.url}/hf"
     original = json.loads(requests.get(f"{url}/acme/x/resolve/prod/adapter_config.json", headers=h).content)
