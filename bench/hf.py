@@ -1,0 +1,210 @@
+"""HF benchmark: huggingface_hub.snapshot_download through the hub's /hf API on S3 (moto), beside Hub.pull and raw boto3.
+
+    python bench/hf.py [--repeats 3] [--check]
+
+Starts moto's S3 server and `pefthub-server up --no-worker` (SQLite, PEFTHUB_STORAGE=s3://...) as subprocesses,
+pushes a random-init Llama base and a real ~64 MiB peft LoRA adapter, then downloads the adapter `--repeats` times
+each way, interleaved, into empty caches, and prints medians. `--check` exits 1 when a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python bench/hf.py` puts bench/, not the repo root, on sys.path
+
+from bench.transfer import AWS_ENV, BIN, MIB, free_port, make_models, ratio, start, stop  # noqa: E402
+
+ADAPTER = "adapter_model.safetensors"
+RAW, RAW_DEFAULT, PULL, SNAP, SNAP_1MIB = (
+    "raw boto3 get_object, one request", "raw boto3 download_file, default", "Hub.pull, empty cache",
+    "snapshot_download, empty cache", "  same, DOWNLOAD_CHUNK_SIZE=1 MiB")
+GOALS = (PULL, SNAP)  # each >= 0.8x RAW's MiB/s; the other rows are context
+
+
+class HfTrace:
+    """Every request huggingface_hub sends, through its own client factory: (sent, headers in, method, host, path, status)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[float, float, str, str, str, int]] = []
+
+    def install(self) -> None:
+        import httpx2
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.utils._http import hf_request_event_hook
+
+        def on_request(request) -> None:
+            request.extensions["bench_sent"] = time.perf_counter()
+
+        def on_response(response) -> None:
+            r = response.request
+            self.log.append((r.extensions["bench_sent"], time.perf_counter(), r.method, f"{r.url.host}:{r.url.port}",
+                             r.url.path, response.status_code))
+
+        # huggingface_hub's default client (same hook, redirects, no timeout) with two hooks added to time requests.
+        set_client_factory(lambda: httpx2.Client(event_hooks={"request": [hf_request_event_hook, on_request],
+                                                              "response": [on_response]},
+                                                 follow_redirects=True, timeout=None))
+
+
+def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> bool:
+    import boto3
+    import huggingface_hub
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+    from huggingface_hub import constants as hf_constants
+
+    from pefthub import Hub
+
+    assert hf_constants.HF_HUB_DISABLE_XET, "HF_HUB_DISABLE_XET must be set before huggingface_hub is imported"
+    trace = HfTrace()
+    trace.install()
+
+    moto_url = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, **AWS_ENV}
+    procs.append(start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", moto_url.rsplit(":", 1)[1]],
+                       env, tmp / "moto.log", f"{moto_url}/moto-api/"))
+    s3 = boto3.session.Session().client("s3", endpoint_url=moto_url, region_name="us-east-1",
+                                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                                        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+    s3.create_bucket(Bucket="bench")
+
+    hub_url = f"http://127.0.0.1:{free_port()}"
+    hub_env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    hub_env.update(PEFTHUB_DATA_DIR=str(tmp / "hub-data"), PEFTHUB_STORAGE="s3://bench/hub", AWS_ENDPOINT_URL=moto_url)
+    procs.append(start([str(BIN / "pefthub-server"), "up", "--no-worker", "--port", hub_url.rsplit(":", 1)[1]],
+                       hub_env, tmp / "hub.log", f"{hub_url}/api/v1/"))
+    token = subprocess.run([str(BIN / "pefthub-server"), "adduser", "bench", "--team", "acme", "--role", "admin"],
+                           env=hub_env, capture_output=True, text=True, check=True).stdout.strip()
+
+    print("building base model and adapter ...", flush=True)
+    base_dir, adapter_dir = make_models(tmp / "models", 64.0)
+    original = (adapter_dir / ADAPTER).read_bytes()
+    size_mib, blob_sha = len(original) / MIB, hashlib.sha256(original).hexdigest()
+    with Hub(hub_url, token, cache_dir=tmp / "cache-setup", progress=False) as hub:
+        hub.push(base_dir, "acme/llama-bench", kind="model")
+        hub.push(adapter_dir, "acme/adapter", base_model="acme/llama-bench")
+    s3.upload_file(str(adapter_dir / ADAPTER), "bench", "raw/adapter", Config=TransferConfig(multipart_threshold=1 << 40))
+
+    def raw_get_object(dest: Path) -> None:  # one GET, streamed to disk in 1 MiB reads
+        body = s3.get_object(Bucket="bench", Key="raw/adapter")["Body"]
+        with dest.open("wb") as fh:
+            shutil.copyfileobj(body, fh, MIB)
+
+    def raw_download_file(dest: Path) -> None:  # boto3's default: 8 MiB ranged GETs on 10 threads
+        s3.download_file("bench", "raw/adapter", str(dest))
+
+    def sdk_pull(dest: Path) -> Path:
+        with Hub(hub_url, token, cache_dir=dest.parent / "pefthub-cache", progress=False) as puller:
+            return puller.pull("acme/adapter") / ADAPTER
+
+    def hf_snapshot(dest: Path, chunk: int | None = None) -> Path:
+        default = hf_constants.DOWNLOAD_CHUNK_SIZE  # 10 MiB; http_get reads it on every call
+        hf_constants.DOWNLOAD_CHUNK_SIZE = chunk or default
+        try:
+            folder = huggingface_hub.snapshot_download("acme/adapter", revision="main", endpoint=f"{hub_url}/hf",
+                                                       token=token, cache_dir=dest.parent / "hf-cache")
+        finally:
+            hf_constants.DOWNLOAD_CHUNK_SIZE = default
+        return Path(folder) / ADAPTER
+
+    ways = {RAW: raw_get_object, RAW_DEFAULT: raw_download_file, PULL: sdk_pull, SNAP: hf_snapshot,
+            SNAP_1MIB: lambda dest: hf_snapshot(dest, MIB)}
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    faults: dict[str, list[int]] = {w: [] for w in ways}
+    snaps: list[tuple[float, list]] = []  # (start, its requests) of each counted default snapshot_download
+    names = list(ways)
+    for i in range(args.repeats + 1):  # round 0 warms imports, connections and the hub's caches; it is not counted
+        for name in names[i % len(names):] + names[: i % len(names)]:  # rotated, so no way always goes first
+            work = tmp / f"run-{i}-{names.index(name)}"
+            work.mkdir()
+            dest, mark, minflt = work / ADAPTER, len(trace.log), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            got = ways[name](dest) or dest
+            seconds = time.perf_counter() - t0
+            minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
+            assert got.read_bytes() == original, f"{name}: downloaded bytes differ from the pushed file"
+            if i:
+                times[name].append(seconds)
+                faults[name].append(minflt)
+                if name == SNAP:
+                    snaps.append((t0, trace.log[mark:]))
+            shutil.rmtree(work)
+
+    hosts = {f"127.0.0.1:{hub_url.rsplit(':', 1)[1]}": "hub", f"127.0.0.1:{moto_url.rsplit(':', 1)[1]}": "S3"}
+    strays = {host for _, log in snaps for *_, host, _, _ in log if host not in hosts}
+    assert not strays, f"snapshot_download reached hosts other than the hub and S3 (Xet?): {strays}"
+    med, n = statistics.median, args.repeats
+    # When snapshot_download asked S3 for the adapter: everything before is metadata round trips to the hub.
+    first_get = med(next(sent for sent, _, m, _, path, _ in log if m == "GET" and path.endswith(blob_sha)) - t0
+                    for t0, log in snaps)
+    hub_requests = {len([r for r in log if hosts[r[3]] == "hub"]) for _, log in snaps}
+
+    base = size_mib / med(times[RAW])
+    goals = {name: size_mib / med(times[name]) / base >= 0.8 for name in GOALS}
+    ok = {True: "ok", False: "MISSED"}
+    rows = []
+    for name in names:
+        rate = size_mib / med(times[name])
+        goal = (">= 0.80x", ok[goals[name]]) if name in goals else ("", "")
+        rows.append((name, f"{med(times[name]) * 1000:.0f} ms", f"{rate:.0f}", ratio(rate / base), f"{med(faults[name]):.0f}",
+                     *goal, ", ".join(f"{t * 1000:.0f}" for t in times[name])))
+    head = ("measurement", "median", "MiB/s", "vs get_object", "page faults", "goal", "", "runs (ms)")
+    widths = [max(len(str(r[c])) for r in [head, *rows]) for c in range(len(head))]
+    print(f"\n{ADAPTER}: {size_mib:.1f} MiB; median of {n}; {os.cpu_count()} CPUs; huggingface_hub "
+          f"{huggingface_hub.__version__}, HF_HUB_DISABLE_XET=1; bytes of every download checked equal to the pushed file")
+    for r in [head, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+
+    t0, log = snaps[-1]
+    print("\nOne snapshot_download (ms from the call; sent -> response headers; S3 bodies stream after):")
+    for sent, got_headers, method, host, path, status in sorted(log):
+        print(f"  {(sent - t0) * 1000:6.1f} -> {(got_headers - t0) * 1000:6.1f}  {method:4} {hosts[host]:3} {status}  "
+              f"{path if hosts[host] == 'hub' else path[:24] + '...' + path[-8:]}")
+    print("\n".join([
+        f"snapshot_download sent {'/'.join(map(str, sorted(hub_requests)))} hub requests per call and asked S3 for the "
+        f"adapter {first_get * 1000:.0f} ms after the call (median): repo_info, tree, then a HEAD per file.",
+        f"Page faults are minor faults of this process during the call. huggingface_hub reads bodies in "
+        f"{hf_constants.DOWNLOAD_CHUNK_SIZE // MIB} MiB chunks",
+        "(constants.DOWNLOAD_CHUNK_SIZE): httpx2's ByteChunker builds each one in a fresh buffer, which the kernel "
+        "must fault in and zero.",
+    ]))
+    return all(goals.values())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on `kill` too
+    procs: list[subprocess.Popen] = []
+    tmp = Path(tempfile.mkdtemp(prefix="pefthub-bench-hf-"))
+    # huggingface_hub reads these at import (transformers and peft import it too): set them before anything does.
+    os.environ.update(HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
+                      HF_HOME=str(tmp / "hf-home"))
+    for key in ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE"):
+        os.environ.pop(key, None)
+    try:
+        met = run(args, tmp, procs)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if met or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
