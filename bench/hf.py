@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))  # `python bench/hf.py` puts bench/, not the repo 
 from bench.transfer import AWS_ENV, BIN, MIB, free_port, make_models, ratio, start, stop  # noqa: E402
 
 ADAPTER = "adapter_model.safetensors"
-RAW, RAW_DEFAULT, PULL, SNAP, SNAP_1MIB = (
-    "raw boto3 get_object, one request", "raw boto3 download_file, default", "Hub.pull, empty cache",
-    "snapshot_download, empty cache", "  same, DOWNLOAD_CHUNK_SIZE=1 MiB")
+RAW, RAW_ONE, RAW_DEFAULT, PULL, SNAP, SNAP_1MIB = (
+    "raw boto3 get_object, one request", "raw boto3 download_file, one request", "raw boto3 download_file, default",
+    "Hub.pull, empty cache", "snapshot_download, empty cache", "  same, DOWNLOAD_CHUNK_SIZE=1 MiB")
 GOALS = (PULL, SNAP)  # each >= 0.8x RAW's MiB/s; the other rows are context
 
 
@@ -103,8 +103,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
         with dest.open("wb") as fh:
             shutil.copyfileobj(body, fh, MIB)
 
-    def raw_download_file(dest: Path) -> None:  # boto3's default: 8 MiB ranged GETs on 10 threads
-        s3.download_file("bench", "raw/adapter", str(dest))
+    def raw_download_file(dest: Path, config: TransferConfig | None = None) -> None:
+        s3.download_file("bench", "raw/adapter", str(dest), Config=config)  # default: 8 MiB ranged GETs on 10 threads
 
     def sdk_pull(dest: Path) -> Path:
         with Hub(hub_url, token, cache_dir=dest.parent / "pefthub-cache", progress=False) as puller:
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
             hf_constants.DOWNLOAD_CHUNK_SIZE = default
         return Path(folder) / ADAPTER
 
-    ways = {RAW: raw_get_object, RAW_DEFAULT: raw_download_file, PULL: sdk_pull, SNAP: hf_snapshot,
+    ways = {RAW: raw_get_object, RAW_ONE: lambda dest: raw_download_file(dest, TransferConfig(multipart_threshold=1 << 40)),
+            RAW_DEFAULT: raw_download_file, PULL: sdk_pull, SNAP: hf_snapshot,
             SNAP_1MIB: lambda dest: hf_snapshot(dest, MIB)}
     times: dict[str, list[float]] = {w: [] for w in ways}
     faults: dict[str, list[int]] = {w: [] for w in ways}

@@ -1,18 +1,18 @@
 """Training benchmark: one tiny-Llama LoRA run as a hub job (Redis + pefthub-worker) beside the same run as a plain script.
 
-    python bench/training.py [--repeats 3] [--steps 400] [--check]
+    python bench/training.py [--repeats 3] [--steps 400] [--torch-threads N] [--check]
 
-Starts `pefthub-server up --no-worker` (SQLite, CELERY_BROKER_URL=redis://127.0.0.1:6379/14, flushed first) and one
-`pefthub-worker` with a worker-scope token, pushes a random-init Llama (hidden 256, 4 layers) and a prompt/completion
-dataset once, runs one warm-up job on the fresh worker, then the same LoRA training `--repeats` times each way,
-interleaved: `hub.train(...)` -> `job.wait()`, and this file's `--plain` mode (transformers + peft and a hand-written
-loop with the recipe's tokenisation, batching, AdamW and schedule) in a fresh interpreter. Prints medians.
-`--check` exits 1 when a goal is missed.
+Starts `pefthub-server up --no-worker` (SQLite, Redis db 14, flushed) and one `pefthub-worker`, pushes a random-init
+Llama (hidden 256, 4 layers) and a prompt/completion dataset, runs one job on the fresh worker, then the same LoRA
+training `--repeats` times each way, interleaved: `hub.train(...).wait()`, and this file's `--plain` mode (transformers
++ peft in a hand-written loop with the recipe's tokenisation, batching, AdamW and schedule) in a fresh interpreter.
+Prints medians; `--check` exits 1 when a goal is missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -34,12 +34,8 @@ ROOT, BIN = Path(__file__).resolve().parents[1], Path(sys.executable).parent
 REDIS_URL = "redis://127.0.0.1:6379/14"
 HP = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
       "learning_rate": 1e-3, "batch_size": 16, "max_seq_length": 64, "seed": 0}
-ROWS = 2000
 # Celery's log line: "[2026-11-29 10:00:00,123: INFO/MainProcess] job <id>: training lora on ..." (local time)
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]*\] job (\w+): (training|pushing) ", re.M)
-
-
-# --- the plain script: `--plain`, run in a fresh interpreter -------------------------------------------------------
 
 
 def plain(base: Path, dataset: Path, out: Path, steps: int, threads: int) -> dict:
@@ -53,13 +49,10 @@ def plain(base: Path, dataset: Path, out: Path, steps: int, threads: int) -> dic
 
     torch.set_num_threads(threads)  # what the worker sets per job (`--torch-threads`, default cores / concurrency)
     t.append(time.perf_counter())
-    tok = AutoTokenizer.from_pretrained(base)
-    examples = []  # (input_ids, labels): loss on the completion and EOS only, as the recipe tokenises
-    for line in dataset.read_text().splitlines():
-        row = json.loads(line)
+    tok, cut, examples = AutoTokenizer.from_pretrained(base), HP["max_seq_length"], []
+    for row in map(json.loads, dataset.read_text().splitlines()):  # loss on the completion and EOS only, as the recipe
         prompt = tok(row["prompt"], add_special_tokens=True)["input_ids"]
         completion = tok(row["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        cut = HP["max_seq_length"]
         examples.append(((prompt + completion)[:cut], ([-100] * len(prompt) + completion)[:cut]))
     t.append(time.perf_counter())
     random.seed(HP["seed"])
@@ -82,31 +75,29 @@ def plain(base: Path, dataset: Path, out: Path, steps: int, threads: int) -> dic
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=HP["learning_rate"], weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, (steps - s) / steps))
-    stream, tokens, losses = batches(), 0, []
+    stream, tokens, losses, per_step = batches(), 0, [], []
     model.train()
-    t.append(time.perf_counter())
+    t.append(last := time.perf_counter())
     for _ in range(steps):
         batch = next(stream)
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
+        (loss := model(input_ids=input_ids, attention_mask=mask, labels=labels).loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        tokens += int(mask.sum())  # the recipe's count: every non-padding token of every micro-batch
+        tokens += (n := int(mask.sum()))  # the recipe's count: every non-padding token of every micro-batch
+        per_step.append(n / ((now := time.perf_counter()) - last))  # as the recipe's metric events at logging_steps=1
+        last = now
     t.append(time.perf_counter())
     model.save_pretrained(out)
     t.append(time.perf_counter())
     phases = dict(zip(("imports", "tokenise", "load + wrap", "optimizer", "loop", "save"), (b - a for a, b in itertools.pairwise(t))))
-    return {**phases, "tokens": tokens, "first_loss": losses[0], "final_loss": losses[-1]}
-
-
-# --- processes ------------------------------------------------------------------------------------------------------
+    return {**phases, "tokens": tokens, "step": statistics.median(per_step), "first_loss": losses[0], "final_loss": losses[-1]}
 
 
 def free_port() -> int:
@@ -128,62 +119,43 @@ def start(cmd: list[str], env: dict[str, str], log: Path, ready) -> subprocess.P
     return proc
 
 
-def answers(url: str):
-    def ready() -> bool:
-        try:
-            return requests.get(url, timeout=1).status_code < 500
-        except requests.RequestException:
-            return False
-    return ready
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code < 500
+    except requests.RequestException:
+        return False
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL after 20 s (a worker finishes its current job on SIGTERM first)."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+    """SIGTERM to the process group (a worker ends its current job first), SIGKILL after 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            continue
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def start_hub(tmp: Path, procs: list[subprocess.Popen], broker: str | None) -> tuple[str, dict[str, str]]:
-    """`pefthub-server up` on a temp data dir: `--no-worker` with a broker URL, else the embedded broker and worker."""
-    url = f"http://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE",
-                                                           "CELERY_BROKER_URL", "PEFTHUB_BROKER_DIR")}
-    env.update(PEFTHUB_DATA_DIR=str(tmp / "hub-data"), PEFTHUB_DISABLE_PROGRESS_BARS="1")
-    cmd = [str(BIN / "pefthub-server"), "up", "--port", url.rsplit(":", 1)[1]]
-    if broker:
-        env["CELERY_BROKER_URL"] = broker
-        cmd.append("--no-worker")
-    procs.append(start(cmd, env, tmp / "hub.log", answers(f"{url}/api/v1/")))
-    return url, env
-
-
-def adduser(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([str(BIN / "pefthub-server"), "adduser", *args], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def start_worker(tmp: Path, procs: list[subprocess.Popen], url: str, hub_env: dict[str, str], threads: int) -> Path:
-    token = adduser(hub_env, "w", "--scope", "worker")
-    env = {**hub_env, "PEFTHUB_URL": url, "PEFTHUB_TOKEN": token, "PEFTHUB_CACHE": str(tmp / "worker-cache")}
-    log = tmp / "worker.log"
-    cmd = [str(BIN / "pefthub-worker"), "-Q", "gpu,cpu", "--hostname", "bench@local", "--torch-threads", str(threads)]
-    procs.append(start(cmd, env, log,
-                       lambda: " ready." in log.read_text(errors="replace")))
-    return log
-
-
-# --- the benchmark --------------------------------------------------------------------------------------------------
+def start_hub(tmp: Path, procs: list[subprocess.Popen], threads: int) -> tuple[str, str, Path]:
+    """`pefthub-server up --no-worker` on Redis and one `pefthub-worker`; returns the URL, a user token, the worker log."""
+    url, log = f"http://127.0.0.1:{free_port()}", tmp / "worker.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE")}
+    env.update(PEFTHUB_DATA_DIR=str(tmp / "hub-data"), PEFTHUB_DISABLE_PROGRESS_BARS="1", CELERY_BROKER_URL=REDIS_URL)
+    procs.append(start([str(BIN / "pefthub-server"), "up", "--no-worker", "--port", url.rsplit(":", 1)[1]], env,
+                       tmp / "hub.log", lambda: answers(f"{url}/api/v1/")))
+    def adduser(*args: str) -> str:
+        return subprocess.run([str(BIN / "pefthub-server"), "adduser", *args], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    worker_env = {**env, "PEFTHUB_URL": url, "PEFTHUB_TOKEN": adduser("w", "--scope", "worker"),
+                  "PEFTHUB_CACHE": str(tmp / "worker-cache")}
+    procs.append(start([str(BIN / "pefthub-worker"), "-Q", "gpu,cpu", "--hostname", "bench@local", "--torch-threads",
+                        str(threads)], worker_env, log, lambda: " ready." in log.read_text(errors="replace")))
+    return url, adduser("bench", "--team", "acme", "--role", "admin"), log
 
 
 def make_inputs(root: Path) -> tuple[Path, Path]:
@@ -200,22 +172,27 @@ def make_inputs(root: Path) -> tuple[Path, Path]:
     base = root / "base"
     LlamaForCausalLM(config).save_pretrained(base, safe_serialization=True)
     tiny.make_tokenizer(512).save_pretrained(base)
-    return base, tiny.make_dataset(root / "train.jsonl", rows=ROWS)
+    return base, tiny.make_dataset(root / "train.jsonl", rows=2000)
 
 
-def hub_run(hub, steps: int, worker_log: Path) -> dict:
-    t0 = time.time()
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
+
+
+def hub_run(hub, steps: int, worker_log: Path, server_pid: int) -> dict:
+    cpu0, t0 = cpu_seconds(server_pid), time.time()
     job = hub.train(base_model="acme/bench-base", dataset="acme/bench-data", output="acme/bench-lora", method="lora",
                     max_steps=steps, **HP).wait(timeout=900)  # polls once a second, as a user's script would
-    seen = time.time()
+    seen, server_cpu = time.time(), cpu_seconds(server_pid) - cpu0
     metrics = job.result.metadata["metrics"]
-    per_step = [e for e in job.events() if e.type == "metric" and "tokens_per_second" in e.data]
+    per_step = [e.data["tokens_per_second"] for e in job.events() if e.type == "metric" and "tokens_per_second" in e.data]
     marks = {what: datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # naive = local time, as Celery logs
              for stamp, job_id, what in LOG_LINE.findall(worker_log.read_text(errors="replace")) if job_id == job.id}
-    started, finished = epoch(job.started_at), epoch(job.finished_at)
-    train_s = metrics["train_seconds"]
-    return {"tokens/s": metrics["train_tokens"] / train_s, "loop": train_s, "overhead": finished - started - train_s,
-            "e2e": finished - t0, "seen": seen - t0, "tokens": metrics["train_tokens"], "metric events": len(per_step),
+    started, finished, train_s = epoch(job.started_at), epoch(job.finished_at), metrics["train_seconds"]
+    return {"tokens/s": metrics["train_tokens"] / train_s, "step": statistics.median(per_step),
+            "overhead": finished - started - train_s, "e2e": finished - t0, "tokens": metrics["train_tokens"],
+            "metric events": len(per_step), "server cpu": server_cpu / (seen - t0),
             "first_loss": metrics["first_loss"], "final_loss": metrics["final_loss"],
             "parts": {"submit -> claimed": started - t0, "claim + pull inputs": marks["training"] - started,
                       "recipe outside the loop": marks["pushing"] - marks["training"] - train_s,
@@ -226,19 +203,12 @@ def plain_run(base: Path, dataset: Path, out: Path, steps: int, threads: int) ->
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--plain", str(base), str(dataset), str(out), "--steps", str(steps),
                            "--torch-threads", str(threads)], capture_output=True, text=True, check=True)
-    e2e = time.perf_counter() - t0
+    e2e, r = time.perf_counter() - t0, json.loads(proc.stdout.strip().splitlines()[-1])
     shutil.rmtree(out)
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
     outside = {k: r[k] for k in ("tokenise", "load + wrap", "optimizer", "save")}  # what the recipe also does
-    return {"tokens/s": r["tokens"] / r["loop"], "loop": r["loop"], "overhead": sum(outside.values()), "e2e": e2e,
-            **{k: r[k] for k in ("tokens", "first_loss", "final_loss")},
+    return {"tokens/s": r["tokens"] / r["loop"], "overhead": sum(outside.values()), "e2e": e2e,
+            **{k: r[k] for k in ("step", "tokens", "first_loss", "final_loss")},
             "parts": {"interpreter + imports": e2e - r["loop"] - sum(outside.values()), **outside}}
-
-
-def table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for r in [rows[0], tuple("-" * w for w in widths), *rows[1:]]:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
 def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> bool:
@@ -247,56 +217,55 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
     from pefthub import Hub
 
     redis.Redis.from_url(REDIS_URL).flushdb()
-    print("building the base model and dataset, starting the hub and a worker ...", flush=True)
+    print("building the base model and dataset, starting the hub and a worker, a first job on it ...", flush=True)
     base, dataset = make_inputs(tmp / "inputs")
-    url, hub_env = start_hub(tmp, procs, REDIS_URL)
-    token = adduser(hub_env, "bench", "--team", "acme", "--role", "admin")
-    worker_log = start_worker(tmp, procs, url, hub_env, args.torch_threads)
+    url, token, worker_log = start_hub(tmp, procs, args.torch_threads)
     hub = Hub(url, token, cache_dir=tmp / "client-cache", progress=False)
     hub.push(base, "acme/bench-base", kind="model")
     hub.push(dataset, "acme/bench-data")
 
-    print("first job on the fresh worker (it imports torch, transformers and peft) ...", flush=True)
-    cold = hub_run(hub, args.steps, worker_log)
+    cold = hub_run(hub, args.steps, worker_log, procs[0].pid)
     runs: dict[str, list[dict]] = {"hub": [], "plain": []}
     for i in range(args.repeats):  # interleaved, the order alternating, so drift on this noisy machine hits both alike
         for way in ("hub", "plain") if i % 2 == 0 else ("plain", "hub"):
             print(f"repeat {i + 1}/{args.repeats}: {way} ...", flush=True)
-            runs[way].append(hub_run(hub, args.steps, worker_log) if way == "hub" else
+            runs[way].append(hub_run(hub, args.steps, worker_log, procs[0].pid) if way == "hub" else
                              plain_run(base, dataset, tmp / "plain-out", args.steps, args.torch_threads))
     hub.close()
 
-    med = statistics.median
-    m = {way: {k: med(r[k] for r in rs) for k in ("tokens/s", "loop", "overhead", "e2e")} for way, rs in runs.items()}
-    speed = m["hub"]["tokens/s"] / m["plain"]["tokens/s"]
-    goals = {"throughput": speed >= 0.95, "overhead": m["hub"]["overhead"] < 3.0}
-    ok = {True: "ok", False: "MISSED"}
-    print(f"\n{args.steps} steps x {HP['batch_size']} rows (LoRA r={HP['r']} on q/k/v/o of a 4-layer hidden-256 Llama, "
-          f"{runs['plain'][0]['tokens']} tokens); torch threads {args.torch_threads}; median of {args.repeats}; {os.cpu_count()} CPUs, "
+    med, ok = statistics.median, {True: "ok", False: "MISSED"}
+    m = {way: {k: med(r[k] for r in rs) for k in ("step", "tokens/s", "overhead", "e2e")} for way, rs in runs.items()}
+    step_x, total_x = (m["hub"][k] / m["plain"][k] for k in ("step", "tokens/s"))
+    goals = {"throughput": step_x >= 0.95, "overhead": m["hub"]["overhead"] < 3.0}
+    x = lambda v: f"{int(v * 100) / 100:.2f}x"  # noqa: E731 - truncated, so 0.94x never shows as 0.95x
+    print(f"\n{args.steps} steps x {HP['batch_size']} rows, {runs['plain'][0]['tokens']} tokens (LoRA r={HP['r']} on q/k/v/o, "
+          f"4-layer hidden-256 Llama); torch threads {args.torch_threads}; median of {args.repeats}; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
-    table([
+    rows = [
         ("measurement", "hub job", "plain script", "hub/plain", "goal", ""),
-        ("training loop, tokens/s", f"{m['hub']['tokens/s']:.0f}", f"{m['plain']['tokens/s']:.0f}",
-         f"{int(speed * 100) / 100:.2f}x", ">= 0.95x", ok[goals["throughput"]]),
-        ("training loop, s", f"{m['hub']['loop']:.2f}", f"{m['plain']['loop']:.2f}", "", "", ""),
+        ("training step, tokens/s (median step)", f"{m['hub']['step']:.0f}", f"{m['plain']['step']:.0f}", x(step_x),
+         ">= 0.95x", ok[goals["throughput"]]),
+        ("training loop, tokens/s (all steps)", f"{m['hub']['tokens/s']:.0f}", f"{m['plain']['tokens/s']:.0f}", x(total_x), "", ""),
         ("outside the loop, s", f"{m['hub']['overhead']:.2f}", f"{m['plain']['overhead']:.2f}", "", "< 3 s (hub)",
          ok[goals["overhead"]]),
         ("end to end, s", f"{m['hub']['e2e']:.2f}", f"{m['plain']['e2e']:.2f}", "", "", ""),
-        ("first job, fresh worker: outside loop / e2e, s", f"{cold['overhead']:.2f} / {cold['e2e']:.2f}", "", "", "", ""),
-    ])
+        ("1st job, fresh worker: outside loop / e2e, s", f"{cold['overhead']:.2f} / {cold['e2e']:.2f}", "", "", "", ""),
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in [rows[0], tuple("-" * w for w in widths), *rows[1:]]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     parts = {way: {k: med(r["parts"][k] for r in rs) for k in rs[0]["parts"]} for way, rs in runs.items()}
+    hub0, plain0 = runs["hub"][0], runs["plain"][0]
     print("\n".join([
         "",
-        "hub 'outside the loop' = finished_at - started_at - train_seconds; 'end to end' = t(before hub.train) to finished_at.",
-        "plain 'outside the loop' = tokenise + load + wrap + optimizer + save; 'end to end' = spawn to exit.",
-        "hub job, where the time goes (median s; worker-log marks): " + ", ".join(f"{k} {v:.2f}" for k, v in parts["hub"].items()),
-        "  first job: " + ", ".join(f"{k} {v:.2f}" for k, v in cold["parts"].items()),
+        "hub job, where the time goes (median s; worker log): " + ", ".join(f"{k} {v:.2f}" for k, v in parts["hub"].items()),
+        "  1st job: " + ", ".join(f"{k} {v:.2f}" for k, v in cold["parts"].items()),
         "plain script (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts["plain"].items()),
-        f"same work: tokens hub {runs['hub'][0]['tokens']} / plain {runs['plain'][0]['tokens']}; final loss hub "
-        f"{runs['hub'][0]['final_loss']:.5f} / plain {runs['plain'][0]['final_loss']:.5f}; "
-        f"{runs['hub'][0]['metric events']} metric events per job.",
-        "per-repeat tokens/s, hub: " + ", ".join(f"{r['tokens/s']:.0f}" for r in runs["hub"])
-        + "; plain: " + ", ".join(f"{r['tokens/s']:.0f}" for r in runs["plain"]),
+        f"same work: {hub0['tokens']} / {plain0['tokens']} tokens, final loss {hub0['final_loss']:.5f} / "
+        f"{plain0['final_loss']:.5f} (hub / plain); {hub0['metric events']} metric events per job; the hub server used "
+        f"{100 * med(r['server cpu'] for r in runs['hub']):.1f}% of a core during a job.",
+        "per repeat, median step / all steps tokens/s: hub " + ", ".join(f"{r['step']:.0f}/{r['tokens/s']:.0f}" for r in runs["hub"])
+        + "; plain " + ", ".join(f"{r['step']:.0f}/{r['tokens/s']:.0f}" for r in runs["plain"]),
     ]))
     return all(goals.values())
 
@@ -314,6 +283,7 @@ def main() -> int:
         print(json.dumps(plain(*map(Path, args.plain), args.steps, args.torch_threads)))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on `kill` too
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # here, and in the worker and the plain script
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="pefthub-bench-"))
     try:
