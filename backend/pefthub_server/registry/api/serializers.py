@@ -108,6 +108,12 @@ class VersionSerializer(serializers.Serializer):
     adapter = serializers.JSONField(source="adapter_config")
     metadata = serializers.JSONField()
     job = serializers.SerializerMethodField()
+    serving = serializers.SerializerMethodField(help_text="Adapters: rank, targets, modules_to_save, mergeable, …")
+
+    def get_serving(self, version) -> dict | None:
+        from pefthub_server.registry.hf.card import serving_facts
+
+        return serving_facts(version.adapter_config)
 
     def get_job(self, version) -> str | None:
         return version.job_id.hex if version.job_id else None
