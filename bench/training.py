@@ -127,11 +127,11 @@ def answers(url: str) -> bool:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group (a worker ends its current job first), SIGKILL after 20 s."""
+    """SIGTERM to the process group (a worker ends its current job first), SIGKILL after 5 s."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -145,7 +145,7 @@ def start_hub(tmp: Path, procs: list[subprocess.Popen], threads: int) -> tuple[s
     """`pefthub-server up --no-worker` on Redis and one `pefthub-worker`; returns the URL, a user token, the worker log."""
     url, log = f"http://127.0.0.1:{free_port()}", tmp / "worker.log"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE")}
-    env.update(PEFTHUB_DATA_DIR=str(tmp / "hub-data"), PEFTHUB_DISABLE_PROGRESS_BARS="1", CELERY_BROKER_URL=REDIS_URL)
+    env.update(PEFTHUB_DATA_DIR=str(tmp / "hub-data"), PEFTHUB_DISABLE_PROGRESS_BARS="1", CELERY_BROKER_URL=REDIS_URL, TMPDIR=str(tmp))
     procs.append(start([str(BIN / "pefthub-server"), "up", "--no-worker", "--port", url.rsplit(":", 1)[1]], env,
                        tmp / "hub.log", lambda: answers(f"{url}/api/v1/")))
     def adduser(*args: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -86,6 +87,8 @@ class Command(BaseCommand):
             f"  data dir: {settings.DATA_DIR}"
         )
         self.stdout.flush()
+        # SIGTERM (docker stop, kill) unwinds like Ctrl-C, so the embedded worker is stopped too.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         stop = threading.Event()
         threading.Thread(target=_reap_forever, args=(stop,), name="reaper", daemon=True).start()
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
