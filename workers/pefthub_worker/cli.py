@@ -19,9 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loglevel", "-l", default=os.environ.get("PEFTHUB_LOG_LEVEL", "info"))
     parser.add_argument("--hostname", "-n", default=None)
     parser.add_argument("--torch-threads", type=int, default=None,
-                        help="CPU threads per job (default: cores / concurrency, so jobs do not oversubscribe the CPU)")
+                        help="CPU threads per job (default: OMP_NUM_THREADS, else cores / concurrency: no oversubscription)")
     args = parser.parse_args(argv)
-    threads = args.torch_threads or max(1, (os.cpu_count() or 1) // max(1, args.concurrency))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    threads = args.torch_threads or (int(omp) if omp.isdigit() and int(omp) > 0 else 0) \
+        or max(1, (os.cpu_count() or 1) // max(1, args.concurrency))
     os.environ["PEFTHUB_TORCH_THREADS"] = str(threads)
     if not os.environ.get("PEFTHUB_TOKEN"):
         parser.error("PEFTHUB_TOKEN must hold a worker-scope token (pefthub-server adduser worker --scope worker)")

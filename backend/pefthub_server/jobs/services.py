@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from pefthub.queue_config import TASK_MERGE, TASK_TRAIN
 from pefthub.specs import MERGEABLE_PEFT_TYPES, QUEUES, MergeSpec, SpecError, TrainSpec, spec_from_dict
@@ -226,6 +227,14 @@ def job_heartbeat(*, job_id, attempt: int, progress: dict | None = None) -> Job:
 _PROGRESS_KEYS = ("step", "total_steps", "epoch")
 
 
+def _event_time(event: dict, now):
+    """The worker's own timestamp (when the thing happened), if it is a sane one; else arrival time."""
+    stamp = parse_datetime(event["time"]) if isinstance(event.get("time"), str) else None
+    if stamp is None or stamp.tzinfo is None or abs((now - stamp).total_seconds()) > 24 * 3600:
+        return now
+    return stamp
+
+
 def job_events_append(*, job_id, attempt: int, events) -> int:
     if not isinstance(events, list) or not events or len(events) > MAX_EVENTS_PER_BATCH:
         raise ValidationFailed(f"events must be a list of 1 to {MAX_EVENTS_PER_BATCH} events.")
@@ -244,7 +253,7 @@ def job_events_append(*, job_id, attempt: int, events) -> int:
                     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                         (progress if key in _PROGRESS_KEYS else metrics)[key] = value
             seq += 1
-            rows.append(JobEvent(job=job, seq=seq, type=kind, data=data, attempt=attempt, time=now))
+            rows.append(JobEvent(job=job, seq=seq, type=kind, data=data, attempt=attempt, time=_event_time(event, now)))
         JobEvent.objects.bulk_create(rows)
         now = timezone.now()
         Job.objects.filter(pk=job.pk).update(last_seq=seq, progress=progress, metrics=metrics, heartbeat_at=now,
