@@ -10,15 +10,10 @@ from rest_framework.views import APIView
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import ValidationFailed
 from pefthub_server.core.pagination import Pagination
+from pefthub_server.core.validation import validated
 from pefthub_server.jobs import selectors, services
 from pefthub_server.jobs.api import serializers as s
 from pefthub_server.jobs.models import Job, JobEvent
-
-
-def _valid(serializer_class, data):
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 def _job_data(job: Job) -> dict:
@@ -92,7 +87,7 @@ class JobEventsView(APIView):
         require_scope(request, "worker", "report job events")
         selectors.job_get_any(job_id=job_id)
         data = request.data if isinstance(request.data, dict) else {}
-        attempt = _valid(s.HeartbeatRequestSerializer, {"attempt": data.get("attempt")})["attempt"]
+        attempt = validated(s.HeartbeatRequestSerializer, {"attempt": data.get("attempt")})["attempt"]
         last = services.job_events_append(job_id=job_id, attempt=attempt, events=data.get("events"))
         return Response({"last_seq": last})
 
@@ -109,7 +104,7 @@ class JobClaimView(APIView):
     @extend_schema(summary="Claim a queued job (worker)", request=s.ClaimRequestSerializer, responses=s.ClaimSerializer)
     def post(self, request, job_id):
         require_scope(request, "worker", "claim jobs")
-        data = _valid(s.ClaimRequestSerializer, request.data)
+        data = validated(s.ClaimRequestSerializer, request.data)
         job, secret = services.job_claim(job_id=job_id, worker=data["worker"])
         lease = settings.PEFTHUB_JOB_LEASE_SECONDS
         return Response({"job": _job_data(job), "attempt": job.attempt, "token": secret, "lease_seconds": lease,
@@ -120,7 +115,7 @@ class JobHeartbeatView(APIView):
     @extend_schema(summary="Extend the lease (worker)", request=s.HeartbeatRequestSerializer, responses=s.HeartbeatSerializer)
     def post(self, request, job_id):
         require_scope(request, "worker", "heartbeat jobs")
-        data = _valid(s.HeartbeatRequestSerializer, request.data)
+        data = validated(s.HeartbeatRequestSerializer, request.data)
         job = services.job_heartbeat(job_id=job_id, attempt=data["attempt"], progress=data.get("progress"))
         return Response({"cancel_requested": job.status == Job.Status.CANCEL_REQUESTED,
                          "lease_expires_at": job.lease_expires_at})
@@ -131,7 +126,7 @@ class JobCompleteView(APIView):
                    responses=s.JobSerializer)
     def post(self, request, job_id):
         require_scope(request, "worker", "complete jobs")
-        data = _valid(s.CompleteRequestSerializer, request.data)
+        data = validated(s.CompleteRequestSerializer, request.data)
         job = services.job_complete(job_id=job_id, attempt=data["attempt"], version_number=data["version"])
         return Response(_job_data(job))
 
@@ -140,6 +135,6 @@ class JobFailView(APIView):
     @extend_schema(summary="Report a failed attempt (worker)", request=s.FailRequestSerializer, responses=s.JobSerializer)
     def post(self, request, job_id):
         require_scope(request, "worker", "fail jobs")
-        data = _valid(s.FailRequestSerializer, request.data)
+        data = validated(s.FailRequestSerializer, request.data)
         job = services.job_fail(job_id=job_id, **data)
         return Response(_job_data(job))

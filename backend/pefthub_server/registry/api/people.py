@@ -10,9 +10,9 @@ from pefthub_server.core import tokens
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import NotFound
 from pefthub_server.core.models import ApiToken
+from pefthub_server.core.validation import validated
 from pefthub_server.registry import teams
 from pefthub_server.registry.api import serializers as s
-from pefthub_server.registry.api.views import _valid
 from pefthub_server.registry.models import Membership, Namespace
 
 # --- teams ---------------------------------------------------------------------------
@@ -33,7 +33,7 @@ class TeamListView(APIView):
     @extend_schema(summary="Create a team (you become its admin)", request=s.TeamCreateSerializer, responses={201: s.TeamDetailSerializer})
     def post(self, request):
         require_scope(request, "write", "create teams")
-        data = _valid(s.TeamCreateSerializer, request.data)
+        data = validated(s.TeamCreateSerializer, request.data)
         team = teams.team_create(user=request.user, name=data["name"])
         return Response({"name": team.name, "role": "admin", "members": [{"username": request.user.username, "role": "admin"}]}, status=201)
 
@@ -69,7 +69,7 @@ class TeamMembersView(APIView):
     @extend_schema(summary="Add a member (team admin)", request=s.MemberAddSerializer, responses={201: s.MemberSerializer})
     def post(self, request, team):
         require_scope(request, "write", "manage team members")
-        data = _valid(s.MemberAddSerializer, request.data)
+        data = validated(s.MemberAddSerializer, request.data)
         membership = teams.member_add(user=request.user, team=team, **data)
         return Response(s.MemberSerializer(membership).data, status=201)
 
@@ -78,7 +78,7 @@ class TeamMemberDetailView(APIView):
     @extend_schema(summary="Change a member's role (team admin)", request=s.MemberRoleSerializer, responses=s.MemberSerializer)
     def patch(self, request, team, username):
         require_scope(request, "write", "manage team members")
-        data = _valid(s.MemberRoleSerializer, request.data)
+        data = validated(s.MemberRoleSerializer, request.data)
         membership = teams.member_set_role(user=request.user, team=team, username=username, role=data["role"])
         return Response(s.MemberSerializer(membership).data)
 
@@ -101,7 +101,7 @@ class TokenListView(APIView):
     @extend_schema(summary="Create a token; the secret is shown once", request=s.TokenCreateSerializer, responses={201: s.TokenSerializer})
     def post(self, request):
         require_scope(request, "write", "create tokens")
-        data = _valid(s.TokenCreateSerializer, request.data)
+        data = validated(s.TokenCreateSerializer, request.data)
         creator = request.auth if isinstance(request.auth, ApiToken) else None
         token, secret = tokens.token_create(user=request.user, creator=creator, **data)
         return Response({**s.TokenSerializer(token).data, "token": secret}, status=201)

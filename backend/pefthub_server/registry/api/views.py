@@ -14,18 +14,16 @@ from rest_framework.views import APIView
 
 from pefthub_server import __version__
 from pefthub_server.core.auth import require_scope
-from pefthub_server.core.errors import HubError, NotFound, PermissionDenied, TooLarge, ValidationFailed
+from pefthub_server.core.errors import NotFound, PermissionDenied, TooLarge, ValidationFailed
+from pefthub_server.core.http import base_url, file_slice, parse_range
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.pagination import Pagination
+from pefthub_server.core.validation import validated
 from pefthub_server.registry import selectors, services
 from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.models import Alias, AliasMove, Membership, Repository, Version
 from pefthub_server.registry.refs import LATEST, SHA256_RE, check_revision
 from pefthub_server.registry.storage import get_blob_store
-
-
-def base_url(request) -> str:
-    return settings.PUBLIC_URL or request.build_absolute_uri("/").rstrip("/")
 
 
 def _repo_for_change(request, ns: str, name: str, *, scope: str, role: str, action: str) -> Repository:
@@ -34,12 +32,6 @@ def _repo_for_change(request, ns: str, name: str, *, scope: str, role: str, acti
     require_scope(request, scope, action)
     selectors.require_namespace_role(request.user, repo.namespace, role, action=f"{action} in `{repo.full_name}`")
     return repo
-
-
-def _valid(serializer_class, data):
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 class ApiRootView(APIView):
@@ -95,7 +87,7 @@ class RepoListView(APIView):
     @extend_schema(summary="Create a repository", request=s.RepoCreateSerializer, responses={201: s.RepoSerializer})
     def post(self, request):
         require_scope(request, "write", "create repositories")
-        data = _valid(s.RepoCreateSerializer, request.data)
+        data = validated(s.RepoCreateSerializer, request.data)
         repo = services.repository_create(user=request.user, **data)
         return Response(s.RepoSerializer(repo).data, status=201)
 
@@ -109,7 +101,7 @@ class RepoDetailView(APIView):
     @extend_schema(summary="Update description or visibility", request=s.RepoUpdateSerializer, responses=s.RepoSerializer)
     def patch(self, request, ns, name):
         repo = _repo_for_change(request, ns, name, scope="write", role="write", action="update repositories")
-        data = _valid(s.RepoUpdateSerializer, request.data)
+        data = validated(s.RepoUpdateSerializer, request.data)
         repo = services.repository_update(user=request.user, repo=repo, **data)
         return Response(s.RepoSerializer(repo).data)
 
@@ -175,7 +167,7 @@ class VersionListView(APIView):
     )
     def post(self, request, ns, name):
         repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
-        data = _valid(s.VersionCreateSerializer, request.data)
+        data = validated(s.VersionCreateSerializer, request.data)
         if data.get("job") is not None:
             data["job"] = _job_for_result(request, data["job"])
         version, created = services.version_create(user=request.user, repo=repo, **data)
@@ -257,39 +249,7 @@ class AliasDetailView(APIView):
 
 # --- blobs (local backend) -----------------------------------------------------------
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_CHUNK = 1024 * 1024
 _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """(start, end inclusive) of a single `bytes=` range, or None for the whole blob."""
-    match = _RANGE_RE.match(header.strip()) if header else None
-    if match is None:
-        return None
-    first, last = match.groups()
-    if first == "" and last == "":
-        return None
-    if first == "":
-        length = int(last)
-        start, end = max(size - length, 0), size - 1
-    else:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
-        raise HubError(f"Range {header!r} is outside the blob's {size} bytes.", code="range_not_satisfiable", status=416)
-    return start, end
-
-
-def _file_slice(path, start: int, length: int):
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        while length > 0:
-            chunk = fh.read(min(_CHUNK, length))
-            if not chunk:
-                return
-            length -= len(chunk)
-            yield chunk
 
 
 class BlobView(APIView):
@@ -317,7 +277,7 @@ class BlobView(APIView):
         filename = request.query_params.get("filename", "")
         if _FILENAME_RE.match(filename):
             headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-        byte_range = _parse_range(request.headers.get("Range", ""), size)
+        byte_range = parse_range(request.headers.get("Range", ""), size)
         if request.method == "HEAD":
             response = HttpResponse(content_type="application/octet-stream", headers=headers)
             response["Content-Length"] = str(size)
@@ -328,7 +288,7 @@ class BlobView(APIView):
             return response
         start, end = byte_range
         response = StreamingHttpResponse(
-            _file_slice(store.path(sha256), start, end - start + 1), status=206,
+            file_slice(store.path(sha256), start, end - start + 1), status=206,
             content_type="application/octet-stream", headers=headers,
         )
         response["Content-Range"] = f"bytes {start}-{end}/{size}"

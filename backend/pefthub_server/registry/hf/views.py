@@ -24,7 +24,7 @@ from django.views.decorators.http import require_http_methods
 from pefthub import peft_compat
 from pefthub_server.core.auth import TokenAuthentication
 from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
-from pefthub_server.registry.api.views import _file_slice, _parse_range, base_url
+from pefthub_server.core.http import base_url, file_slice, parse_range
 from pefthub_server.registry.hf.card import card_data, render_card
 from pefthub_server.registry.models import Repository, Version, VersionFile
 from pefthub_server.registry.refs import check_revision
@@ -269,7 +269,7 @@ def resolve(request, repo_type, ns, name, rev, path):
         response["ETag"] = headers["ETag"]
         return response
     try:
-        byte_range = _parse_range(request.headers.get("Range", ""), entry.size)
+        byte_range = parse_range(request.headers.get("Range", ""), entry.size)
     except HubError as exc:
         raise HfError(416, None, exc.message) from None
     if request.method == "HEAD":
@@ -283,7 +283,7 @@ def resolve(request, repo_type, ns, name, rev, path):
     elif byte_range is None:
         response = FileResponse(store.path(entry.sha256).open("rb"), headers=headers, content_type="application/octet-stream")
     else:
-        response = StreamingHttpResponse(_file_slice(store.path(entry.sha256), start, end - start + 1), status=206,
+        response = StreamingHttpResponse(file_slice(store.path(entry.sha256), start, end - start + 1), status=206,
                                          headers=headers, content_type="application/octet-stream")
     if byte_range:
         response["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
