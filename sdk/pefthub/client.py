@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -353,9 +354,12 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         if not self.cache.is_complete(digest_hex):
             unique = {f.sha256: f for f in files}
             todo = [f for f in unique.values() if not self.cache.has_blob(f)]
-            with self._bar(sum(f.size for f in todo), f"pulling {version.ref}") as bar:
-                for entry in todo:
-                    self.cache.download(self._http, entry, on_bytes=bar.update)
+            # Largest first and a few at a time: small files no longer hold up the weights.
+            todo.sort(key=lambda f: -f.size)
+            with self._bar(sum(f.size for f in todo), f"pulling {version.ref}") as bar, \
+                    ThreadPoolExecutor(max_workers=max(1, min(4, len(todo))), thread_name_prefix="pefthub-pull") as pool:
+                for _ in pool.map(lambda entry: self.cache.download(self._http, entry, on_bytes=bar.update), todo):
+                    pass
             self.cache.build_snapshot(digest_hex, files)
         self.cache.write_ref(r, digest_hex)
         if r.revision != str(version.number):
