@@ -40,3 +40,20 @@ def test_every_admin_changelist_and_change_page_renders(client, catalogue, alice
         obj = model.objects.first()
         assert obj is not None, info
         assert client.get(f"/admin/{info[0]}/{info[1]}/{obj.pk}/change/").status_code == 200, info
+
+
+def test_job_admin_renders(client, alice):
+    from pefthub_server.jobs.models import Job, JobEvent
+    from pefthub_server.registry.models import Namespace
+
+    job = Job.objects.create(type="train", owner=alice.user, namespace=Namespace.objects.get(name="acme"), output_name="bot",
+                             spec={"type": "train"}, inputs={})
+    JobEvent.objects.create(job=job, seq=1, type="status", time=job.created_at, data={"status": "queued"})
+    alice.user.is_staff = alice.user.is_superuser = True
+    alice.user.save()
+    client.force_login(alice.user)
+    for url in ("/admin/jobs/job/", f"/admin/jobs/job/{job.pk}/change/", "/admin/jobs/jobevent/",
+                f"/admin/jobs/jobevent/{job.events.get().pk}/change/"):
+        response = client.get(url)
+        assert response.status_code == 200, url
+    assert b"acme/bot" in client.get("/admin/jobs/job/").content
