@@ -244,3 +244,16 @@ def test_merge_spec_refuses_prompt_tuning_at_submit(alice, api, acme_base, tmp_p
     response = _submit(client, {"type": "merge", "adapters": [{"ref": "acme/prompt", "weight": 1.0}], "output": "acme/merged"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "not_mergeable"
     assert "PROMPT_TUNING" in response.json()["error"]["message"]
+
+
+def test_beat_schedules_the_reaper_task(alice, api, acme_base, acme_data, worker):
+    from pefthub_server.celery import app, reap_jobs
+
+    entry = app.conf.beat_schedule["reap-expired-jobs"]
+    assert entry["task"] == "pefthub.reap_jobs" and entry["schedule"] == 1.0  # PEFTHUB_REAP_INTERVAL in tests
+    assert app.conf.task_routes["pefthub.reap_jobs"] == {"queue": "hub"}
+    job = _submit(api(alice.token), {**_train_spec(), "max_attempts": 1}).json()
+    _claim(api, worker, job["id"])
+    Job.objects.filter(pk=job["id"]).update(lease_expires_at=timezone.now() - timezone.timedelta(seconds=1))
+    assert reap_jobs.run() == {"requeued": 0, "failed": 1, "cancelled": 0}  # the task body beat runs
+    assert Job.objects.get(pk=job["id"]).error["code"] == "lease_expired"
