@@ -33,3 +33,12 @@ def test_docs_page_is_served_offline(client, db):
     response = client.get("/api/docs/")
     assert response.status_code == 200 and b"swagger" in response.content.lower()
     assert b"cdn.jsdelivr" not in response.content
+
+
+def test_deploy_check_is_clean_with_the_production_flag(tmp_path):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "pefthub_server.settings", "PEFTHUB_DATA_DIR": str(tmp_path),
+           "PEFTHUB_SECURE": "1", "DJANGO_SECRET_KEY": "x" * 20 + "-production-grade-secret-0123456789-abcdefghijkl",
+           "DJANGO_ALLOWED_HOSTS": "hub.example.com"}
+    result = subprocess.run([sys.executable, "-m", "pefthub_server.cli", "check", "--deploy", "--fail-level", "WARNING"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr
