@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
 from pefthub_server.registry import validation
@@ -400,3 +402,28 @@ def alias_delete(*, user, repo: Repository, alias: str) -> None:
             repository=repo, alias=alias, from_number=current.version.number, to_number=None, moved_by=user
         )
         current.delete()
+
+
+# --- garbage collection ----------------------------------------------------------------
+
+
+def blobs_collect(*, older_than: timedelta, dry_run: bool = False) -> dict:
+    """Delete blobs no version uses (uploads never committed, pre-rewrite adapter configs).
+
+    Only blobs older than ``older_than`` go, so a push between its negotiation and its
+    commit keeps what it relies on; if one still loses a blob, its commit answers
+    `missing_blob` and the SDK's next push uploads it again.
+    """
+    cutoff = timezone.now() - older_than
+    orphans = list(Blob.objects.filter(created_at__lt=cutoff, version_files__isnull=True).values_list("sha256", "size"))
+    freed = sum(size for _, size in orphans)
+    if not dry_run:
+        store = get_blob_store()
+        for sha256, _ in orphans:
+            with transaction.atomic():
+                # Re-check under the row lock: a commit may have just started using it.
+                if not Blob.objects.select_for_update().filter(sha256=sha256, version_files__isnull=True).exists():
+                    continue
+                store.delete(sha256)
+                Blob.objects.filter(sha256=sha256).delete()
+    return {"blobs": len(orphans), "bytes": freed, "dry_run": dry_run}
