@@ -421,8 +421,10 @@ def blobs_collect(*, older_than: timedelta, dry_run: bool = False) -> dict:
         store = get_blob_store()
         for sha256, _ in orphans:
             with transaction.atomic():
-                # Re-check under the row lock: a commit may have just started using it.
-                if not Blob.objects.select_for_update().filter(sha256=sha256, version_files__isnull=True).exists():
+                # Lock the row, then re-check: a commit may have just started using it (its
+                # VersionFile insert needs this row, so it waits for us or we see it).
+                locked = Blob.objects.select_for_update().filter(sha256=sha256).first()
+                if locked is None or VersionFile.objects.filter(blob_id=sha256).exists():
                     continue
                 store.delete(sha256)
                 Blob.objects.filter(sha256=sha256).delete()
