@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group (`up` and the worker it started), SIGKILL after 5 s."""
+    """SIGTERM to the process group (`up` and the worker it started; a worker ends its job first), SIGKILL after 5 s."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
         try:

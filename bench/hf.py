@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/hf.py` puts bench/, not the repo root, on sys.path
 
-from bench.transfer import AWS_ENV, BIN, MIB, free_port, make_models, ratio, start, stop  # noqa: E402
+from bench.transfer import MIB, make_models, ratio, start_s3_hub, stop  # noqa: E402
 
 ADAPTER = "adapter_model.safetensors"
 RAW, RAW_ONE, RAW_DEFAULT, PULL, SNAP, SNAP_1MIB = (
@@ -60,10 +60,8 @@ class HfTrace:
 
 
 def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> bool:
-    import boto3
     import huggingface_hub
     from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config
     from huggingface_hub import constants as hf_constants
 
     from pefthub import Hub
@@ -72,22 +70,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
     trace = HfTrace()
     trace.install()
 
-    moto_url = f"http://127.0.0.1:{free_port()}"
-    env = {**os.environ, **AWS_ENV}
-    procs.append(start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", moto_url.rsplit(":", 1)[1]],
-                       env, tmp / "moto.log", f"{moto_url}/moto-api/"))
-    s3 = boto3.session.Session().client("s3", endpoint_url=moto_url, region_name="us-east-1",
-                                        aws_access_key_id="testing", aws_secret_access_key="testing",
-                                        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
-    s3.create_bucket(Bucket="bench")
-
-    hub_url = f"http://127.0.0.1:{free_port()}"
-    hub_env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
-    hub_env.update(PEFTHUB_DATA_DIR=str(tmp / "hub-data"), PEFTHUB_STORAGE="s3://bench/hub", AWS_ENDPOINT_URL=moto_url)
-    procs.append(start([str(BIN / "pefthub-server"), "up", "--no-worker", "--port", hub_url.rsplit(":", 1)[1]],
-                       hub_env, tmp / "hub.log", f"{hub_url}/api/v1/"))
-    token = subprocess.run([str(BIN / "pefthub-server"), "adduser", "bench", "--team", "acme", "--role", "admin"],
-                           env=hub_env, capture_output=True, text=True, check=True).stdout.strip()
+    s3, hub_url, token = start_s3_hub(tmp, procs)
 
     print("building base model and adapter ...", flush=True)
     base_dir, adapter_dir = make_models(tmp / "models", 64.0)
@@ -144,7 +127,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
                     snaps.append((t0, trace.log[mark:]))
             shutil.rmtree(work)
 
-    hosts = {f"127.0.0.1:{hub_url.rsplit(':', 1)[1]}": "hub", f"127.0.0.1:{moto_url.rsplit(':', 1)[1]}": "S3"}
+    hosts = {f"127.0.0.1:{hub_url.rsplit(':', 1)[1]}": "hub", f"127.0.0.1:{s3.meta.endpoint_url.rsplit(':', 1)[1]}": "S3"}
     strays = {host for _, log in snaps for *_, host, _, _ in log if host not in hosts}
     assert not strays, f"snapshot_download reached hosts other than the hub and S3 (Xet?): {strays}"
     med, n = statistics.median, args.repeats

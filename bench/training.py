@@ -12,14 +12,12 @@ Prints medians; `--check` exits 1 when a goal is missed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,10 +26,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import requests
-
 ROOT, BIN = Path(__file__).resolve().parents[1], Path(sys.executable).parent
-REDIS_URL = "redis://127.0.0.1:6379/14"
+sys.path.insert(0, str(ROOT))
+
+from bench.dispatch import REDIS_URL, answers, epoch, free_port, start, stop  # noqa: E402  (shared process helpers)
+
 HP = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
       "learning_rate": 1e-3, "batch_size": 16, "max_seq_length": 64, "seed": 0}
 # Celery's log line: "[2026-11-29 10:00:00,123: INFO/MainProcess] job <id>: training lora on ..." (local time)
@@ -98,47 +97,6 @@ def plain(base: Path, dataset: Path, out: Path, steps: int, threads: int) -> dic
     t.append(time.perf_counter())
     phases = dict(zip(("imports", "tokenise", "load + wrap", "optimizer", "loop", "save"), (b - a for a, b in itertools.pairwise(t))))
     return {**phases, "tokens": tokens, "step": statistics.median(per_step), "first_loss": losses[0], "final_loss": losses[-1]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path, ready) -> subprocess.Popen:
-    """Start a process in its own session (output to `log`); wait until `ready()` is true."""
-    with log.open("wb") as out:  # own process group: a Ctrl-C reaches only us, and stop() ends the whole group
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not ready():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError(f"{cmd[0]} did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-    return proc
-
-
-def answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code < 500
-    except requests.RequestException:
-        return False
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group (a worker ends its current job first), SIGKILL after 5 s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def start_hub(tmp: Path, procs: list[subprocess.Popen], threads: int) -> tuple[str, str, Path]:

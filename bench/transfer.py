@@ -174,12 +174,10 @@ def push_breakdown(log: list[tuple[str, str, float]], total: float, api_prefix: 
     return parts
 
 
-def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> bool:
+def start_s3_hub(tmp: Path, procs: list[subprocess.Popen]):
+    """moto's S3 server with a `bench` bucket, and `pefthub-server up --no-worker` on it: (s3 client, hub URL, token)."""
     import boto3
-    from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
-
-    from pefthub import Hub
 
     moto_url = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, **AWS_ENV}
@@ -193,10 +191,19 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
     hub_url = f"http://127.0.0.1:{free_port()}"
     hub_env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
     hub_env.update(PEFTHUB_DATA_DIR=str(tmp / "hub-data"), PEFTHUB_STORAGE="s3://bench/hub", AWS_ENDPOINT_URL=moto_url)
-    procs.append(start([str(BIN / "pefthub-server"), "up", "--port", hub_url.rsplit(":", 1)[1]], hub_env,
-                       tmp / "hub.log", f"{hub_url}/api/v1/"))
+    procs.append(start([str(BIN / "pefthub-server"), "up", "--no-worker", "--port", hub_url.rsplit(":", 1)[1]],
+                       hub_env, tmp / "hub.log", f"{hub_url}/api/v1/"))
     token = subprocess.run([str(BIN / "pefthub-server"), "adduser", "bench", "--team", "acme", "--role", "admin"],
                            env=hub_env, capture_output=True, text=True, check=True).stdout.strip()
+    return s3, hub_url, token
+
+
+def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> bool:
+    from boto3.s3.transfer import TransferConfig
+
+    from pefthub import Hub
+
+    s3, hub_url, token = start_s3_hub(tmp, procs)
 
     print("building base model and adapter ...", flush=True)
     base_dir, adapter_dir = make_models(tmp / "models", args.adapter_mib)
