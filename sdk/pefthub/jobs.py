@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ._http import quote_segment
 from .errors import JobCancelled, JobFailed, ValidationError
 from .refs import check_alias, parse_ref
-from .specs import QUEUES, MergeSpec, SpecError, TrainSpec
+from .specs import QUEUES, SpecError, spec_from_dict
 
 if TYPE_CHECKING:
     from .client import Hub
@@ -314,10 +314,6 @@ class JobsMixin:
             "aliases": _alias_list(aliases),
             "message": message,
         }
-        try:
-            TrainSpec.from_dict(spec)
-        except SpecError as exc:
-            raise _spec_error(exc) from exc
         return self._submit(spec, queue, max_attempts, idempotency_key)
 
     def merge(
@@ -350,15 +346,15 @@ class JobsMixin:
             "aliases": _alias_list(aliases),
             "message": message,
         }
-        try:
-            MergeSpec.from_dict(spec)
-        except SpecError as exc:
-            raise _spec_error(exc) from exc
         return self._submit(spec, queue, max_attempts, idempotency_key)
 
     def _submit(
         self, spec: dict[str, Any], queue: str | None, max_attempts: int | None, idempotency_key: str | None
     ) -> Job:
+        try:  # checked here, so a bad spec sends no request
+            spec_from_dict(spec)
+        except SpecError as exc:
+            raise _spec_error(exc) from exc
         body = dict(spec)
         if queue is not None:
             if queue not in QUEUES:
