@@ -14,18 +14,16 @@ import hashlib
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/hf.py` puts bench/, not the repo root, on sys.path
 
-from bench.transfer import MIB, make_models, ratio, start_s3_hub, stop  # noqa: E402
+from bench.transfer import MIB, make_models, ratio, run_cleanly, start_s3_hub  # noqa: E402
 
 ADAPTER = "adapter_model.safetensors"
 RAW, RAW_ONE, RAW_DEFAULT, PULL, SNAP, SNAP_1MIB = (
@@ -173,21 +171,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on `kill` too
-    procs: list[subprocess.Popen] = []
-    tmp = Path(tempfile.mkdtemp(prefix="pefthub-bench-hf-"))
+    return run_cleanly(run, args, prepare=_hf_environment)
+
+
+def _hf_environment(tmp: Path) -> None:
     # huggingface_hub reads these at import (transformers and peft import it too): set them before anything does.
     os.environ.update(HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
                       HF_HOME=str(tmp / "hf-home"))
     for key in ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE"):
         os.environ.pop(key, None)
-    try:
-        met = run(args, tmp, procs)
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if met or not args.check else 1
 
 
 if __name__ == "__main__":

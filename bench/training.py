@@ -17,11 +17,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +27,8 @@ from pathlib import Path
 ROOT, BIN = Path(__file__).resolve().parents[1], Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from bench.dispatch import REDIS_URL, answers, epoch, free_port, start, stop  # noqa: E402  (shared process helpers)
+from bench.dispatch import REDIS_URL, answers, epoch, free_port, start  # noqa: E402  (shared process helpers)
+from bench.transfer import run_cleanly  # noqa: E402
 
 HP = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
       "learning_rate": 1e-3, "batch_size": 16, "max_seq_length": 64, "seed": 0}
@@ -240,17 +239,8 @@ def main() -> int:
     if args.plain:
         print(json.dumps(plain(*map(Path, args.plain), args.steps, args.torch_threads)))
         return 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on `kill` too
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # here, and in the worker and the plain script
-    procs: list[subprocess.Popen] = []
-    tmp = Path(tempfile.mkdtemp(prefix="pefthub-bench-"))
-    try:
-        met = run(args, tmp, procs)
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if met or not args.check else 1
+    return run_cleanly(run, args)
 
 
 if __name__ == "__main__":

@@ -284,22 +284,32 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
     return all(goals.values())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--adapter-mib", type=float, default=64.0)
-    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
-    args = parser.parse_args()
+def run_cleanly(run, args: argparse.Namespace, prepare=None) -> int:
+    """``run(args, tmp, procs)`` in a temp dir; stop every process it started and delete the dir, on `kill` too.
+
+    ``prepare(tmp)`` runs first (e.g. to point a library's caches into ``tmp``). Exit 1 on a missed goal with --check.
+    """
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on `kill` too
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="pefthub-bench-"))
     try:
+        if prepare is not None:
+            prepare(tmp)
         met = run(args, tmp, procs)
     finally:
         for proc in reversed(procs):
             stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if met or not args.check else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--adapter-mib", type=float, default=64.0)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    args = parser.parse_args()
+    return run_cleanly(run, args)
 
 
 if __name__ == "__main__":
