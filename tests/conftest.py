@@ -111,6 +111,16 @@ def tiny_adapter(tiny_base, tmp_path_factory):
     return out, logits
 
 
+@pytest.fixture(scope="session")
+def lora_config_json(tmp_path_factory) -> dict:
+    """An adapter_config.json as the installed peft writes it."""
+    peft = pytest.importorskip("peft")
+    out = tmp_path_factory.mktemp("lora")
+    peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                    use_dora=True).save_pretrained(out)
+    return json.loads((out / "adapter_config.json").read_text())
+
+
 # --- pushing through the API client (in-process) ------------------------------------
 
 

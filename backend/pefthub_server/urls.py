@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from pefthub_server.core.exceptions import json_404, server_error
+from pefthub_server.core.errors import json_404, server_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -13,7 +13,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     re_path(r"^api/", json_404),
-    path("hf/", include("pefthub_server.registry.hf.urls")),
+    path("hf/", include("pefthub_server.hf.urls")),
     path("", include("pefthub_server.web.urls")),
 ]
 

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from .client import Hub
+from typing import TYPE_CHECKING, Any
+
 from .constants import __version__
 from .errors import (
     AuthenticationFailed,
@@ -29,9 +30,24 @@ from .errors import (
     ServerError,
     ValidationError,
 )
-from .jobs import Job, JobEvent
 from .models import FileEntry, Repo, Version
 from .refs import Ref, parse_ref
+
+if TYPE_CHECKING:
+    from .client import Hub
+    from .jobs import Job, JobEvent
+
+# The client (and requests, tqdm) load on first use, so `import pefthub.protocol` stays
+# standard-library only: the server imports the protocol and nothing else of the SDK.
+_LAZY = {"Hub": "client", "Job": "jobs", "JobEvent": "jobs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AuthenticationFailed",

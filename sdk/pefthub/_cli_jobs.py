@@ -11,13 +11,15 @@ from typing import Any
 
 from ._cli_util import UsageError, make_hub, print_json, table
 from .jobs import Job, JobEvent
-from .specs import COMBINATIONS, DTYPES, METHODS, QUEUES
+from .protocol.errors import SpecError
+from .protocol.jobs import JOB_TYPES, QUEUES, STATUSES
+from .protocol.peft import METHODS
+from .protocol.specs import COMBINATIONS, DTYPES, parse_overrides
 
 #: hub.train's own keywords; any other key of a --config file is a hyperparameter
 TRAIN_KEYS = frozenset(
     {"base_model", "dataset", "output", "method", "aliases", "message", "queue", "max_attempts", "idempotency_key"}
 )
-STATUSES = ("queued", "running", "cancel_requested", "succeeded", "failed", "cancelled")
 
 
 # -- formatting ------------------------------------------------------------------------
@@ -129,20 +131,6 @@ def describe_job(job: Job) -> str:
 
 
 # -- helpers -------------------------------------------------------------------------------
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; a value is JSON when it parses (``8``, ``["q_proj"]``), else a string."""
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {item!r}: write key=value")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except ValueError:
-            out[key.strip()] = raw
-    return out
-
-
 def read_config(path: str) -> dict[str, Any]:
     """A JSON or YAML mapping (YAML needs PyYAML, imported only here)."""
     text = Path(path).read_text(encoding="utf-8")
@@ -200,7 +188,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             options[key] = value
     if args.alias:
         options["aliases"] = args.alias
-    hyper.update(parse_sets(args.set))
+    try:
+        hyper.update(parse_overrides(args.set))
+    except SpecError as exc:
+        raise UsageError(exc.message) from None
     missing = [f"--{k.replace('_', '-')}" for k in ("base_model", "dataset", "output") if not options.get(k)]
     if missing:
         raise UsageError(f"train needs {', '.join(missing)} (as flags or in --config)")
@@ -296,7 +287,7 @@ def add_job_commands(sub: Any) -> None:
     jsub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
     p = jsub.add_parser("ls", help="jobs you may see, newest first")
     p.add_argument("--status", choices=STATUSES)
-    p.add_argument("--type", choices=("train", "merge"))
+    p.add_argument("--type", choices=JOB_TYPES)
     p.add_argument("--output", metavar="NS/NAME")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_jobs_ls)

@@ -1,18 +1,16 @@
-"""Local files: walk a folder to push, hash files, infer the repository kind,
-check manifest paths, and compute a manifest's digest."""
+"""Local files: walk a folder to push, hash files, infer the repository kind."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import constants as c
 from .errors import ValidationError
+from .protocol.manifest import ADAPTER_CONFIG, MODEL_CONFIG
 
 
 @dataclass(frozen=True)
@@ -92,9 +90,9 @@ def infer_kind(paths: Iterable[str]) -> str:
     paths = list(paths)
     top = {p for p in paths if "/" not in p}
     lowered = [p.lower() for p in paths]
-    if "adapter_config.json" in top:
+    if ADAPTER_CONFIG in top:
         return "adapter"
-    if "config.json" in top and any(p.endswith(".safetensors") for p in lowered):
+    if MODEL_CONFIG in top and any(p.endswith(".safetensors") for p in lowered):
         return "model"
     if any(p.endswith(".jsonl") for p in lowered):
         return "dataset"
@@ -105,49 +103,3 @@ def infer_kind(paths: Iterable[str]) -> str:
         "or *.jsonl (dataset); pass kind='adapter', 'model' or 'dataset' "
         "(--kind on the command line)"
     )
-
-
-_DRIVE = re.compile(r"^[A-Za-z]:")
-#: written in every snapshot folder once it is whole; no file may take its name
-COMPLETE_MARKER = ".complete"
-
-
-def check_manifest_path(path: str) -> str:
-    """Refuse a manifest path that could escape or clobber a snapshot folder."""
-    bad = (
-        not isinstance(path, str)
-        or not path
-        or "\\" in path
-        or "\x00" in path
-        or path.startswith("/")
-        or _DRIVE.match(path) is not None
-        or any(part in ("", ".", "..") for part in path.split("/"))
-    )
-    if bad:
-        raise ValidationError(
-            f"refusing manifest path {path!r}: paths must be relative, '/'-separated, "
-            "without '..', backslashes, NUL or absolute parts",
-            code="invalid_path",
-        )
-    if path == COMPLETE_MARKER:
-        raise ValidationError(
-            f"refusing manifest path {path!r}: the cache uses that name", code="invalid_path"
-        )
-    return path
-
-
-def manifest_digest(files: Iterable[object]) -> str:
-    """``sha256:<hex>`` of the canonical manifest, as the server computes it.
-
-    The canonical manifest is the JSON list of ``{"path", "sha256", "size"}``
-    sorted by path, dumped with ``sort_keys=True`` and ``(",", ":")`` separators.
-    """
-    entries = []
-    for f in files:
-        if isinstance(f, dict):
-            entries.append({"path": f["path"], "sha256": f["sha256"], "size": int(f["size"])})
-        else:
-            entries.append({"path": f.path, "sha256": f.sha256, "size": int(f.size)})  # type: ignore[attr-defined]
-    entries.sort(key=lambda e: e["path"])
-    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()

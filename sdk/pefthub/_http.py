@@ -111,23 +111,6 @@ class HTTPClient:
         return delay
 
     # -- requests -------------------------------------------------------------
-    def api(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> requests.Response:
-        """A request to the hub's own API, with the bearer token when there is one.
-
-        ``headers`` are sent unchanged on every retry (an ``Idempotency-Key`` must be).
-        """
-        return self.request(
-            method, self.api_url(path), params=params, json=json, headers=headers, authenticated=True
-        )
-
     def request(
         self,
         method: str,

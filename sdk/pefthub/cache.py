@@ -26,13 +26,16 @@ from pathlib import Path
 import requests
 
 from . import constants as c
-from ._files import COMPLETE_MARKER, check_manifest_path
 from ._http import HTTPClient
 from .errors import HubConnectionError, HubError, IntegrityError, ValidationError
 from .models import FileEntry
+from .protocol.errors import PathError, ProtocolError
+from .protocol.manifest import parse_manifest
+from .protocol.refs import is_sha256
 from .refs import Ref
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+#: written in every snapshot folder once it is whole; no file may take its name
+COMPLETE_MARKER = ".complete"
 
 try:  # POSIX: serialise concurrent downloads of one blob across processes
     import fcntl
@@ -41,31 +44,23 @@ except ImportError:  # pragma: no cover - Windows
 
 
 def check_sha256(value: str) -> str:
-    """A manifest's sha256 becomes a file name: it must be exactly 64 hex digits."""
-    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+    """A manifest's sha256 becomes a file name: it must be exactly 64 lowercase hex digits."""
+    if not is_sha256(value):
         raise ValidationError(f"refusing manifest entry with sha256 {value!r}: not 64 hex digits")
     return value
 
 
 def check_manifest(files: Iterable[FileEntry]) -> list[FileEntry]:
-    """Validate every path and hash before anything is written."""
+    """Validate every path and hash (the protocol's manifest rules) before anything is written."""
     files = list(files)
-    seen: set[str] = set()
-    for f in files:
-        check_manifest_path(f.path)
-        check_sha256(f.sha256)
-        if f.size < 0:
-            raise ValidationError(f"refusing manifest entry {f.path!r} with size {f.size}")
-        if f.path in seen:
-            raise ValidationError(f"refusing manifest listing {f.path!r} twice")
-        seen.add(f.path)
-    for path in seen:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in seen:
-                raise ValidationError(
-                    f"refusing manifest: {'/'.join(parts[:i])!r} is both a file and a folder"
-                )
+    try:
+        parse_manifest([{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files])
+    except PathError as exc:
+        raise ValidationError(f"refusing manifest path: {exc.message}", code=exc.code, detail=exc.detail) from None
+    except ProtocolError as exc:
+        raise ValidationError(f"refusing manifest: {exc.message}", code=exc.code, detail=exc.detail) from None
+    if any(f.path == COMPLETE_MARKER for f in files):
+        raise ValidationError(f"refusing manifest path {COMPLETE_MARKER!r}: the cache uses that name", code="invalid_path")
     return files
 
 
@@ -112,7 +107,7 @@ class Cache:
             value = self.ref_path(ref).read_text(encoding="utf-8").strip()
         except OSError:
             return None
-        return value if _HEX64.fullmatch(value) else None
+        return value if is_sha256(value) else None
 
     def write_ref(self, ref: Ref, digest_hex: str) -> None:
         if ref.is_digest:

@@ -28,6 +28,7 @@ from .client import Hub
 from .errors import HubError, RefError
 from .models import Repo, Version
 from .peft_compat import PeftCompatError, PeftCompatWarning, resolve_version
+from .protocol.repos import KINDS, VISIBILITIES
 from .refs import parse_ref
 
 
@@ -278,11 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.add_argument("ref", metavar="REF", help="namespace/name")
     p.add_argument("--base-model", help="base model reference, ns/name[@rev] (adapters)")
-    p.add_argument("--kind", choices=c.KINDS, help="repository kind (default: inferred from the files)")
+    p.add_argument("--kind", choices=KINDS, help="repository kind (default: inferred from the files)")
     p.add_argument("--alias", action="append", metavar="ALIAS", help="point this alias at the new version (repeatable)")
     p.add_argument("-m", "--message", default="", help="version message")
     p.add_argument("--metadata", metavar="JSON", help="metadata to record, a JSON object")
-    p.add_argument("--visibility", choices=c.VISIBILITIES, default="private", help="for a new repository (default: private)")
+    p.add_argument("--visibility", choices=VISIBILITIES, default="private", help="for a new repository (default: private)")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("pull", help="download a version (cached, verified); prints its path")
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("ls", help="list repositories")
-    p.add_argument("--kind", choices=c.KINDS)
+    p.add_argument("--kind", choices=KINDS)
     p.add_argument("--namespace")
     p.add_argument("--base-model", metavar="NS/NAME")
     p.add_argument("--peft-type", metavar="TYPE", help="e.g. LORA")

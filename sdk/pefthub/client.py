@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import _config, peft_compat
 from . import constants as c
-from ._files import collect_files, infer_kind, manifest_digest
+from ._files import collect_files, infer_kind
 from ._http import HTTPClient, quote_segment
 from ._load import LoadMixin
 from ._upload import hash_files, upload_blob
@@ -23,6 +23,8 @@ from .errors import Conflict, HubConnectionError, HubError, IntegrityError, NotF
 from .hf import HFMixin
 from .jobs import JobsMixin
 from .models import Repo, Version
+from .protocol.manifest import manifest_digest
+from .protocol.repos import KINDS
 from .refs import Ref, check_alias, parse_ref
 
 __all__ = ["Hub"]
@@ -72,7 +74,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         self.close()
 
     # -- plumbing -------------------------------------------------------------
-    def _json(
+    def request(
         self,
         method: str,
         path: str,
@@ -81,30 +83,23 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         json: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        response = self._http.api(method, path, params=params, json=json, headers=headers)
+        """``/api/v1/{path}`` with the token, retries and typed errors; the decoded JSON, or None for no body.
+
+        ``headers`` are sent unchanged on every retry (an ``Idempotency-Key`` must be).
+        """
+        method = method.upper()
+        response = self._http.request(method, self._http.api_url(path), params=params, json=json, headers=headers,
+                                      authenticated=True)
         if response.status_code == 204 or not response.content:
             return None
         try:
             return response.json()
         except ValueError as exc:
             raise HubError(
-                f"{method} {path}: the server answered HTTP {response.status_code} "
-                "with a body that is not JSON",
+                f"{method} {path}: the server answered HTTP {response.status_code} with a body that is not JSON",
                 status=response.status_code,
                 request_id=response.headers.get("X-Request-ID"),
             ) from exc
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Any:
-        """``/api/v1{path}`` with the token, retries and typed errors; the decoded JSON or None."""
-        return self._json(method.upper(), path, params=params, json=json, headers=headers)
 
     def _paginate(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """Yield every item of a list endpoint, following ``next`` links.
@@ -115,7 +110,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         query: dict[str, Any] = {k: v for k, v in (params or {}).items() if v is not None}
         seen: set[tuple[tuple[str, str], ...]] = set()
         while True:
-            data = self._json("GET", path, params=query)
+            data = self.request("GET", path, params=query)
             if isinstance(data, list):
                 yield from data
                 return
@@ -170,7 +165,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
 
     def repo(self, ref: str) -> Repo:
         r = parse_ref(ref, allow_revision=False)
-        return Repo.from_json(self._json("GET", self._repo_path(r)))
+        return Repo.from_json(self.request("GET", self._repo_path(r)))
 
     def create_repo(
         self,
@@ -193,7 +188,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         if base_model:
             body["base_model"] = parse_ref(base_model).repo_id
         try:
-            return Repo.from_json(self._json("POST", "repos", json=body))
+            return Repo.from_json(self.request("POST", "repos", json=body))
         except Conflict:
             if not exist_ok:
                 raise
@@ -204,11 +199,11 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
     ) -> Repo:
         r = parse_ref(ref, allow_revision=False)
         body = {k: v for k, v in (("description", description), ("visibility", visibility)) if v is not None}
-        return Repo.from_json(self._json("PATCH", self._repo_path(r), json=body))
+        return Repo.from_json(self.request("PATCH", self._repo_path(r), json=body))
 
     def delete_repo(self, ref: str) -> None:
         r = parse_ref(ref, allow_revision=False)
-        self._json("DELETE", self._repo_path(r))
+        self.request("DELETE", self._repo_path(r))
 
     # -- versions and aliases -------------------------------------------------
     def versions(self, ref: str) -> Iterator[Version]:
@@ -223,7 +218,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
 
     def _version(self, r: Ref) -> Version:
         path = f"{self._repo_path(r)}/versions/{quote_segment(r.revision)}"
-        return Version.from_json(self._json("GET", path))
+        return Version.from_json(self.request("GET", path))
 
     def aliases(self, ref: str) -> list[dict[str, Any]]:
         r = parse_ref(ref, allow_revision=False)
@@ -235,12 +230,12 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         check_alias(alias)
         version: int | str = int(r.revision) if r.is_number else r.revision
         path = f"{self._repo_path(r)}/aliases/{quote_segment(alias)}"
-        return self._json("PUT", path, json={"version": version})
+        return self.request("PUT", path, json={"version": version})
 
     def delete_alias(self, ref: str, alias: str) -> None:
         r = parse_ref(ref, allow_revision=False)
         check_alias(alias)
-        self._json("DELETE", f"{self._repo_path(r)}/aliases/{quote_segment(alias)}")
+        self.request("DELETE", f"{self._repo_path(r)}/aliases/{quote_segment(alias)}")
 
     # -- push -----------------------------------------------------------------
     def push(
@@ -273,8 +268,8 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
                 f"{os.fspath(path)}: nothing to push (no regular files outside hidden folders)"
             )
         kind = kind or infer_kind(f.path for f in local)
-        if kind not in c.KINDS:
-            raise ValidationError(f"unknown kind {kind!r}: use one of {', '.join(c.KINDS)}")
+        if kind not in KINDS:
+            raise ValidationError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
 
         with self._bar(sum(f.size for f in local), "hashing") as bar:
             manifest, by_sha = hash_files(local, bar.update)
@@ -282,7 +277,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         repo_path = self._repo_path(r)
         negotiate = {"files": manifest}
         try:
-            plan = self._json("POST", f"{repo_path}/uploads", json=negotiate)
+            plan = self.request("POST", f"{repo_path}/uploads", json=negotiate)
         except NotFound:
             if not create:
                 raise
@@ -293,7 +288,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
                 base_model=base.repo_id if base else None,
                 exist_ok=True,
             )
-            plan = self._json("POST", f"{repo_path}/uploads", json=negotiate)
+            plan = self.request("POST", f"{repo_path}/uploads", json=negotiate)
 
         missing = (plan or {}).get("missing") or []
         for item in missing:
@@ -313,7 +308,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
             body["base_model"] = str(base)
         if job is not None:
             body["job"] = job
-        return Version.from_json(self._json("POST", f"{repo_path}/versions", json=body))
+        return Version.from_json(self.request("POST", f"{repo_path}/versions", json=body))
 
     # -- pull -----------------------------------------------------------------
     def pull(self, ref: str, *, local_dir: str | os.PathLike[str] | None = None, peft_version: str | None = None) -> Path:
@@ -343,7 +338,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
 
         files = check_manifest(version.files or ())
         digest_hex = check_sha256(version.digest_hex)
-        if manifest_digest(files) != f"sha256:{digest_hex}":
+        if manifest_digest(files) != digest_hex:
             raise IntegrityError(
                 f"the manifest of {version.ref} does not hash to its digest {version.digest}",
                 code="digest_mismatch",
@@ -378,28 +373,28 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
 
     # -- account, teams, tokens -----------------------------------------------
     def whoami(self) -> dict[str, Any]:
-        return self._json("GET", "whoami")
+        return self.request("GET", "whoami")
 
     def teams(self) -> list[dict[str, Any]]:
         return list(self._paginate("teams"))
 
     def create_team(self, name: str) -> dict[str, Any]:
-        return self._json("POST", "teams", json={"name": name})
+        return self.request("POST", "teams", json={"name": name})
 
     def team(self, name: str) -> dict[str, Any]:
-        return self._json("GET", f"teams/{quote_segment(name)}")
+        return self.request("GET", f"teams/{quote_segment(name)}")
 
     def add_member(self, team: str, username: str, role: str = "read") -> dict[str, Any]:
-        return self._json(
+        return self.request(
             "POST", f"teams/{quote_segment(team)}/members", json={"username": username, "role": role}
         )
 
     def set_member_role(self, team: str, username: str, role: str) -> dict[str, Any]:
         path = f"teams/{quote_segment(team)}/members/{quote_segment(username)}"
-        return self._json("PATCH", path, json={"role": role})
+        return self.request("PATCH", path, json={"role": role})
 
     def remove_member(self, team: str, username: str) -> None:
-        self._json("DELETE", f"teams/{quote_segment(team)}/members/{quote_segment(username)}")
+        self.request("DELETE", f"teams/{quote_segment(team)}/members/{quote_segment(username)}")
 
     def tokens(self) -> list[dict[str, Any]]:
         return list(self._paginate("tokens"))
@@ -411,8 +406,8 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         body: dict[str, Any] = {"name": name, "scope": scope}
         if expires_in_days is not None:
             body["expires_in_days"] = expires_in_days
-        return self._json("POST", "tokens", json=body)
+        return self.request("POST", "tokens", json=body)
 
     def revoke_token(self, token_id: int | str) -> None:
-        self._json("DELETE", f"tokens/{quote_segment(token_id)}")
+        self.request("DELETE", f"tokens/{quote_segment(token_id)}")
 

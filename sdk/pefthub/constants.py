@@ -18,8 +18,6 @@ CONFIG_FILE_NAME = "config.json"
 API_PREFIX = "/api/v1"
 #: where the hub serves its Hugging Face-compatible read API
 HF_PREFIX = "/hf"
-#: a hub digest's first 40 hex digits are its Hugging Face commit id
-HF_COMMIT_LENGTH = 40
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
 ENV_HF_TOKEN = "HF_TOKEN"
 # With no hub token this keeps huggingface_hub from sending the user's own
@@ -40,6 +38,3 @@ BACKOFF_CAP = 20.0
 # A server asking for a longer pause than this is treated as asking for this much.
 RETRY_AFTER_CAP = 300.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-KINDS = ("adapter", "model", "dataset")
-VISIBILITIES = ("private", "internal", "public")

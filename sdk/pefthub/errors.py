@@ -6,7 +6,11 @@ Every error the SDK raises is a :class:`HubError`; catch a subclass for one case
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from .protocol import errors as protocol
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -50,8 +54,23 @@ class ValidationError(BadRequest):
     """400 from the server, or input the SDK refuses before sending anything."""
 
 
-class RefError(ValidationError):
+class RefError(ValidationError, protocol.RefError):
     """A reference string is not ``namespace/name[@revision]``; raised locally."""
+
+
+@contextlib.contextmanager
+def translated(error: type[HubError] = ValidationError) -> Iterator[None]:
+    """Raise what breaks the shared contract (:mod:`pefthub.protocol`) as an SDK error, before any request.
+
+    A reference error becomes :class:`RefError`; any other becomes ``error`` with code
+    ``validation_error`` and the protocol's message and detail (``{"field": ...}``).
+    """
+    try:
+        yield
+    except protocol.RefError as exc:
+        raise RefError(exc.message, detail=exc.detail) from None
+    except protocol.ProtocolError as exc:
+        raise error(exc.message, code="validation_error", detail=exc.detail) from None
 
 
 class AuthenticationFailed(HubError):

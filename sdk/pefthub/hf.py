@@ -17,21 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import constants as c
 from .errors import HubConnectionError, HubError, NotFound, error_class_for
-from .refs import DEFAULT_REVISION, Ref, parse_ref
+from .protocol.refs import Ref, hf_revision
+from .refs import parse_ref
 
 __all__ = ["HFMixin", "hf_endpoint", "hf_revision"]
 
 _NOT_FOUND_CODES = frozenset({"RepoNotFound", "RevisionNotFound", "EntryNotFound"})
-
-
-def hf_revision(ref: str | Ref) -> str:
-    """The Hugging Face revision naming what ``ref`` names on the hub."""
-    r = parse_ref(ref)
-    if r.is_digest:
-        return (r.digest_hex or "")[: c.HF_COMMIT_LENGTH]
-    if r.revision == DEFAULT_REVISION:
-        return "main"
-    return r.revision
 
 
 def hf_endpoint(url: str) -> str:

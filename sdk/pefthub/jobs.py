@@ -17,19 +17,17 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from ._http import quote_segment
-from .errors import JobCancelled, JobFailed, ValidationError
+from .errors import JobCancelled, JobFailed, ValidationError, translated
+from .protocol.jobs import FINISHED
+from .protocol.specs import parse_job_request
 from .refs import check_alias, parse_ref
-from .specs import QUEUES, SpecError, spec_from_dict
 
 if TYPE_CHECKING:
     from .client import Hub
     from .models import Version
 
-__all__ = ["FINISHED", "Job", "JobEvent", "JobsMixin"]
+__all__ = ["Job", "JobEvent", "JobsMixin"]
 
-#: statuses a job never leaves
-FINISHED = frozenset({"succeeded", "failed", "cancelled"})
-MAX_ATTEMPTS_LIMIT = 10
 
 # Looked up at call time, so tests can swap them for a recording fake.
 _sleep: Callable[[float], None] = time.sleep
@@ -142,13 +140,13 @@ class Job:
     # -- calls ------------------------------------------------------------------
     def refresh(self) -> Job:
         """Re-read the job from the hub; returns ``self``."""
-        self._update(self._hub._json("GET", self._path))
+        self._update(self._hub.request("GET", self._path))
         return self
 
     def cancel(self) -> Job:
         """Ask the hub to stop the job: a queued one is cancelled at once, a running one
         becomes ``cancel_requested`` until its worker stops. Returns ``self``, updated."""
-        self._update(self._hub._json("POST", f"{self._path}/cancel"))
+        self._update(self._hub.request("POST", f"{self._path}/cancel"))
         return self
 
     def events(
@@ -164,7 +162,7 @@ class Job:
             params: dict[str, Any] = {"after": cursor}
             if limit is not None:
                 params["limit"] = limit
-            page = self._hub._json("GET", f"{self._path}/events", params=params) or {}
+            page = self._hub.request("GET", f"{self._path}/events", params=params) or {}
             events = [JobEvent.from_json(e) for e in page.get("events") or []]
             yield from events
             nxt = page.get("next_after")
@@ -229,10 +227,6 @@ class Job:
 
 
 # -- submitting -------------------------------------------------------------------
-def _spec_error(exc: SpecError) -> ValidationError:
-    return ValidationError(str(exc), code="validation_error", detail={"field": exc.field})
-
-
 def _alias_list(aliases: Iterable[str] | str) -> list[str]:
     return [check_alias(a) for a in ([aliases] if isinstance(aliases, str) else aliases)]
 
@@ -276,7 +270,7 @@ class JobsMixin:
     """``train``, ``merge``, ``jobs`` and ``job``: the job half of :class:`~pefthub.Hub`."""
 
     if TYPE_CHECKING:
-        def _json(
+        def request(
             self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
             headers: Mapping[str, str] | None = None,
         ) -> Any: ...
@@ -351,30 +345,16 @@ class JobsMixin:
     def _submit(
         self, spec: dict[str, Any], queue: str | None, max_attempts: int | None, idempotency_key: str | None
     ) -> Job:
-        try:  # checked here, so a bad spec sends no request
-            spec_from_dict(spec)
-        except SpecError as exc:
-            raise _spec_error(exc) from exc
         body = dict(spec)
         if queue is not None:
-            if queue not in QUEUES:
-                raise ValidationError(
-                    f"queue: {queue!r} is not one of {', '.join(QUEUES)}",
-                    code="validation_error", detail={"field": "queue"},
-                )
             body["queue"] = queue
         if max_attempts is not None:
-            if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not (
-                1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
-            ):
-                raise ValidationError(
-                    f"max_attempts: {max_attempts!r} is not an integer from 1 to {MAX_ATTEMPTS_LIMIT}",
-                    code="validation_error", detail={"field": "max_attempts"},
-                )
             body["max_attempts"] = max_attempts
+        with translated():  # checked here, so a bad spec sends no request
+            parse_job_request(body)
         # Fixed here, before the HTTP layer's retry loop: every retry sends the same key.
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        return Job(self, self._json("POST", "jobs", json=body, headers=headers))  # type: ignore[arg-type]
+        return Job(self, self.request("POST", "jobs", json=body, headers=headers))  # type: ignore[arg-type]
 
     def jobs(self, *, status: str | None = None, type: str | None = None, output: str | None = None) -> Iterator[Job]:
         """Jobs you may see, newest first, page after page; filters as the API's."""
@@ -385,4 +365,4 @@ class JobsMixin:
 
     def job(self, job_id: str) -> Job:
         """One job by id."""
-        return Job(self, self._json("GET", f"jobs/{quote_segment(job_id)}"))  # type: ignore[arg-type]
+        return Job(self, self.request("GET", f"jobs/{quote_segment(job_id)}"))  # type: ignore[arg-type]

@@ -1,8 +1,8 @@
-"""Generate ``sdk/pefthub/peft_compat.json``: which adapter-config keys each peft release knows.
+"""Generate ``sdk/pefthub/protocol/peft_compat.json``: which adapter-config keys each peft release knows.
 
 An ``adapter_config.json`` written by a newer peft carries keys an older peft's config
 class does not accept (peft < 0.14 fails with ``TypeError: unexpected keyword
-argument``). ``pefthub.peft_compat`` drops those keys; this script builds the table it
+argument``). ``pefthub.protocol.peft_compat`` drops those keys; this script builds the table it
 reads, from the peft wheels themselves::
 
     python sdk/tools/gen_peft_compat.py                 # every release in VERSIONS (pip download)
@@ -41,7 +41,7 @@ VERSIONS = (
     "0.19.0", "0.19.1", "0.20.0", "0.21.0", "0.21.1", "0.21.2",
 )
 BASE_CLASSES = ("PeftConfigMixin", "PeftConfig", "PromptLearningConfig")
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "pefthub" / "peft_compat.json"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "pefthub" / "protocol" / "peft_compat.json"
 
 
 # -- reading one wheel -------------------------------------------------------------------

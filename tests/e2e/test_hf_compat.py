@@ -13,7 +13,7 @@ import requests
 import torch
 
 from examples import tiny
-from pefthub_server.registry.hf import views as hf_views
+from pefthub_server.core import http as hub_http
 
 SCRIPT = Path(__file__).with_name("hf_client_script.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,13 +64,13 @@ def served_bytes(monkeypatch):
     """Counts responses in which the hub itself streams file bytes (observed, not replaced)."""
     count = {"n": 0}
     for cls in ("FileResponse", "StreamingHttpResponse"):
-        original = getattr(hf_views, cls)
+        original = getattr(hub_http, cls)
 
         def counting(*args, _original=original, **kwargs):
             count["n"] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(hf_views, cls, counting)
+        monkeypatch.setattr(hub_http, cls, counting)
     return count
 
 

@@ -14,6 +14,10 @@ from .fakes import TOKEN, Reply, error
 WHO = {"username": "alice"}
 
 
+def api_get(http: HTTPClient, path: str):
+    return http.request("GET", http.api_url(path), authenticated=True)
+
+
 def flaky(replies):
     """A handler answering each reply in turn, then 200 ``WHO`` for ever."""
     replies = list(replies)
@@ -37,7 +41,7 @@ def test_retry_after_is_honoured_on_429(server):
         error(429, "throttled", "slow down", **{"Retry-After": "7"}),
     ]))
     http = client(server, sleeps)
-    assert http.api("GET", "whoami").json() == WHO
+    assert api_get(http, "whoami").json() == WHO
     assert sleeps == [2.0, 7.0]
     assert len(server.requests("GET", "/api/v1/whoami")) == 3
 
@@ -48,7 +52,7 @@ def test_5xx_retries_with_jittered_backoff_then_gives_up(server, status):
     server.route("GET", "/api/v1/whoami", lambda s, m: error(status, "oops", "broken"))
     http = client(server, sleeps, max_retries=4)
     with pytest.raises(ServerError) as info:
-        http.api("GET", "whoami")
+        api_get(http, "whoami")
     assert info.value.status == status
     assert len(server.requests("GET", "/api/v1/whoami")) == 5  # 1 + 4 retries
     assert len(sleeps) == 4
@@ -60,14 +64,14 @@ def test_429_after_every_retry_is_rate_limited(server):
     sleeps: list[float] = []
     server.route("GET", "/api/v1/whoami", lambda s, m: error(429, "throttled", "slow", **{"Retry-After": "1"}))
     with pytest.raises(RateLimited):
-        client(server, sleeps, max_retries=2).api("GET", "whoami")
+        api_get(client(server, sleeps, max_retries=2), "whoami")
     assert sleeps == [1.0, 1.0]
 
 
 def test_4xx_is_not_retried(server):
     sleeps: list[float] = []
     with pytest.raises(NotFound):
-        client(server, sleeps).api("GET", "repos/acme/nope")
+        api_get(client(server, sleeps), "repos/acme/nope")
     assert sleeps == [] and len(server.requests()) == 1
 
 
@@ -87,7 +91,7 @@ def test_connection_errors_are_retried_then_raised():
     http = HTTPClient(f"http://127.0.0.1:{port}", TOKEN, max_retries=3, timeout=5)
     http.sleep = sleeps.append
     with pytest.raises(HubConnectionError, match="after 4 attempt"):
-        http.api("GET", "whoami")
+        api_get(http, "whoami")
     assert len(sleeps) == 3
 
 
@@ -95,7 +99,7 @@ def test_token_goes_to_the_api_only_and_user_agent_everywhere(server):
     server.route("PUT", "/upload/x", lambda s, m: Reply(201, {}))
     server.route("GET", "/api/v1/whoami", lambda s, m: Reply(200, WHO))
     http = client(server, [])
-    http.api("GET", "whoami")
+    api_get(http, "whoami")
     http.request("PUT", f"{server.url}/upload/x?sig=1", data=b"abc", headers={"X-Sig": "s"})
     api_req, upload_req = server.requests()
     assert api_req.header("Authorization") == f"Bearer {TOKEN}"
@@ -106,7 +110,7 @@ def test_token_goes_to_the_api_only_and_user_agent_everywhere(server):
 
 def test_no_token_sends_no_authorization(server):
     server.route("GET", "/api/v1/repos", lambda s, m: Reply(200, []))
-    HTTPClient(server.url, None).api("GET", "repos")
+    api_get(HTTPClient(server.url, None), "repos")
     assert server.requests()[0].header("Authorization") is None
 
 

@@ -17,7 +17,7 @@ DIGEST = "ab" * 32
         ("acme/support-bot@prod", "acme", "support-bot", "prod", True),
         (f"acme/support-bot@sha256:{DIGEST}", "acme", "support-bot", f"sha256:{DIGEST}", True),
         (f"acme/bot@sha256:{DIGEST.upper()}", "acme", "bot", f"sha256:{DIGEST}", True),
-        ("a.b_c-d/Llama-3.1-8B@rc-1.2_x", "a.b_c-d", "Llama-3.1-8B", "rc-1.2_x", True),
+        ("a_b-c/Llama-3.1-8B@rc-1.2_x", "a_b-c", "Llama-3.1-8B", "rc-1.2_x", True),
         ("  acme/bot@2  ", "acme", "bot", "2", True),
     ],
 )
@@ -57,6 +57,11 @@ def test_digest_ref_exposes_its_hex():
         "acme/b ot",
         "acme\\bot",
         "hf://acme/bot",
+        "a.b/bot",  # no dots in a namespace: the server's grammar is the one grammar
+        f"{'a' * 65}/bot",
+        f"acme/{'b' * 97}",
+        "acme/bot@²",
+        "acme/bot@007",
     ],
 )
 def test_parse_bad_refs_shows_accepted_forms(text):

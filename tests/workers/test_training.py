@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from examples import tiny
-from pefthub.specs import SpecError, TrainHyperparameters
+from pefthub.protocol.errors import SpecError
+from pefthub.protocol.specs import TrainHyperparameters
 from pefthub_worker.training import Callbacks, Cancelled, DatasetError, QLoRAUnavailable, data, recipe, train
 from pefthub_worker.training import config as cfg
 from pefthub_worker.training.__main__ import main as cli_main

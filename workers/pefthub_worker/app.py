@@ -14,7 +14,7 @@ from pathlib import Path
 from celery import Celery
 from celery.signals import worker_init
 
-from pefthub.queue_config import TASK_MERGE, TASK_TRAIN, celery_config
+from pefthub.protocol.jobs import TASK_MERGE, TASK_TRAIN, celery_config
 
 
 def broker_dir() -> Path:

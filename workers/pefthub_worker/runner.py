@@ -23,7 +23,8 @@ from typing import Any
 
 from pefthub import Hub
 from pefthub.errors import Conflict, HubError
-from pefthub.specs import MergeSpec, SpecError, TrainSpec
+from pefthub.protocol.errors import SpecError
+from pefthub.protocol.specs import MergeSpec, TrainSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,23 @@
-"""Application errors: one hierarchy, one JSON shape.
+"""Errors: one hierarchy of application errors, and the one JSON shape every error is rendered in.
 
-Every error the API returns is rendered as
-``{"error": {"code": ..., "message": ..., "detail": ...}}`` by
-:func:`pefthub_server.core.exceptions.exception_handler`. Services and validators
-raise these; views never build error responses by hand.
+Every error the API returns is ``{"error": {"code": ..., "message": ..., "detail": ...}}``:
+ours (:class:`HubError` and its kinds), the shared contract's
+(:class:`~pefthub.protocol.errors.ProtocolError`, a 400 with its own code), DRF's and
+Django's (:func:`exception_handler`), unknown URLs under ``/api/`` (:func:`json_404`)
+and crashes (:func:`server_error`). Services and validators raise; views never build
+error responses by hand.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+from pefthub.protocol.errors import ProtocolError
 
 
 class HubError(Exception):
@@ -27,7 +36,7 @@ class HubError(Exception):
         self.detail = detail
 
     def as_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "detail": self.detail}}
+        return error_body(self.code, self.message, self.detail)
 
 
 class ValidationFailed(HubError):
@@ -35,6 +44,11 @@ class ValidationFailed(HubError):
 
     status = 400
     code = "validation_error"
+
+
+def from_protocol(exc: ProtocolError) -> ValidationFailed:
+    """A broken rule of the shared contract, as a 400 with the rule's code, message and detail."""
+    return ValidationFailed(exc.message, code=exc.code, detail=exc.detail)
 
 
 class AuthenticationFailed(HubError):
@@ -60,3 +74,74 @@ class Conflict(HubError):
 class TooLarge(HubError):
     status = 413
     code = "too_large"
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+_DRF_CODES = {
+    drf.ValidationError: "validation_error",
+    drf.ParseError: "invalid_json",
+    drf.NotAuthenticated: "authentication_failed",
+    drf.AuthenticationFailed: "authentication_failed",
+    drf.PermissionDenied: "permission_denied",
+    drf.NotFound: "not_found",
+    drf.MethodNotAllowed: "method_not_allowed",
+    drf.NotAcceptable: "not_acceptable",
+    drf.UnsupportedMediaType: "unsupported_media_type",
+    drf.Throttled: "throttled",
+}
+
+
+def _message_from_detail(detail) -> str:
+    if isinstance(detail, dict):
+        parts = []
+        for field, errors in detail.items():
+            errs = errors if isinstance(errors, list) else [errors]
+            parts.append(f"{field}: {' '.join(str(e) for e in errs)}")
+        return "Invalid request. " + "; ".join(parts)
+    if isinstance(detail, list):
+        return " ".join(str(d) for d in detail)
+    return str(detail)
+
+
+def error_body(code: str, message: str, detail: Any = None) -> dict:
+    return {"error": {"code": code, "message": message, "detail": detail}}
+
+
+def exception_handler(exc, context):
+    headers = {}
+    if isinstance(exc, ProtocolError):
+        exc = from_protocol(exc)
+    if isinstance(exc, HubError):
+        status, body = exc.status, exc.as_dict()
+    elif isinstance(exc, Http404):
+        status, body = 404, error_body("not_found", "Not found.")
+    elif isinstance(exc, DjangoPermissionDenied):
+        status, body = 403, error_body("permission_denied", "You do not have permission to do this.")
+    elif isinstance(exc, drf.APIException):
+        status = exc.status_code
+        code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
+        detail = exc.detail if isinstance(exc, drf.ValidationError) else None
+        body = error_body(code, _message_from_detail(exc.detail), detail)
+        if isinstance(exc, drf.Throttled) and exc.wait:
+            headers["Retry-After"] = str(int(exc.wait))
+    else:
+        return None  # a bug: Django's 500 handler answers and logs it
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="pefthub"'
+    return Response(body, status=status, headers=headers)
+
+
+def json_404(request, exception=None):
+    return JsonResponse(error_body("not_found", f"No API endpoint at {request.path}."), status=404)
+
+
+def server_error(request):
+    """JSON under /api/ and /hf/, Django's page elsewhere."""
+    if request.path.startswith(("/api/", "/hf/")):
+        return JsonResponse(
+            error_body("server_error", "Internal server error; the request id is in X-Request-ID."), status=500
+        )
+    from django.views.defaults import server_error as html_server_error
+
+    return html_server_error(request)

@@ -1,12 +1,19 @@
-"""HTTP helpers shared by the API and the /hf views: absolute URLs, byte ranges, file slices."""
+"""HTTP helpers for every view: where clients reach the hub, request bodies, and serving bytes.
+
+:func:`bytes_response` is the one way the hub answers a download from its own disk or
+memory: ``HEAD``, a whole ``GET``, or a single ``Range`` (206, or 416 outside the file),
+for the API's blob URLs and the Hugging Face ``resolve`` route alike.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
+from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 
 from pefthub_server.core.errors import HubError
 
@@ -17,6 +24,13 @@ _CHUNK = 1024 * 1024
 def base_url(request) -> str:
     """Where clients reach this hub: PEFTHUB_PUBLIC_URL, else the request's own host."""
     return settings.PUBLIC_URL or request.build_absolute_uri("/").rstrip("/")
+
+
+def validated(serializer_class, data: Any) -> dict:
+    """A request body checked by ``serializer_class``; a 400 naming each bad field otherwise."""
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -48,3 +62,28 @@ def file_slice(path: Path, start: int, length: int) -> Iterator[bytes]:
                 return
             length -= len(chunk)
             yield chunk
+
+
+def bytes_response(request, *, size: int, headers: dict[str, str], path: Path | None = None,
+                   content: bytes | None = None, content_type: str = "application/octet-stream") -> HttpResponse:
+    """Serve ``size`` bytes, from the file at ``path`` or from ``content``, honouring HEAD and one Range."""
+    byte_range = parse_range(request.headers.get("Range", ""), size)
+    if request.method == "HEAD":
+        response = HttpResponse(content_type=content_type)
+        response["Content-Length"] = str(size)
+    else:
+        start, end = byte_range or (0, size - 1)
+        status = 206 if byte_range else 200
+        if content is not None:
+            response = HttpResponse(content[start : end + 1], status=status, content_type=content_type)
+        elif byte_range is None:
+            response = FileResponse(path.open("rb"), content_type=content_type)
+        else:
+            response = StreamingHttpResponse(file_slice(path, start, end - start + 1), status=206,
+                                             content_type=content_type)
+        if byte_range:
+            response["Content-Range"] = f"bytes {start}-{end}/{size}"
+        response["Content-Length"] = str(end - start + 1) if size else "0"
+    for name, value in headers.items():  # after FileResponse, which would name the file by its blob path
+        response[name] = value
+    return response

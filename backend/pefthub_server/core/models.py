@@ -9,14 +9,20 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from pefthub.protocol.repos import SCOPES
+
 TOKEN_PREFIX = "phub_"
 
 
-class Scope(models.TextChoices):
-    READ = "read", "read"
-    WRITE = "write", "write"
-    WORKER = "worker", "worker"
-    ADMIN = "admin", "admin"
+def choices(name: str, values: tuple[str, ...], *, labels: bool = True) -> type[models.TextChoices]:
+    """Django choices for a tuple of the shared contract's values: ``"adapter"`` becomes ``Kind.ADAPTER``.
+
+    Labels are Django's (``"Adapter"``), or with ``labels=False`` the values themselves.
+    """
+    return models.TextChoices(name, [(value.upper(), value if labels else (value, value)) for value in values])
+
+
+Scope = choices("Scope", SCOPES, labels=False)
 
 
 # What each scope allows; a token may only mint tokens whose scope it covers.

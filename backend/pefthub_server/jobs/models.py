@@ -7,22 +7,15 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from pefthub.protocol import jobs as contract
+from pefthub_server.core.models import choices
+
 
 class Job(models.Model):
-    class Type(models.TextChoices):
-        TRAIN = "train"
-        MERGE = "merge"
-
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        CANCEL_REQUESTED = "cancel_requested"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
-    ACTIVE = (Status.RUNNING, Status.CANCEL_REQUESTED)
-    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    Type = choices("Type", contract.JOB_TYPES)
+    Status = choices("Status", contract.STATUSES)
+    ACTIVE = tuple(contract.ACTIVE)
+    FINISHED = tuple(contract.FINISHED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     type = models.CharField(max_length=8, choices=Type.choices)
@@ -65,12 +58,7 @@ class Job(models.Model):
 
 
 class JobEvent(models.Model):
-    class Type(models.TextChoices):
-        STATUS = "status"
-        LOG = "log"
-        METRIC = "metric"
-        CHECKPOINT = "checkpoint"
-        ARTIFACT = "artifact"
+    Type = choices("Type", contract.EVENT_TYPES)
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
     seq = models.PositiveIntegerField()

@@ -6,14 +6,13 @@ from django.db.models import Q, QuerySet
 
 from pefthub_server.core.errors import NotFound
 from pefthub_server.jobs.models import Job
-from pefthub_server.registry.models import Namespace
+from pefthub_server.registry.selectors import member_namespaces
 
 
 def visible_jobs(user) -> QuerySet[Job]:
     if not user.is_authenticated:
         return Job.objects.none()
-    member_of = Namespace.objects.filter(Q(user=user) | Q(memberships__user=user)).values("id")
-    return Job.objects.filter(Q(owner=user) | Q(namespace__in=member_of)).select_related(
+    return Job.objects.filter(Q(owner=user) | Q(namespace__in=member_namespaces(user))).select_related(
         "namespace", "owner", "result_version__repository__namespace"
     )
 

@@ -1,4 +1,4 @@
-"""Job lifecycle: submit, dispatch, claim, heartbeat, events, complete, fail, cancel, reap.
+"""Job lifecycle: submit, claim, heartbeat, events, complete, fail, cancel, reap.
 
 State changes are conditional updates or run under a row lock, so a job is claimed by
 one worker at a time, its events get gap-free sequence numbers, and a job produces at
@@ -19,22 +19,21 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from pefthub.queue_config import TASK_MERGE, TASK_TRAIN
-from pefthub.specs import MERGEABLE_PEFT_TYPES, QUEUES, MergeSpec, SpecError, TrainSpec, spec_from_dict
+from pefthub.protocol.jobs import PROGRESS_KEYS, WORKER_EVENT_TYPES
+from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH, MAX_IDEMPOTENCY_KEY_LENGTH
+from pefthub.protocol.peft import MERGE_JOB_TYPES, VIRTUAL_TOKEN_METHODS
+from pefthub.protocol.refs import parse_ref
+from pefthub.protocol.specs import MergeSpec, TrainSpec, parse_job_request
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
 from pefthub_server.core.models import ApiToken, Scope
 from pefthub_server.core.tokens import token_create
+from pefthub_server.jobs.dispatch import job_dispatch
 from pefthub_server.jobs.models import Job, JobEvent
-from pefthub_server.registry import validation
+from pefthub_server.registry import compatibility
 from pefthub_server.registry.models import Namespace, Repository, Role, Version
-from pefthub_server.registry.refs import parse_ref
 from pefthub_server.registry.selectors import namespace_role, repository_get, require_namespace_role, version_resolve
 
 log = logging.getLogger(__name__)
-
-MAX_EVENTS_PER_BATCH = 1000
-_TASKS = {Job.Type.TRAIN: TASK_TRAIN, Job.Type.MERGE: TASK_MERGE}
-_DEFAULT_QUEUE = {Job.Type.TRAIN: "gpu", Job.Type.MERGE: "cpu"}
 
 
 def _pin(version: Version) -> dict:
@@ -77,9 +76,9 @@ def _check_train(*, user, spec: TrainSpec) -> tuple[dict, Namespace, str]:
     base = _readable_version(user=user, ref=spec.base_model, field="base_model", kind=Repository.Kind.MODEL)
     dataset = _readable_version(user=user, ref=spec.dataset, field="dataset", kind=Repository.Kind.DATASET)
     targets = spec.hyperparameters.target_modules
-    if targets is not None and spec.method not in ("prefix_tuning", "prompt_tuning"):
+    if targets is not None and spec.method not in VIRTUAL_TOKEN_METHODS:
         try:
-            validation.check_adapter_against_base(
+            compatibility.check_adapter_against_base(
                 {"peft_type": "LORA", "target_modules": targets}, {}, base.fingerprint or {},
                 base_label=f"{base.repository.full_name}@{base.number}")
         except ValidationFailed as exc:
@@ -95,10 +94,10 @@ def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str]:
         field = f"adapters[{i}].ref"
         version = _readable_version(user=user, ref=item.ref, field=field, kind=Repository.Kind.ADAPTER)
         peft_type = (version.adapter_config or {}).get("peft_type")
-        if peft_type not in MERGEABLE_PEFT_TYPES:
+        if peft_type not in MERGE_JOB_TYPES:
             raise ValidationFailed(
-                f"{field}: `{version}` is a {peft_type} adapter, which cannot be merged into its base "
-                f"(mergeable: {', '.join(sorted(MERGEABLE_PEFT_TYPES))}); load it with peft instead.",
+                f"{field}: `{version}` is a {peft_type} adapter, which a merge job cannot merge into its base "
+                f"(it merges {', '.join(sorted(MERGE_JOB_TYPES))}; DoRA is LORA); load it with peft instead.",
                 code="not_mergeable", detail={"field": field})
         if base is None:
             base = version.base_version
@@ -113,40 +112,26 @@ def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str]:
 
 
 def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Validate a spec, pin its inputs, create the job and enqueue its id after commit."""
-    if not isinstance(body, dict):
-        raise ValidationFailed("The job spec must be a JSON object.", code="invalid_spec")
-    body = dict(body)
-    queue = body.pop("queue", None)
-    max_attempts = body.pop("max_attempts", 3)
-    if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
-        raise ValidationFailed("Idempotency-Key must be 1 to 128 characters.", code="validation_error")
-    digest = hashlib.sha256(json.dumps([body, queue, max_attempts], sort_keys=True, default=str).encode()).hexdigest()
+    """Validate a job request, pin its inputs, create the job and enqueue its id after commit."""
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
+        raise ValidationFailed(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+                               code="validation_error")
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     if idempotency_key:
         existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
         if existing is not None:
             if existing.request_digest != digest:
                 raise Conflict(f"Idempotency-Key {idempotency_key!r} was used for a different job ({existing.id.hex}).")
             return existing, False
-    try:
-        spec = spec_from_dict(body)
-    except SpecError as exc:
-        raise ValidationFailed(exc.message, code="invalid_spec", detail={"field": exc.field}) from None
-    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or not 1 <= max_attempts <= 10:
-        raise ValidationFailed("max_attempts must be an integer from 1 to 10.", code="invalid_spec",
-                               detail={"field": "max_attempts"})
-    job_type = Job.Type.TRAIN if isinstance(spec, TrainSpec) else Job.Type.MERGE
-    queue = queue or _DEFAULT_QUEUE[job_type]
-    if queue not in QUEUES:
-        raise ValidationFailed(f"queue {queue!r} is unknown; use one of {', '.join(QUEUES)}.", code="invalid_spec",
-                               detail={"field": "queue"})
-    check = _check_train if job_type == Job.Type.TRAIN else _check_merge
-    inputs, ns, name = check(user=user, spec=spec)
+    request = parse_job_request(body)
+    check = _check_train if request.type == Job.Type.TRAIN else _check_merge
+    inputs, ns, name = check(user=user, spec=request.spec)
     try:
         with transaction.atomic():
             job = Job.objects.create(
-                type=job_type, queue=queue, owner=user, namespace=ns, output_name=name, spec=spec.to_dict(),
-                inputs=inputs, idempotency_key=idempotency_key or None, request_digest=digest, max_attempts=max_attempts,
+                type=request.type, queue=request.queue, owner=user, namespace=ns, output_name=name,
+                spec=request.spec.to_dict(), inputs=inputs, idempotency_key=idempotency_key or None,
+                request_digest=digest, max_attempts=request.max_attempts,
             )
             _event(job, JobEvent.Type.STATUS, {"status": Job.Status.QUEUED})
             transaction.on_commit(lambda: job_dispatch(job=job))
@@ -156,13 +141,6 @@ def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple
             return winner, False
         raise
     return job, True
-
-
-def job_dispatch(*, job: Job) -> None:
-    """Send the job id (only) to its queue."""
-    from pefthub_server.celery import app
-
-    app.send_task(_TASKS[job.type], args=[job.id.hex], queue=job.queue)
 
 
 def _event(job: Job, type: str, data: dict, *, attempt: int | None = None) -> JobEvent:
@@ -224,9 +202,6 @@ def job_heartbeat(*, job_id, attempt: int, progress: dict | None = None) -> Job:
     return job
 
 
-_PROGRESS_KEYS = ("step", "total_steps", "epoch")
-
-
 def _event_time(event: dict, now):
     """The worker's own timestamp (when the thing happened), if it is a sane one; else arrival time."""
     stamp = parse_datetime(event["time"]) if isinstance(event.get("time"), str) else None
@@ -245,13 +220,13 @@ def job_events_append(*, job_id, attempt: int, events) -> int:
         for i, event in enumerate(events):
             kind = event.get("type") if isinstance(event, dict) else None
             data = event.get("data", {}) if isinstance(event, dict) else None
-            if kind not in JobEvent.Type.values or kind == JobEvent.Type.STATUS or not isinstance(data, dict):
+            if kind not in WORKER_EVENT_TYPES or not isinstance(data, dict):
                 raise ValidationFailed(
                     f"events[{i}] must be {{type, data}} with type log, metric, checkpoint or artifact and data an object.")
             if kind == JobEvent.Type.METRIC:
                 for key, value in data.items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                        (progress if key in _PROGRESS_KEYS else metrics)[key] = value
+                        (progress if key in PROGRESS_KEYS else metrics)[key] = value
             seq += 1
             rows.append(JobEvent(job=job, seq=seq, type=kind, data=data, attempt=attempt, time=_event_time(event, now)))
         JobEvent.objects.bulk_create(rows)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from pefthub.protocol.repos import KINDS, ROLES, VISIBILITIES
+from pefthub_server.core.models import choices
+
 
 class Namespace(models.Model):
     """A user's own namespace or a team. Names are unique across both."""
@@ -27,13 +30,9 @@ class Namespace(models.Model):
         return self.name
 
 
-class Role(models.TextChoices):
-    READ = "read"
-    WRITE = "write"
-    ADMIN = "admin"
-
-
-ROLE_RANK = {Role.READ: 1, Role.WRITE: 2, Role.ADMIN: 3}
+Role = choices("Role", ROLES)
+#: roles by strength: each grants what the ones before it grant
+ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, 1)}
 
 
 class Membership(models.Model):
@@ -51,15 +50,8 @@ class Membership(models.Model):
 
 
 class Repository(models.Model):
-    class Kind(models.TextChoices):
-        ADAPTER = "adapter"
-        MODEL = "model"
-        DATASET = "dataset"
-
-    class Visibility(models.TextChoices):
-        PRIVATE = "private"
-        INTERNAL = "internal"
-        PUBLIC = "public"
+    Kind = choices("Kind", KINDS)
+    Visibility = choices("Visibility", VISIBILITIES)
 
     namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="repositories")
     name = models.CharField(max_length=96)

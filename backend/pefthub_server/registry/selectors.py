@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from django.db.models import Q, QuerySet
 
-from pefthub_server.core.errors import NotFound, PermissionDenied
-from pefthub_server.registry.models import (
-    ROLE_RANK,
-    Alias,
-    Membership,
-    Namespace,
-    Repository,
-    Role,
-    Version,
+from pefthub.protocol.refs import (
+    HF_MAIN,
+    LATEST,
+    check_name,
+    check_namespace,
+    check_revision,
+    is_digest,
+    is_hf_commit,
+    is_number,
 )
-from pefthub_server.registry.refs import DIGEST_RE, LATEST
+from pefthub_server.core.errors import NotFound, PermissionDenied
+from pefthub_server.registry.models import ROLE_RANK, Alias, Membership, Namespace, Repository, Role, Version
+
+# --- rights -------------------------------------------------------------------------------------
 
 
 def namespace_role(user, namespace: Namespace) -> str | None:
@@ -31,7 +34,18 @@ def namespace_role(user, namespace: Namespace) -> str | None:
     return Membership.objects.filter(namespace=namespace, user=user).values_list("role", flat=True).first()
 
 
-def _member_namespaces(user) -> QuerySet:
+def require_namespace_role(user, namespace: Namespace, need: str, *, action: str) -> str:
+    role = namespace_role(user, namespace)
+    if role is None or ROLE_RANK[role] < ROLE_RANK[need]:
+        raise PermissionDenied(
+            f"You need the `{need}` role in `{namespace.name}` to {action}"
+            + (f"; you have `{role}`." if role else "; you are not a member.")
+        )
+    return role
+
+
+def member_namespaces(user) -> QuerySet:
+    """Ids of the namespaces ``user`` is or belongs to."""
     return Namespace.objects.filter(Q(user=user) | Q(memberships__user=user)).values("id")
 
 
@@ -40,8 +54,15 @@ def readable_repositories(user) -> QuerySet[Repository]:
         return Repository.objects.filter(visibility=Repository.Visibility.PUBLIC)
     return Repository.objects.filter(
         Q(visibility__in=[Repository.Visibility.PUBLIC, Repository.Visibility.INTERNAL])
-        | Q(namespace__in=_member_namespaces(user))
+        | Q(namespace__in=member_namespaces(user))
     )
+
+
+def blob_readable(*, user, sha256: str) -> bool:
+    return Version.objects.filter(files__blob_id=sha256, repository__in=readable_repositories(user)).exists()
+
+
+# --- repositories -------------------------------------------------------------------------------
 
 
 def repository_list(*, user, kind=None, namespace=None, base_model=None, peft_type=None, search=None):
@@ -60,50 +81,54 @@ def repository_list(*, user, kind=None, namespace=None, base_model=None, peft_ty
     return qs.order_by("namespace__name", "name")
 
 
-def repository_get(*, user, namespace: str, name: str) -> Repository:
-    """The repository if ``user`` may read it; 404 otherwise, so existence does not leak."""
-    repo = (
-        readable_repositories(user)
-        .select_related("namespace", "base_model__namespace")
-        .filter(namespace__name=namespace, name=name)
-        .first()
-    )
+def repository_get(*, user, namespace: str, name: str, kinds=None) -> Repository:
+    """The repository if ``user`` may read it (and it is one of ``kinds``); 404 otherwise, so existence does not leak.
+
+    A name outside the grammar is a 400 that says why, whoever asks.
+    """
+    check_namespace(namespace)
+    check_name(name)
+    qs = readable_repositories(user).select_related("namespace", "base_model__namespace")
+    if kinds is not None:
+        qs = qs.filter(kind__in=kinds)
+    repo = qs.filter(namespace__name=namespace, name=name).first()
     if repo is None:
         raise NotFound(f"Repository `{namespace}/{name}` not found (or you have no access to it).")
     return repo
 
 
-def require_namespace_role(user, namespace: Namespace, need: str, *, action: str) -> str:
-    role = namespace_role(user, namespace)
-    if role is None or ROLE_RANK[role] < ROLE_RANK[need]:
-        raise PermissionDenied(
-            f"You need the `{need}` role in `{namespace.name}` to {action}"
-            + (f"; you have `{role}`." if role else "; you are not a member.")
-        )
-    return role
+# --- versions -----------------------------------------------------------------------------------
 
 
-def version_resolve(*, repo: Repository, revision: str) -> Version:
-    """A version by number, alias (`latest` included) or `sha256:` digest."""
-    qs = Version.objects.filter(repository=repo).select_related(
-        "created_by", "base_version__repository__namespace"
-    )
-    version = None
-    if revision.isdigit():
-        version = qs.filter(number=int(revision)).first()
-    elif match := DIGEST_RE.match(revision):
-        version = qs.filter(digest=match.group(1)).order_by("-number").first()
-    elif revision == LATEST:
-        version = qs.order_by("-number").first()
+def _versions(repo: Repository) -> QuerySet[Version]:
+    return Version.objects.filter(repository=repo).select_related(
+        "created_by", "base_version__repository__namespace", "repository__namespace", "repository__base_model__namespace")
+
+
+def version_by_digest_prefix(*, repo: Repository, prefix: str) -> Version | None:
+    """The newest version whose digest starts with the hex ``prefix``: a range on the digest index."""
+    return _versions(repo).filter(digest__gte=prefix, digest__lt=prefix + "g").order_by("-number").first()
+
+
+def version_resolve(*, repo: Repository, revision: str, hf: bool = False) -> Version:
+    """A version by number, alias (`latest` included) or `sha256:` digest.
+
+    With ``hf`` also the Hugging Face forms: `main` (the newest version) and a 40-hex
+    commit id (the first 40 hex digits of the digest).
+    """
+    if hf and is_hf_commit(revision):
+        version = version_by_digest_prefix(repo=repo, prefix=revision)
     else:
-        alias = Alias.objects.filter(repository=repo, name=revision).values_list("version_id", flat=True).first()
-        version = qs.filter(pk=alias).first() if alias else None
+        revision = LATEST if hf and revision == HF_MAIN else check_revision(revision)
+        qs = _versions(repo)
+        if revision == LATEST:
+            version = qs.order_by("-number").first()
+        elif is_number(revision):
+            version = qs.filter(number=int(revision)).first()
+        elif is_digest(revision):
+            version = qs.filter(digest=revision.removeprefix("sha256:")).order_by("-number").first()
+        else:
+            version = qs.filter(pk__in=Alias.objects.filter(repository=repo, name=revision).values("version_id")).first()
     if version is None:
         raise NotFound(f"`{repo.full_name}` has no version `{revision}`.")
     return version
-
-
-def blob_readable(*, user, sha256: str) -> bool:
-    return Version.objects.filter(
-        files__blob_id=sha256, repository__in=readable_repositories(user)
-    ).exists()

@@ -27,16 +27,14 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, FlexibleChecksumError
 
+from pefthub.protocol.refs import is_sha256
 from pefthub_server.core.errors import NotFound, ValidationFailed
 
 CHUNK = 1024 * 1024
 SPOOL_MAX = 8 * 1024 * 1024
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
 def blob_key(sha256: str) -> str:
     """The storage key of a blob; refuses anything but 64 lowercase hex digits."""
-    if not isinstance(sha256, str) or not _HEX64.fullmatch(sha256):
+    if not is_sha256(sha256):
         raise ValidationFailed(f"`{str(sha256)[:80]}` is not a sha256 digest; expected 64 lowercase hex digits",
                                code="invalid_digest")
     return f"blobs/sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
@@ -209,7 +207,7 @@ class LocalBlobStore(BlobStore):
             expires_at = int(expires or "")
         except ValueError:
             return False
-        if not sig or not _HEX64.fullmatch(sha256 or "") or expires_at < time.time():
+        if not sig or not is_sha256(sha256) or expires_at < time.time():
             return False
         return hmac.compare_digest(self.sign(sha256, method, expires_at), sig)
 

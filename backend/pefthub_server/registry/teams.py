@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
+from pefthub.protocol.refs import check_namespace
 from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
 from pefthub_server.registry.models import Membership, Namespace, Role
-from pefthub_server.registry.refs import NAMESPACE_RE
 from pefthub_server.registry.selectors import require_namespace_role
 
 User = get_user_model()
@@ -19,10 +19,7 @@ def user_namespace_ensure(*, user) -> Namespace:
 
 
 def team_create(*, user, name: str) -> Namespace:
-    if not NAMESPACE_RE.match(name or ""):
-        raise ValidationFailed(
-            f"Team name {name!r} is invalid: use letters, digits, `_` and `-` (at most 64, starting with a letter or digit)."
-        )
+    check_namespace(name, field="team name")
     try:
         with transaction.atomic():
             team = Namespace.objects.create(name=name, kind=Namespace.Kind.TEAM)
@@ -91,11 +88,9 @@ def member_remove(*, user, team: str, username: str) -> None:
         membership.delete()
 
 
-
 def user_ensure(*, username: str, team: str | None = None, role: str = Role.WRITE, staff: bool = False):
     """Create the user (and team, and membership) if missing; used by `pefthub-server adduser`."""
-    if not NAMESPACE_RE.match(username):
-        raise ValidationFailed(f"User name {username!r} is invalid: use letters, digits, `_` and `-`.")
+    check_namespace(username, field="user name")
     _check_role(role)
     with transaction.atomic():
         user, created = User.objects.get_or_create(username=username)

@@ -16,21 +16,9 @@ import signal
 import sys
 from pathlib import Path
 
-from pefthub.specs import METHODS, SpecError, TrainHyperparameters
-
-
-def _parse_sets(pairs: list[str]) -> dict:
-    """``key=value`` pairs; a value is read as JSON when it parses (8, 1e-3, null, ["q_proj"]), else as a string."""
-    out: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise SpecError("hyperparameters", f"--set takes key=value, got {pair!r}")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
+from pefthub.protocol.errors import SpecError
+from pefthub.protocol.peft import METHODS
+from pefthub.protocol.specs import TrainHyperparameters, parse_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="folder to write the adapter to (must not hold files)")
     parser.add_argument("--method", default="lora", choices=METHODS)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="a hyperparameter (repeatable); see pefthub.specs.TrainHyperparameters")
+                        help="a hyperparameter (repeatable); see pefthub.protocol.specs.TrainHyperparameters")
     args = parser.parse_args(argv)
 
     from . import Callbacks, Cancelled, DatasetError, QLoRAUnavailable, train
@@ -58,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_interrupt)
     try:
-        hp = TrainHyperparameters.from_dict(_parse_sets(args.sets), method=args.method)
+        hp = TrainHyperparameters.from_dict(parse_overrides(args.sets), method=args.method)
         result = train(method=args.method, hyperparameters=hp, base_dir=args.base, dataset_path=args.data,
                        output_dir=args.out, callbacks=Callbacks(on_event=emit, should_stop=lambda: stop["requested"]))
     except (SpecError, DatasetError, QLoRAUnavailable, FileExistsError) as exc:

@@ -11,7 +11,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pefthub.specs import LORA_METHODS, VIRTUAL_TOKEN_METHODS, SpecError, TrainHyperparameters
+from pefthub.protocol.errors import SpecError
+from pefthub.protocol.peft import ALL_LINEAR, LORA_METHODS, VIRTUAL_TOKEN_METHODS, unmatched_target
+from pefthub.protocol.specs import TrainHyperparameters
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +33,6 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "falcon": ["query_key_value"],
     "bloom": ["query_key_value"],
 }
-ALL_LINEAR = "all-linear"
 
 #: Leaf names of feed-forward output projections: IA3 scales these on their input side.
 _FEEDFORWARD_LEAVES = ("down_proj", "fc2", "w2", "dense_4h_to_h", "fc_out")
@@ -99,21 +100,18 @@ def skeleton(base_dir: Path) -> torch.nn.Module:
 
 
 def check_target_modules(model: torch.nn.Module, targets: list[str] | str | None) -> None:
-    """Every listed target must name an adaptable module of ``model`` (peft's matching rules)."""
-    if targets is None or targets == ALL_LINEAR:
-        return
+    """Every target must name an adaptable module of ``model``, by peft's matching rules."""
     adaptable = [name for name, module in model.named_modules() if isinstance(module, _adaptable_types())]
+    missing = unmatched_target(targets, adaptable)
+    if missing is None:
+        return
     linear_leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                             if isinstance(module, _linear_types())})
     where = "hyperparameters.target_modules"
     listing = f"its linear modules are: {', '.join(linear_leaves)}"
     if isinstance(targets, str):
-        if not any(re.fullmatch(targets, name) for name in adaptable):
-            raise SpecError(where, f"{where}: the regex {targets!r} matches no linear module of the base model; {listing}")
-        return
-    for target in targets:
-        if not any(name == target or name.endswith("." + target) for name in adaptable):
-            raise SpecError(where, f"{where}: the base model has no module `{target}`; {listing}")
+        raise SpecError(where, f"{where}: the regex {targets!r} matches no linear module of the base model; {listing}")
+    raise SpecError(where, f"{where}: the base model has no module `{missing}`; {listing}")
 
 
 # --- peft configs -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pefthub.specs import TrainHyperparameters
+from pefthub.protocol.specs import TrainHyperparameters
 
 from . import config as cfg
 from . import data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from pefthub.protocol.jobs import WORKER_EVENT_TYPES
 from pefthub_server.jobs.models import Job, JobEvent
 
 
@@ -46,7 +47,7 @@ class EventPageSerializer(serializers.Serializer):
 
 
 class JobCreateSerializer(serializers.Serializer):
-    """A train or merge spec (see docs/api.md and `pefthub.specs`); validated by the service."""
+    """A train or merge spec (see docs/api.md and `pefthub.protocol.specs`); validated by the service."""
 
     type = serializers.ChoiceField(choices=Job.Type.choices)
     queue = serializers.CharField(required=False)
@@ -76,7 +77,7 @@ class HeartbeatSerializer(serializers.Serializer):
 
 
 class EventInSerializer(serializers.Serializer):
-    type = serializers.ChoiceField(choices=[c for c in JobEvent.Type.values if c != "status"])
+    type = serializers.ChoiceField(choices=WORKER_EVENT_TYPES)
     data = serializers.DictField()
 
 

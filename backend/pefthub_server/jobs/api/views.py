@@ -7,10 +7,11 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import ValidationFailed
+from pefthub_server.core.http import validated
 from pefthub_server.core.pagination import Pagination
-from pefthub_server.core.validation import validated
 from pefthub_server.jobs import selectors, services
 from pefthub_server.jobs.api import serializers as s
 from pefthub_server.jobs.models import Job, JobEvent
@@ -72,7 +73,7 @@ class JobEventsView(APIView):
         job = selectors.job_get(user=request.user, job_id=job_id)
         try:
             after = int(request.query_params.get("after", 0))
-            limit = min(max(int(request.query_params.get("limit", 500)), 1), 1000)
+            limit = min(max(int(request.query_params.get("limit", 500)), 1), MAX_EVENTS_PER_BATCH)
         except ValueError:
             raise ValidationFailed("`after` and `limit` must be integers.") from None
         events = list(JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")[:limit])

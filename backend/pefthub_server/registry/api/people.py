@@ -9,8 +9,8 @@ from rest_framework.views import APIView
 from pefthub_server.core import tokens
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import NotFound
+from pefthub_server.core.http import validated
 from pefthub_server.core.models import ApiToken
-from pefthub_server.core.validation import validated
 from pefthub_server.registry import teams
 from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.models import Membership, Namespace

@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from pefthub_server.core.models import ApiToken, Scope
 from pefthub_server.registry.models import Membership, Repository, Role
+from pefthub_server.registry.serving import serving_facts
 
 
 class RepoSerializer(serializers.ModelSerializer):
@@ -111,8 +112,6 @@ class VersionSerializer(serializers.Serializer):
     serving = serializers.SerializerMethodField(help_text="Adapters: rank, targets, modules_to_save, mergeable, …")
 
     def get_serving(self, version) -> dict | None:
-        from pefthub_server.registry.hf.card import serving_facts
-
         return serving_facts(version.adapter_config)
 
     def get_job(self, version) -> str | None:

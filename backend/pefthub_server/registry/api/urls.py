@@ -6,9 +6,9 @@ from pefthub_server.registry.api import people, views
 
 app_name = "api"
 
-NS = r"(?P<ns>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
-NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,95})"
-REPO = rf"^repos/{NS}/{NAME}"
+# Any segment: the views check names and revisions with the shared grammar (pefthub.protocol.refs),
+# so a bad one is a 400 that says why, as in the SDK and under /hf.
+REPO = r"^repos/(?P<ns>[^/]+)/(?P<name>[^/]+)"
 
 urlpatterns = [
     path("", views.ApiRootView.as_view(), name="root"),

@@ -6,23 +6,22 @@ import re
 
 from django.conf import settings
 from django.db.models import Prefetch
-from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
+from pefthub.protocol.jobs import ACTIVE
+from pefthub.protocol.refs import LATEST, check_alias, is_sha256
 from pefthub_server import __version__
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import NotFound, PermissionDenied, TooLarge, ValidationFailed
-from pefthub_server.core.http import base_url, file_slice, parse_range
+from pefthub_server.core.http import base_url, bytes_response, validated
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.pagination import Pagination
-from pefthub_server.core.validation import validated
-from pefthub_server.registry import selectors, services
+from pefthub_server.registry import aliases, blobs, push, repositories, selectors
 from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.models import Alias, AliasMove, Membership, Repository, Version
-from pefthub_server.registry.refs import LATEST, SHA256_RE, check_revision
 from pefthub_server.registry.storage import get_blob_store
 
 
@@ -88,7 +87,7 @@ class RepoListView(APIView):
     def post(self, request):
         require_scope(request, "write", "create repositories")
         data = validated(s.RepoCreateSerializer, request.data)
-        repo = services.repository_create(user=request.user, **data)
+        repo = repositories.repository_create(user=request.user, **data)
         return Response(s.RepoSerializer(repo).data, status=201)
 
 
@@ -102,13 +101,13 @@ class RepoDetailView(APIView):
     def patch(self, request, ns, name):
         repo = _repo_for_change(request, ns, name, scope="write", role="write", action="update repositories")
         data = validated(s.RepoUpdateSerializer, request.data)
-        repo = services.repository_update(user=request.user, repo=repo, **data)
+        repo = repositories.repository_update(user=request.user, repo=repo, **data)
         return Response(s.RepoSerializer(repo).data)
 
     @extend_schema(summary="Delete a repository (namespace admin, admin-scope token)", responses={204: None})
     def delete(self, request, ns, name):
         repo = _repo_for_change(request, ns, name, scope="admin", role="admin", action="delete repositories")
-        services.repository_delete(user=request.user, repo=repo)
+        repositories.repository_delete(user=request.user, repo=repo)
         return Response(status=204)
 
 
@@ -120,7 +119,7 @@ class UploadView(APIView):
     def post(self, request, ns, name):
         repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
         files = request.data.get("files") if isinstance(request.data, dict) else None
-        return Response(services.upload_negotiate(repo=repo, files=files, base_url=base_url(request)))
+        return Response(push.upload_negotiate(repo=repo, files=files, base_url=base_url(request)))
 
 
 # --- versions ------------------------------------------------------------------------
@@ -170,16 +169,15 @@ class VersionListView(APIView):
         data = validated(s.VersionCreateSerializer, request.data)
         if data.get("job") is not None:
             data["job"] = _job_for_result(request, data["job"])
-        version, created = services.version_create(user=request.user, repo=repo, **data)
+        version, created = push.version_create(user=request.user, repo=repo, **data)
         return Response(version_detail_data(request, version, created=created), status=201 if created else 200)
 
 
 def _job_for_result(request, job_id):
     """The running job whose token made this request: only it may commit the job's result."""
-    from pefthub_server.jobs.models import Job
-
-    job = Job.objects.filter(pk=job_id, status__in=Job.ACTIVE).first()
-    if job is None or not isinstance(request.auth, ApiToken) or job.token_id != request.auth.pk:
+    # A job token knows its job (jobs.Job.token's reverse side): no import of the jobs app.
+    job = getattr(request.auth, "job", None) if isinstance(request.auth, ApiToken) else None
+    if job is None or job.pk != job_id or job.status not in ACTIVE:
         raise PermissionDenied(f"Only the token of running job {job_id.hex} may commit its result.")
     return job
 
@@ -188,7 +186,7 @@ class VersionDetailView(APIView):
     @extend_schema(summary="A version's manifest with download URLs", responses=s.VersionDetailSerializer)
     def get(self, request, ns, name, rev):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
-        version = selectors.version_resolve(repo=repo, revision=check_revision(rev))
+        version = selectors.version_resolve(repo=repo, revision=rev)
         return Response(version_detail_data(request, version))
 
 
@@ -206,14 +204,15 @@ class AliasListView(APIView):
     @extend_schema(summary="Aliases of a repository", responses=s.AliasSerializer(many=True))
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
-        aliases = [_alias_data(a) for a in repo.aliases.select_related("version", "updated_by")]
+        rows = [_alias_data(a) for a in repo.aliases.select_related("version", "updated_by")]
         if repo.latest_number:
-            aliases.insert(0, {"name": LATEST, "version": repo.latest_number, "updated_at": None, "updated_by": None})
-        return Response(aliases)
+            rows.insert(0, {"name": LATEST, "version": repo.latest_number, "updated_at": None, "updated_by": None})
+        return Response(rows)
 
 
 class AliasDetailView(APIView):
     def _alias(self, repo, alias):
+        check_alias(alias)
         found = repo.aliases.select_related("version", "updated_by").filter(name=alias).first()
         if found is None:
             raise NotFound(f"`{repo.full_name}` has no alias `{alias}`.")
@@ -237,13 +236,13 @@ class AliasDetailView(APIView):
         revision = request.data.get("version") if isinstance(request.data, dict) else None
         if revision is None or isinstance(revision, bool):
             raise ValidationFailed('Send {"version": <number, alias or sha256:digest>}.')
-        services.alias_set(user=request.user, repo=repo, alias=alias, revision=str(revision))
+        aliases.alias_set(user=request.user, repo=repo, alias=alias, revision=str(revision))
         return Response(_alias_data(self._alias(repo, alias)))
 
     @extend_schema(summary="Delete an alias", responses={204: None})
     def delete(self, request, ns, name, alias):
         repo = _repo_for_change(request, ns, name, scope="write", role="write", action="delete aliases")
-        services.alias_delete(user=request.user, repo=repo, alias=alias)
+        aliases.alias_delete(user=request.user, repo=repo, alias=alias)
         return Response(status=204)
 
 
@@ -257,7 +256,7 @@ class BlobView(APIView):
 
     def _store(self, sha256):
         store = get_blob_store()
-        if not store.serves_bytes or not SHA256_RE.match(sha256):
+        if not store.serves_bytes or not is_sha256(sha256):
             raise NotFound("Blob not found.")
         return store
 
@@ -277,23 +276,7 @@ class BlobView(APIView):
         filename = request.query_params.get("filename", "")
         if _FILENAME_RE.match(filename):
             headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-        byte_range = parse_range(request.headers.get("Range", ""), size)
-        if request.method == "HEAD":
-            response = HttpResponse(content_type="application/octet-stream", headers=headers)
-            response["Content-Length"] = str(size)
-            return response
-        if byte_range is None:
-            response = FileResponse(store.path(sha256).open("rb"), content_type="application/octet-stream", headers=headers)
-            response["Content-Length"] = str(size)
-            return response
-        start, end = byte_range
-        response = StreamingHttpResponse(
-            file_slice(store.path(sha256), start, end - start + 1), status=206,
-            content_type="application/octet-stream", headers=headers,
-        )
-        response["Content-Range"] = f"bytes {start}-{end}/{size}"
-        response["Content-Length"] = str(end - start + 1)
-        return response
+        return bytes_response(request, size=size, headers=headers, path=store.path(sha256))
 
     @extend_schema(summary="Upload a blob (local backend; signed URL or write token)", request=bytes, responses={201: dict})
     def put(self, request, sha256):
@@ -306,5 +289,5 @@ class BlobView(APIView):
         if expected is not None and expected > settings.PEFTHUB_MAX_FILE_SIZE:
             raise TooLarge(f"Blob of {expected} bytes exceeds PEFTHUB_MAX_FILE_SIZE ({settings.PEFTHUB_MAX_FILE_SIZE}).")
         size = store.save_stream(sha256, request._request, expected)
-        services.blob_register(sha256=sha256, size=size)
+        blobs.blob_register(sha256=sha256, size=size)
         return Response({"sha256": sha256, "size": size}, status=201)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from pefthub.queue_config import HUB_QUEUE
+from pefthub.protocol.jobs import HUB_QUEUE
 
 
 class Command(BaseCommand):
@@ -14,7 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("--loglevel", default="info")
 
     def handle(self, *args, **opts):
-        from pefthub_server.celery import app
+        from pefthub_server.jobs.tasks import app
 
         app.worker_main(["worker", "--beat", "-Q", HUB_QUEUE, "--concurrency", "1", "--pool", "solo",
                          "--loglevel", opts["loglevel"], "--without-gossip", "--without-mingle"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from pefthub.protocol.errors import ProtocolError
 from pefthub_server.core.errors import HubError
 from pefthub_server.core.models import Scope
 from pefthub_server.core.tokens import token_create
@@ -31,7 +32,7 @@ class Command(BaseCommand):
             _, secret = token_create(
                 user=user, name=opts["token_name"], scope=opts["scope"], expires_in_days=opts["expires_in_days"]
             )
-        except HubError as exc:
+        except (HubError, ProtocolError) as exc:
             raise CommandError(exc.message) from exc
         where = f" in team {opts['team']} ({opts['role']})" if opts["team"] else ""
         self.stderr.write(f"user {user.username}{where}: new {opts['scope']} token")

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand
 
-from pefthub_server.registry.services import blobs_collect
+from pefthub_server.registry.blobs import blobs_collect
 
 
 class Command(BaseCommand):

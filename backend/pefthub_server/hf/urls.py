@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from django.urls import path, re_path
+
+from pefthub_server.hf import views
+
+# Any segment: the views check names with the shared grammar (pefthub.protocol.refs).
+NS = r"(?P<ns>[^/]+)"
+NAME = r"(?P<name>[^/]+)"
+TYPE = r"(?P<repo_type>models|datasets)"
+REV = r"(?P<rev>[^/]+)"
+
+urlpatterns = [
+    re_path(rf"^api/{TYPE}/{NS}/{NAME}$", views.repo_info),
+    re_path(rf"^api/{TYPE}/{NS}/{NAME}/revision/{REV}$", views.repo_info),
+    re_path(rf"^api/{TYPE}/{NS}/{NAME}/tree/{REV}$", views.tree),
+    re_path(rf"^api/{TYPE}/{NS}/{NAME}/tree/{REV}/(?P<path>.+)$", views.tree),
+    re_path(rf"^{NS}/{NAME}/resolve/{REV}/(?P<path>.+)$", views.resolve, {"repo_type": "models"}),
+    re_path(rf"^datasets/{NS}/{NAME}/resolve/{REV}/(?P<path>.+)$", views.resolve, {"repo_type": "datasets"}),
+    path("<path:path>", views.not_found),
+]

@@ -1,0 +1,273 @@
+"""A Hugging Face Hub-compatible read API under ``/hf/``.
+
+With ``HF_ENDPOINT=http://hub:8000/hf HF_TOKEN=<hub token>``, huggingface_hub (and so
+peft, transformers, vLLM, TGI) fetch ``namespace/name`` from the hub unchanged: repo
+info, file trees, and ``resolve`` downloads (bytes from the local store, or a 302 to a
+presigned S3 URL). Revisions: ``main`` (the latest version), an alias, a version number,
+or the 40-hex commit id (the first 40 hex digits of the version digest, stable forever).
+Errors carry ``X-Error-Code`` as the Hub's do; private repos are ``RepoNotFound`` to
+outsiders, and names or revisions outside the hub's grammar are ``RepoNotFound`` or
+``RevisionNotFound`` with the reason. No Xet fields are ever sent (clients would switch
+protocols and fail).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.http import HttpResponseRedirect, JsonResponse
+from django.views.decorators.http import require_http_methods
+
+from pefthub.protocol import peft_compat
+from pefthub.protocol.errors import ProtocolError
+from pefthub.protocol.manifest import ADAPTER_CONFIG, MODEL_CARD
+from pefthub.protocol.refs import HF_VARIANT_PREFIX, hf_commit, is_hf_commit
+from pefthub_server.core.auth import TokenAuthentication
+from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
+from pefthub_server.core.http import base_url, bytes_response
+from pefthub_server.hf.card import card_data, render_card
+from pefthub_server.registry.models import Repository, Version, VersionFile
+from pefthub_server.registry.selectors import repository_get, version_by_digest_prefix, version_resolve
+from pefthub_server.registry.storage import get_blob_store
+
+KINDS = {"models": (Repository.Kind.ADAPTER, Repository.Kind.MODEL), "datasets": (Repository.Kind.DATASET,)}
+
+
+class HfError(Exception):
+    def __init__(self, status: int, code: str | None, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(exc: HfError) -> JsonResponse:
+    response = JsonResponse({"error": exc.message}, status=exc.status)
+    if exc.code:
+        response["X-Error-Code"] = exc.code
+    response["X-Error-Message"] = exc.message
+    return response
+
+
+def hf_view(view):
+    """Authenticate like HF_TOKEN does and render errors as the Hub does."""
+
+    def wrapped(request, *args, **kwargs):
+        try:
+            auth = TokenAuthentication().authenticate(request)
+        except AuthenticationFailed as exc:
+            return _error(HfError(401, None, exc.message))
+        if auth is not None:
+            request.user, request.auth = auth
+        try:
+            return view(request, *args, **kwargs)
+        except HfError as exc:
+            return _error(exc)
+        except HubError as exc:  # a range outside the file (416), ...
+            return _error(HfError(exc.status, None, exc.message))
+
+    wrapped.__name__ = view.__name__
+    return wrapped
+
+
+@dataclass
+class Entry:
+    path: str
+    sha256: str
+    size: int
+    generated: bytes | None = None  # the model card, or an adapter config adjusted for an older peft
+    dropped: list[str] | None = None
+
+
+def _repo(request, repo_type: str, ns: str, name: str) -> Repository:
+    try:
+        return repository_get(user=request.user, namespace=ns, name=name, kinds=KINDS[repo_type])
+    except (NotFound, ProtocolError) as exc:
+        why = f" ({exc.message})" if isinstance(exc, ProtocolError) else ""
+        raise HfError(404, "RepoNotFound", f"Repository Not Found for url: {request.path}{why}. Make sure your token "
+                      f"can read `{ns}/{name}` (HF_TOKEN must be a PEFT Hub token).") from None
+
+
+COMPAT_RE = re.compile(r"^(?P<rev>.+)\+peft-(?P<peft>[0-9][0-9A-Za-z.]*)$")
+
+
+def _variant(peft: str) -> str:
+    return f"peft-{peft}"
+
+
+@dataclass
+class Resolved:
+    """A version as the HF view shows it; ``peft`` set when its adapter config is adjusted for an older peft."""
+
+    version: Version
+    peft: str | None = None
+
+    @property
+    def commit(self) -> str:
+        # An adjusted config gets a commit of its own, so HF caches never mix it with the original.
+        return hf_commit(self.version.digest, None if self.peft is None else _variant(self.peft))
+
+
+def _resolve(repo: Repository, revision: str) -> Resolved:
+    """``main``, an alias, a number or a 40-hex commit; ``<rev>+peft-0.13`` adjusts the adapter config for peft 0.13."""
+    match = COMPAT_RE.match(revision)
+    if match is None:
+        try:
+            return Resolved(_version(repo, revision))
+        except HfError:
+            if is_hf_commit(revision) and (resolved := _variant_commit(repo, revision)) is not None:
+                return resolved
+            raise
+    try:
+        peft = peft_compat.resolve_version(match["peft"])
+    except ValueError as exc:
+        raise HfError(404, "RevisionNotFound", f"Invalid rev id: {revision}: {exc}") from None
+    return Resolved(_version(repo, match["rev"]), peft if repo.kind == Repository.Kind.ADAPTER else None)
+
+
+def _variant_commit(repo: Repository, commit: str) -> Resolved | None:
+    """The version and peft release whose adjusted-config commit is ``commit``: one indexed lookup, then the table."""
+    version = version_by_digest_prefix(repo=repo, prefix=commit[:HF_VARIANT_PREFIX])
+    if version is None:
+        return None
+    peft = next((p for p in peft_compat.tabled_versions() if hf_commit(version.digest, _variant(p)) == commit), None)
+    return None if peft is None else Resolved(version, peft)
+
+
+def _version(repo: Repository, revision: str) -> Version:
+    try:
+        return version_resolve(repo=repo, revision=revision, hf=True)
+    except (NotFound, ProtocolError) as exc:
+        raise HfError(404, "RevisionNotFound", f"Invalid rev id: {revision} for `{repo.full_name}`: {exc}") from None
+
+
+def _generated(path: str, data: bytes) -> Entry:
+    return Entry(path, hashlib.sha256(data).hexdigest(), len(data), generated=data)
+
+
+def _entries(request, resolved: Resolved) -> list[Entry]:
+    version = resolved.version
+    files = [Entry(f.path, f.blob_id, f.size) for f in VersionFile.objects.filter(version=version).order_by("path")
+             if f.path != MODEL_CARD]
+    if resolved.peft is not None:
+        files = [_compat_config(e, resolved.peft) if e.path == ADAPTER_CONFIG else e for e in files]
+    files.append(_generated(MODEL_CARD, render_card(version, hub_url=base_url(request))))
+    return sorted(files, key=lambda e: e.path)
+
+
+def _compat_config(entry: Entry, peft: str) -> Entry:
+    config = json.loads(get_blob_store().read_range(entry.sha256, 0, entry.size))
+    adjusted, dropped = peft_compat.drop_unknown_keys(config, peft)
+    item = _generated(entry.path, (json.dumps(adjusted, indent=2, sort_keys=True) + "\n").encode())
+    item.dropped = dropped
+    return item
+
+
+def _info(request, repo: Repository, resolved: Resolved) -> dict:
+    version = resolved.version
+    data = card_data(version)
+    tags = list(data.get("tags", []))
+    if data.get("base_model"):
+        tags.append(f"base_model:{data['base_model_relation']}:{data['base_model']}")
+    return {
+        "_id": f"{repo.pk:024x}", "id": repo.full_name, "modelId": repo.full_name, "author": repo.namespace.name,
+        "sha": resolved.commit, "lastModified": version.created_at.isoformat().replace("+00:00", "Z"),
+        "createdAt": repo.created_at.isoformat().replace("+00:00", "Z"),
+        "private": repo.visibility != Repository.Visibility.PUBLIC, "disabled": False, "gated": False,
+        "downloads": 0, "likes": 0, "tags": tags, "library_name": data.get("library_name"),
+        "pipeline_tag": "text-generation" if repo.kind != Repository.Kind.DATASET else None,
+        "cardData": data, "siblings": [{"rfilename": e.path} for e in _entries(request, resolved)],
+        "usedStorage": version.size,
+    }
+
+
+@require_http_methods(["GET"])
+@hf_view
+def repo_info(request, repo_type, ns, name, rev="main"):
+    repo = _repo(request, repo_type, ns, name)
+    return JsonResponse(_info(request, repo, _resolve(repo, rev)))
+
+
+def _tree_item(entry: Entry) -> dict:
+    item = {"type": "file", "oid": entry.sha256[:40], "size": entry.size, "path": entry.path}
+    if entry.path.endswith(".safetensors"):
+        item["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": 134}
+    return item
+
+
+@require_http_methods(["GET"])
+@hf_view
+def tree(request, repo_type, ns, name, rev, path=""):
+    repo = _repo(request, repo_type, ns, name)
+    resolved = _resolve(repo, rev)
+    prefix = path.strip("/")
+    recursive = request.GET.get("recursive", "").lower() in ("1", "true")
+    items: dict[str, dict] = {}
+    for entry in _entries(request, resolved):
+        if prefix and not entry.path.startswith(prefix + "/"):
+            continue
+        rest = entry.path[len(prefix) + 1 :] if prefix else entry.path
+        parts = rest.split("/")
+        for depth in range(1, len(parts)):  # the folders on the way down
+            if not recursive and depth > 1:
+                break
+            folder = "/".join(([prefix] if prefix else []) + parts[:depth])
+            items.setdefault(folder, {"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                                      "size": 0, "path": folder})
+        if recursive or len(parts) == 1:
+            items[entry.path] = _tree_item(entry)
+    if prefix and not items:
+        raise HfError(404, "EntryNotFound", f"`{prefix}` does not exist in `{repo.full_name}` at {rev}.")
+    ordered = sorted(items.values(), key=lambda i: i["path"])
+    page_size = settings.PEFTHUB_HF_TREE_PAGE_SIZE
+    start = _cursor(request.GET.get("cursor"))
+    response = JsonResponse(ordered[start : start + page_size], safe=False)
+    if start + page_size < len(ordered):
+        query = request.GET.copy()
+        query["cursor"] = base64.urlsafe_b64encode(str(start + page_size).encode()).decode()
+        response["Link"] = f'<{request.build_absolute_uri(request.path)}?{query.urlencode()}>; rel="next"'
+    return response
+
+
+def _cursor(raw: str | None) -> int:
+    if not raw:
+        return 0
+    try:
+        return max(int(base64.urlsafe_b64decode(raw.encode()).decode()), 0)
+    except ValueError:
+        raise HfError(400, None, "Invalid cursor.") from None
+
+
+@require_http_methods(["GET", "HEAD"])
+@hf_view
+def resolve(request, repo_type, ns, name, rev, path):
+    repo = _repo(request, repo_type, ns, name)
+    resolved = _resolve(repo, rev)
+    entry = next((e for e in _entries(request, resolved) if e.path == path), None)
+    if entry is None:
+        raise HfError(404, "EntryNotFound", f"{path} does not exist in `{repo.full_name}` at revision {rev}.")
+    headers = {"X-Repo-Commit": resolved.commit, "ETag": f'"{entry.sha256}"', "Accept-Ranges": "bytes",
+               "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"'}
+    if entry.dropped:
+        headers["X-PeftHub-Dropped-Keys"] = ",".join(entry.dropped)
+    store = get_blob_store()
+    if entry.generated is None and not store.serves_bytes:
+        # Bytes come straight from S3: a presigned URL, with the real file's etag and size.
+        location = store.download_url(entry.sha256, base_url=base_url(request), filename=path.rsplit("/", 1)[-1],
+                                      expires=settings.PEFTHUB_URL_TTL)
+        response = HttpResponseRedirect(location)
+        response["X-Linked-Etag"] = f'"{entry.sha256}"'
+        response["X-Linked-Size"] = str(entry.size)
+        response["X-Repo-Commit"] = headers["X-Repo-Commit"]
+        response["ETag"] = headers["ETag"]
+        return response
+    if entry.generated is not None:
+        return bytes_response(request, size=entry.size, headers=headers, content=entry.generated, content_type="text/markdown")
+    return bytes_response(request, size=entry.size, headers=headers, path=store.path(entry.sha256))
+
+
+def not_found(request, path=""):
+    return _error(HfError(404, None, f"No Hugging Face-compatible endpoint at {request.path}."))

@@ -1,0 +1,54 @@
+"""Aliases: movable names for versions (`prod`, `staging`); every set, move and delete is recorded."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from pefthub.protocol.refs import LATEST, check_alias
+from pefthub_server.core.errors import NotFound, ValidationFailed
+from pefthub_server.registry.models import Alias, AliasMove, Repository, Version
+from pefthub_server.registry.selectors import version_resolve
+
+
+def check_settable(alias: str) -> str:
+    """An alias name a user may set: in the grammar, and not `latest`, which always names the newest version."""
+    check_alias(alias)
+    if alias == LATEST:
+        raise ValidationFailed("`latest` always names the newest version; it cannot be set, moved or deleted.")
+    return alias
+
+
+def alias_move(*, user, repo: Repository, alias: str, version: Version) -> Alias:
+    """Point ``alias`` at ``version`` and record the move; the caller holds a transaction."""
+    current = Alias.objects.select_for_update().filter(repository=repo, name=alias).select_related("version").first()
+    if current is not None and current.version_id == version.pk:
+        return current
+    AliasMove.objects.create(
+        repository=repo, alias=alias, from_number=current.version.number if current else None,
+        to_number=version.number, moved_by=user,
+    )
+    if current is None:
+        return Alias.objects.create(repository=repo, name=alias, version=version, updated_by=user)
+    current.version = version
+    current.updated_by = user
+    current.save(update_fields=["version", "updated_by", "updated_at"])
+    return current
+
+
+def alias_set(*, user, repo: Repository, alias: str, revision: str) -> Alias:
+    check_settable(alias)
+    version = version_resolve(repo=repo, revision=str(revision))
+    with transaction.atomic():
+        return alias_move(user=user, repo=repo, alias=alias, version=version)
+
+
+def alias_delete(*, user, repo: Repository, alias: str) -> None:
+    check_settable(alias)
+    with transaction.atomic():
+        current = Alias.objects.select_for_update().filter(repository=repo, name=alias).select_related("version").first()
+        if current is None:
+            raise NotFound(f"`{repo.full_name}` has no alias `{alias}`.")
+        AliasMove.objects.create(
+            repository=repo, alias=alias, from_number=current.version.number, to_number=None, moved_by=user
+        )
+        current.delete()

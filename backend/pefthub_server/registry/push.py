@@ -1,0 +1,243 @@
+"""Pushing a version: negotiate which blobs are missing, then commit the version from verified blobs.
+
+A commit runs in four steps, and nothing is visible until the last: verify every
+blob's size and hash (:func:`_verify_blobs`), read and check every file's content
+(:func:`_inspect`, which writes nothing), store what the hub rewrites (an adapter's
+config names its base by hub reference), then create the version, its files and its
+aliases in one transaction under the repository's row lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+
+from pefthub.protocol.manifest import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, Entry, manifest_digest, parse_manifest
+from pefthub_server.core.errors import ValidationFailed
+from pefthub_server.registry import acceptance, compatibility
+from pefthub_server.registry.aliases import alias_move, check_settable
+from pefthub_server.registry.blobs import blob_register
+from pefthub_server.registry.models import Blob, Repository, Version, VersionFile
+from pefthub_server.registry.repositories import base_resolve
+from pefthub_server.registry.storage import BlobStore, get_blob_store
+
+#: the prefix read of every file: its magic bytes and (mostly) its whole safetensors header
+_PREFIX = 64 * 1024
+_MAX_CONFIG_SIZE = 64 * 1024 * 1024
+
+
+def _entries(files) -> list[Entry]:
+    """The manifest a client sent, every path, hash, size and file type checked before any byte moves."""
+    entries = parse_manifest(files)
+    for entry in entries:
+        acceptance.check_file_type(entry.path)
+        if entry.size > settings.PEFTHUB_MAX_FILE_SIZE:
+            raise ValidationFailed(
+                f"`{entry.path}` is {entry.size} bytes; the limit is {settings.PEFTHUB_MAX_FILE_SIZE} (PEFTHUB_MAX_FILE_SIZE).",
+                code="too_large", status=413,
+            )
+    return entries
+
+
+def upload_negotiate(*, repo: Repository, files, base_url: str) -> dict:
+    """Which blobs the client must upload, and where. Bad paths and file types fail here, before any byte moves."""
+    sizes: dict[str, int] = {}
+    for entry in _entries(files):
+        if sizes.setdefault(entry.sha256, entry.size) != entry.size:
+            raise ValidationFailed(f"Blob {entry.sha256} is declared with two sizes.", code="size_mismatch")
+    present = dict(Blob.objects.filter(sha256__in=sizes).values_list("sha256", "size"))
+    store = get_blob_store()
+    missing = [
+        {"sha256": sha, "size": size, "upload": store.upload_target(sha, size, base_url=base_url)}
+        for sha, size in sizes.items() if present.get(sha) != size
+    ]
+    return {"missing": missing, "present": sorted(present)}
+
+
+def _verify_blobs(entries: list[Entry]) -> None:
+    known = dict(Blob.objects.filter(sha256__in={e.sha256 for e in entries}).values_list("sha256", "size"))
+    store = get_blob_store()
+    for entry in entries:
+        if entry.sha256 in known:
+            if known[entry.sha256] != entry.size:
+                raise ValidationFailed(
+                    f"`{entry.path}` is declared as {entry.size} bytes but blob {entry.sha256} has {known[entry.sha256]}.",
+                    code="size_mismatch",
+                )
+            continue
+        try:
+            store.verify(entry.sha256, entry.size)
+        except ValidationFailed as exc:
+            exc.message = f"`{entry.path}`: {exc.message}"
+            raise
+        blob_register(sha256=entry.sha256, size=entry.size)
+        known[entry.sha256] = entry.size
+
+
+@dataclass
+class _Inspection:
+    """What a version records about itself, and the files the hub rewrites before storing them."""
+
+    adapter_config: dict | None = None
+    fingerprint: dict | None = None
+    peft_type: str = ""
+    rewrites: dict[str, bytes] = field(default_factory=dict)
+
+
+def _prefix_reader(store: BlobStore, entry: Entry):
+    """The file's first 64 KiB (one ranged GET on S3) and a reader that serves from it when it can.
+
+    The magic-byte check and most safetensors headers then cost one request per file.
+    """
+    head = store.read_range(entry.sha256, 0, min(entry.size, _PREFIX))
+
+    def read_range(start: int, length: int) -> bytes:
+        if start + length <= len(head):
+            return head[start : start + length]
+        return store.read_range(entry.sha256, start, length)
+
+    return head, read_range
+
+
+def _read_json(store: BlobStore, entry: Entry) -> tuple[bytes, dict]:
+    if entry.size > _MAX_CONFIG_SIZE:
+        raise ValidationFailed(f"`{entry.path}` is too large for a config file ({entry.size} bytes).", code="invalid_json")
+    raw = store.read_range(entry.sha256, 0, entry.size)
+    return raw, acceptance.parse_json(entry.path, raw)
+
+
+def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | None) -> _Inspection:
+    """Check every file's content and compute what the version records; reads blobs, writes nothing."""
+    store = get_blob_store()
+    by_path = {e.path: e for e in entries}
+    headers: dict[str, dict] = {}
+    for entry in entries:
+        category = acceptance.check_file_type(entry.path)
+        head, read_range = _prefix_reader(store, entry)
+        acceptance.check_magic(entry.path, head[:16])
+        if category == "safetensors":
+            headers[entry.path] = acceptance.parse_safetensors_header(entry.path, entry.size, read_range)
+    result = _Inspection()
+    if repo.kind == Repository.Kind.MODEL:
+        if MODEL_CONFIG not in by_path or not headers:
+            raise ValidationFailed(
+                f"A model version needs `{MODEL_CONFIG}` and its weights as `*.safetensors` at the top level.",
+                code="validation_error",
+            )
+        tensors = {name: info for header in headers.values() for name, info in header.items()}
+        result.fingerprint = compatibility.compute_fingerprint(_read_json(store, by_path[MODEL_CONFIG])[1], tensors)
+    elif repo.kind == Repository.Kind.ADAPTER:
+        if ADAPTER_CONFIG not in by_path:
+            raise ValidationFailed(
+                f"An adapter version needs `{ADAPTER_CONFIG}` at the top level (what peft's save_pretrained writes).",
+                code="invalid_adapter_config",
+            )
+        raw, config = _read_json(store, by_path[ADAPTER_CONFIG])
+        adapter = acceptance.parse_adapter_config(raw)
+        weights = headers.get(ADAPTER_WEIGHTS)
+        if weights is None:
+            raise ValidationFailed(
+                f"An adapter version needs `{ADAPTER_WEIGHTS}` (peft's save_pretrained with safe_serialization).",
+                code="invalid_adapter_config",
+            )
+        base_label = f"{base_version.repository.full_name}@{base_version.number}"
+        compatibility.check_adapter_against_base(adapter, weights, base_version.fingerprint or {}, base_label=base_label)
+        # The stored config names the base by its hub reference, never a path on the pusher's machine.
+        base_ref = repo.base_model.full_name
+        if config.get("base_model_name_or_path") != base_ref:
+            config["base_model_name_or_path"] = adapter["base_model_name_or_path"] = base_ref
+            result.rewrites[ADAPTER_CONFIG] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        result.adapter_config = adapter
+        result.peft_type = adapter.get("peft_type") or ""
+    return result
+
+
+def _store_rewrites(entries: list[Entry], rewrites: dict[str, bytes]) -> list[Entry]:
+    """Store each rewritten file as a blob; the entries with the rewritten files in place of the pushed ones."""
+    store = get_blob_store()
+    out = []
+    for entry in entries:
+        data = rewrites.get(entry.path)
+        if data is None:
+            out.append(entry)
+            continue
+        rewritten = Entry(entry.path, hashlib.sha256(data).hexdigest(), len(data))
+        store.save_bytes(rewritten.sha256, data)
+        blob_register(sha256=rewritten.sha256, size=rewritten.size)
+        out.append(rewritten)
+    return out
+
+
+def _base_for_push(*, user, repo: Repository, base_model: str | None) -> Version | None:
+    """The base version an adapter version is checked against (and records); None for other kinds."""
+    if repo.kind != Repository.Kind.ADAPTER:
+        if base_model:
+            raise ValidationFailed(f"Only adapters name a base model; `{repo.full_name}` is a {repo.kind}.")
+        return None
+    base_ref = base_model or (repo.base_model.full_name if repo.base_model else None)
+    if not base_ref:
+        raise ValidationFailed("Pushing an adapter needs base_model=`namespace/name`.", code="base_model_required")
+    base, base_version = base_resolve(user=user, ref=base_ref)
+    if repo.base_model_id and base.pk != repo.base_model_id:
+        raise ValidationFailed(
+            f"`{repo.full_name}` is filed against base `{repo.base_model.full_name}`, not `{base.full_name}`.",
+            code="validation_error",
+        )
+    if base_version is None:
+        raise ValidationFailed(f"Base model `{base.full_name}` has no version yet; push the base first.")
+    repo.base_model = base
+    return base_version
+
+
+def version_create(
+    *, user, repo: Repository, files, message: str = "", base_model: str | None = None,
+    metadata: dict | None = None, aliases: list[str] | tuple[str, ...] = (), job=None,
+) -> tuple[Version, bool]:
+    """Commit a version from verified blobs. Returns (version, created).
+
+    Identical to the latest version -> (latest, False). With ``job`` (a running Job), the
+    job's first result is returned for every later commit: one result version per job.
+    """
+    entries = _entries(files)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValidationFailed("metadata must be a JSON object.")
+    for alias in aliases:
+        check_settable(alias)
+    base_version = _base_for_push(user=user, repo=repo, base_model=base_model)
+
+    _verify_blobs(entries)
+    inspected = _inspect(repo=repo, entries=entries, base_version=base_version)
+    entries = _store_rewrites(entries, inspected.rewrites)
+    digest = manifest_digest(entries)
+
+    with transaction.atomic():
+        locked = Repository.objects.select_for_update().get(pk=repo.pk)
+        if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
+            return earlier, False
+        latest = Version.objects.filter(repository=locked).order_by("-number").first()
+        if latest is not None and latest.digest == digest and job is None:
+            version, created = latest, False
+        else:
+            number = (Version.objects.filter(repository=locked).aggregate(m=Max("number"))["m"] or 0) + 1
+            version = Version.objects.create(
+                repository=locked, number=number, digest=digest, message=message or "", metadata=metadata or {},
+                adapter_config=inspected.adapter_config, fingerprint=inspected.fingerprint, base_version=base_version,
+                size=sum(e.size for e in entries), file_count=len(entries), created_by=user, job=job,
+            )
+            VersionFile.objects.bulk_create(
+                [VersionFile(version=version, path=e.path, blob_id=e.sha256, size=e.size) for e in entries]
+            )
+            created = True
+            locked.latest_number = number
+            locked.peft_type = inspected.peft_type
+            if repo.kind == Repository.Kind.ADAPTER and locked.base_model_id is None:
+                locked.base_model = repo.base_model
+            locked.save(update_fields=["latest_number", "peft_type", "base_model", "updated_at"])
+        for alias in aliases:
+            alias_move(user=user, repo=locked, alias=alias, version=version)
+    return version, created

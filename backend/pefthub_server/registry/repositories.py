@@ -1,0 +1,82 @@
+"""Repositories: create (in your namespace or a team's), update description and visibility, delete."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+
+from pefthub.protocol.refs import check_name, parse_ref
+from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
+from pefthub_server.registry.models import Membership, Namespace, Repository, Role, Version
+from pefthub_server.registry.selectors import repository_get, require_namespace_role, version_resolve
+from pefthub_server.registry.teams import user_namespace_ensure
+
+
+def base_resolve(*, user, ref: str) -> tuple[Repository, Version | None]:
+    """The model repository ``ref`` names (readable by ``user``) and its version, None while it has none."""
+    parsed = parse_ref(ref, field="base_model")
+    base = repository_get(user=user, namespace=parsed.namespace, name=parsed.name)
+    if base.kind != Repository.Kind.MODEL:
+        raise ValidationFailed(f"base_model `{base.full_name}` is a {base.kind} repository, not a model.")
+    version = version_resolve(repo=base, revision=parsed.revision) if base.latest_number else None
+    return base, version
+
+
+def _check_choice(field: str, value: str, choices) -> None:
+    if value not in choices.values:
+        raise ValidationFailed(f"{field} {value!r} is invalid; use one of {', '.join(choices.values)}.")
+
+
+def repository_create(
+    *, user, namespace: str | None = None, name: str, kind: str, visibility: str = Repository.Visibility.PRIVATE,
+    description: str = "", base_model: str | None = None,
+) -> Repository:
+    check_name(name)
+    _check_choice("kind", kind, Repository.Kind)
+    _check_choice("visibility", visibility, Repository.Visibility)
+    ns = Namespace.objects.filter(name=namespace).first() if namespace else user_namespace_ensure(user=user)
+    if ns is None:
+        raise NotFound(f"Namespace `{namespace}` not found.")
+    if ns.user_id != user.id:
+        if not Membership.objects.filter(namespace=ns, user=user).exists():
+            raise NotFound(f"Namespace `{namespace}` not found (or you are not a member).")
+        require_namespace_role(user, ns, Role.WRITE, action=f"create repositories in `{ns.name}`")
+    base = None
+    if kind == Repository.Kind.ADAPTER:
+        if not base_model:
+            raise ValidationFailed(
+                "An adapter repository needs a base model: pass base_model=`namespace/name` of a model repository.",
+                code="base_model_required",
+            )
+        base, _ = base_resolve(user=user, ref=base_model)
+    elif base_model:
+        raise ValidationFailed(f"Only adapter repositories name a base model; this one is a {kind}.")
+    try:
+        with transaction.atomic():
+            return Repository.objects.create(
+                namespace=ns, name=name, kind=kind, visibility=visibility, description=description or "",
+                base_model=base, created_by=user,
+            )
+    except IntegrityError:
+        raise Conflict(f"Repository `{ns.name}/{name}` already exists.") from None
+
+
+def repository_update(*, user, repo: Repository, description: str | None = None, visibility: str | None = None) -> Repository:
+    fields = []
+    if description is not None:
+        repo.description = description
+        fields.append("description")
+    if visibility is not None and visibility != repo.visibility:
+        _check_choice("visibility", visibility, Repository.Visibility)
+        require_namespace_role(user, repo.namespace, Role.ADMIN, action=f"change the visibility of `{repo.full_name}`")
+        repo.visibility = visibility
+        fields.append("visibility")
+    if fields:
+        repo.save(update_fields=[*fields, "updated_at"])
+    return repo
+
+
+def repository_delete(*, user, repo: Repository) -> None:
+    require_namespace_role(user, repo.namespace, Role.ADMIN, action=f"delete `{repo.full_name}`")
+    if Version.objects.filter(base_version__repository=repo).exclude(repository=repo).exists() or repo.adapters.exists():
+        raise Conflict(f"`{repo.full_name}` is the base of other repositories; delete or re-base those first.")
+    repo.delete()

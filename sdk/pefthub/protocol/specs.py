@@ -1,0 +1,450 @@
+"""Job specs: what a ``train`` or ``merge`` job asks a worker to do.
+
+One schema, three readers: the SDK checks a spec before sending it, the server
+validates it at submit time, the worker reads it back. Pure standard library, so the
+server never imports torch and the SDK stays light.
+
+Every check raises :class:`SpecError` naming the bad field (``hyperparameters.r``),
+the rule and the value; unknown keys are errors, never silently ignored.
+
+    spec = spec_from_dict({"type": "train", "base_model": "acme/llama-tiny", "dataset": "acme/data",
+                           "output": "acme/bot", "method": "lora", "hyperparameters": {"r": 8}})
+    spec.hyperparameters.lora_alpha_resolved   # 16
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from .errors import RefError, SpecError
+from .jobs import DEFAULT_QUEUE, JOB_TYPES, MERGE, QUEUES, TRAIN
+from .limits import DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_MESSAGE_LENGTH
+from .manifest import path_problem
+from .peft import LORA_METHODS, METHODS
+from .refs import LATEST, check_alias, parse_ref
+
+COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties")
+DTYPES = ("float32", "bfloat16", "float16")
+
+__all__ = [
+    "COMBINATIONS", "DTYPES", "AdapterWeight", "JobRequest", "MergeSpec", "SpecError", "TrainHyperparameters",
+    "TrainSpec", "parse_job_request", "parse_overrides", "spec_from_dict",
+]
+
+
+# --- value checks -------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    ok = _is_int(value) and value >= minimum and (maximum is None or value <= maximum)
+    if not ok:
+        rule = "an integer > 0" if minimum == 1 else f"an integer >= {minimum}"
+        if maximum is not None:
+            rule += f" and <= {maximum}"
+        raise SpecError(name, f"{name} must be {rule}, got {value!r}")
+    return value
+
+
+def _float(name: str, value: Any, *, low: float, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, rule: str) -> float:
+    ok = _is_number(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+    if not ok:
+        raise SpecError(name, f"{name} must be {rule}, got {value!r}")
+    return float(value)
+
+
+def _str(name: str, value: Any, *, max_length: int | None = None) -> str:
+    if not isinstance(value, str):
+        raise SpecError(name, f"{name} must be a string, got {type(value).__name__}")
+    if max_length is not None and len(value) > max_length:
+        raise SpecError(name, f"{name} is too long ({len(value)} characters; at most {max_length})")
+    return value
+
+
+def _ref(name: str, value: Any, *, allow_revision: bool) -> str:
+    if value is None:
+        raise SpecError(name, f"{name} is required")
+    if not isinstance(value, str):
+        raise SpecError(name, f"{name} must be a reference string, got {type(value).__name__}")
+    try:
+        return str(parse_ref(value, field=name, allow_revision=allow_revision))
+    except RefError as exc:
+        raise SpecError(name, exc.message) from None
+
+
+def _aliases(name: str, value: Any) -> list[str]:
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(name, f"{name} must be a list of alias names, got {type(value).__name__}")
+    out: list[str] = []
+    for i, alias in enumerate(value):
+        try:
+            check_alias(alias)
+        except RefError as exc:
+            raise SpecError(f"{name}[{i}]", f"{name}[{i}]: {exc.message}") from None
+        if alias == LATEST:
+            raise SpecError(f"{name}[{i}]", f"{name}[{i}]: `latest` always names the newest version; it cannot be set")
+        if alias not in out:
+            out.append(alias)
+    return out
+
+
+def _check_keys(where: str, data: Any, allowed: list[str]) -> dict:
+    if not isinstance(data, dict):
+        raise SpecError(where or "spec", f"{where or 'the spec'} must be a JSON object, got {type(data).__name__}")
+    for key in data:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else str(key)
+            raise SpecError(name, f"unknown key {name!r}; allowed: {', '.join(allowed)}")
+    return data
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+# --- train ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainHyperparameters:
+    """Training knobs; every field has a default. ``help(TrainHyperparameters)`` or ``describe()`` lists them."""
+
+    r: int = field(default=16, metadata=_help("LoRA rank (lora, qlora, dora)."))
+    lora_alpha: float | None = field(default=None, metadata=_help("LoRA scaling numerator; None means 2 * r."))
+    lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input, 0 <= x < 1."))
+    target_modules: list[str] | str | None = field(default=None, metadata=_help(
+        "Modules to adapt: a list of names (matched on the module path's last parts), a regex matched against "
+        "the full module path, 'all-linear', or None for the architecture's default."))
+    epochs: float = field(default=1.0, metadata=_help("Passes over the training rows (fractions allowed)."))
+    max_steps: int | None = field(default=None, metadata=_help("Optimizer steps; when set it overrides epochs."))
+    learning_rate: float = field(default=2e-4, metadata=_help("Peak AdamW learning rate (linear warmup, linear decay)."))
+    batch_size: int = field(default=8, metadata=_help("Rows per micro-batch."))
+    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
+    max_seq_length: int = field(default=512, metadata=_help("Tokens per row; longer rows are truncated."))
+    warmup_steps: int = field(default=0, metadata=_help("Optimizer steps of linear warmup."))
+    seed: int = field(default=0, metadata=_help("Seed for adapter init, shuffling and dropout: same seed, same weights."))
+    eval_split: float = field(default=0.0, metadata=_help("Fraction of rows held out for eval_loss, 0 <= x < 0.5."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("Trade compute for activation memory."))
+    num_virtual_tokens: int = field(default=20, metadata=_help("Virtual tokens (prefix_tuning, prompt_tuning)."))
+    dataset_file: str | None = field(default=None, metadata=_help(
+        "Which .jsonl file of the dataset version to train on; None means its only (or first) *.jsonl."))
+    logging_steps: int = field(default=1, metadata=_help("Emit a metric event every this many optimizer steps."))
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict | None, *, method: str) -> TrainHyperparameters:
+        """Build from JSON-like data; unknown keys, wrong types and options that do not apply to ``method`` are errors."""
+        _method(method)
+        data = _check_keys("hyperparameters", data if data is not None else {}, [f.name for f in fields(cls)])
+        hp = cls(**data)
+        hp.check_method(method, given=set(data))
+        return hp
+
+    def to_dict(self) -> dict:
+        """Every field, resolved (``lora_alpha`` filled in)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["lora_alpha"] = self.lora_alpha_resolved
+        if isinstance(self.target_modules, list):
+            out["target_modules"] = list(self.target_modules)
+        return out
+
+    @classmethod
+    def describe(cls) -> dict[str, dict]:
+        """``{name: {"default", "help"}}`` for docs and ``--help`` texts."""
+        return {f.name: {"default": None if f.default is MISSING else f.default, "help": f.metadata.get("help", "")}
+                for f in fields(cls)}
+
+    @property
+    def lora_alpha_resolved(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.r
+
+    # -- validation --------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        p = "hyperparameters."
+        _int(p + "r", self.r, minimum=1, maximum=4096)
+        if self.lora_alpha is not None:
+            alpha = _float(p + "lora_alpha", self.lora_alpha, low=0, low_open=True, rule="a number > 0 (or null for 2 * r)")
+            self.lora_alpha = int(alpha) if alpha.is_integer() else alpha
+        self.lora_dropout = _float(p + "lora_dropout", self.lora_dropout, low=0, high=1, high_open=True,
+                                   rule="a number with 0 <= x < 1")
+        self.target_modules = _target_modules(p + "target_modules", self.target_modules)
+        self.epochs = _float(p + "epochs", self.epochs, low=0, low_open=True, high=10_000, rule="a number > 0")
+        if self.max_steps is not None:
+            _int(p + "max_steps", self.max_steps, minimum=1)
+        self.learning_rate = _float(p + "learning_rate", self.learning_rate, low=0, low_open=True, high=10,
+                                    rule="a number with 0 < x <= 10")
+        _int(p + "batch_size", self.batch_size, minimum=1, maximum=65_536)
+        _int(p + "gradient_accumulation_steps", self.gradient_accumulation_steps, minimum=1, maximum=65_536)
+        _int(p + "max_seq_length", self.max_seq_length, minimum=8, maximum=1_048_576)
+        _int(p + "warmup_steps", self.warmup_steps, minimum=0)
+        _int(p + "seed", self.seed, minimum=0, maximum=2**32 - 1)
+        self.eval_split = _float(p + "eval_split", self.eval_split, low=0, high=0.5, high_open=True,
+                                 rule="a number with 0 <= x < 0.5")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise SpecError(p + "gradient_checkpointing",
+                            f"{p}gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        _int(p + "num_virtual_tokens", self.num_virtual_tokens, minimum=1, maximum=4096)
+        if self.dataset_file is not None:
+            self.dataset_file = _dataset_file(p + "dataset_file", self.dataset_file)
+        _int(p + "logging_steps", self.logging_steps, minimum=1)
+
+    def check_method(self, method: str, *, given: set[str] | None = None) -> None:
+        """Refuse options set to a non-default value that ``method`` would ignore."""
+        _method(method)
+        defaults = TrainHyperparameters.__new__(TrainHyperparameters)
+        for f in fields(self):
+            setattr(defaults, f.name, f.default)
+        if method in LORA_METHODS:
+            unused = ["num_virtual_tokens"]
+        elif method == "ia3":
+            unused = ["r", "lora_alpha", "lora_dropout", "num_virtual_tokens"]
+        else:
+            unused = ["r", "lora_alpha", "lora_dropout", "target_modules"]
+        for name in unused:
+            value = getattr(self, name)
+            default = getattr(defaults, name)
+            if name == "lora_alpha":
+                ignored = value is None or value == 2 * self.r
+            else:
+                ignored = value == default
+            if not ignored and (given is None or name in given):
+                raise SpecError(f"hyperparameters.{name}",
+                                f"hyperparameters.{name} does not apply to method {method!r}; remove it")
+        if method == "prefix_tuning" and self.gradient_checkpointing:
+            raise SpecError("hyperparameters.gradient_checkpointing",
+                            "hyperparameters.gradient_checkpointing is not supported with prefix_tuning")
+
+
+def _method(method: Any) -> str:
+    if method not in METHODS:
+        raise SpecError("method", f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    return method
+
+
+def _target_modules(name: str, value: Any) -> list[str] | str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            raise SpecError(name, f"{name} must not be empty (use null for the architecture's default)")
+        if value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise SpecError(name, f"{name} is not a valid regular expression ({exc}): {value!r}") from None
+        return value
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise SpecError(name, f"{name} must not be an empty list (use null for the architecture's default)")
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip() or item.strip() != item:
+                raise SpecError(name, f"{name}[{i}] must be a non-empty module name, got {item!r}")
+            if item not in out:
+                out.append(item)
+        return out
+    raise SpecError(name, f"{name} must be a list of module names, a regex string, 'all-linear' or null; "
+                          f"got {type(value).__name__}")
+
+
+def _dataset_file(name: str, value: Any) -> str:
+    _str(name, value, max_length=512)
+    rule = path_problem(value) or (None if value.endswith(".jsonl") else "it does not end in .jsonl")
+    if rule is not None:
+        raise SpecError(name, f"{name} must be a relative path to a .jsonl file inside the dataset, "
+                              f"got {value!r}: {rule}")
+    return value
+
+
+_TRAIN_KEYS = ["type", "base_model", "dataset", "output", "method", "hyperparameters", "aliases", "message"]
+
+
+@dataclass
+class TrainSpec:
+    """Train an adapter of ``method`` on ``base_model`` with ``dataset``; push it to ``output``."""
+
+    base_model: str
+    dataset: str
+    output: str
+    method: str = "lora"
+    hyperparameters: TrainHyperparameters = field(default_factory=TrainHyperparameters)
+    aliases: list[str] = field(default_factory=list)
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainSpec:
+        data = _check_keys("", data, _TRAIN_KEYS)
+        if data.get("type", "train") != "train":
+            raise SpecError("type", f"type must be 'train' here, got {data.get('type')!r}")
+        method = _method(data.get("method", "lora"))
+        return cls(
+            base_model=_ref("base_model", data.get("base_model"), allow_revision=True),
+            dataset=_ref("dataset", data.get("dataset"), allow_revision=True),
+            output=_ref("output", data.get("output"), allow_revision=False),
+            method=method,
+            hyperparameters=TrainHyperparameters.from_dict(data.get("hyperparameters"), method=method),
+            aliases=_aliases("aliases", data.get("aliases", [])),
+            message=_str("message", data.get("message", ""), max_length=MAX_MESSAGE_LENGTH),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "train", "base_model": self.base_model, "dataset": self.dataset, "output": self.output,
+            "method": self.method, "hyperparameters": self.hyperparameters.to_dict(),
+            "aliases": list(self.aliases), "message": self.message,
+        }
+
+
+# --- merge ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AdapterWeight:
+    """One adapter of a merge and its weight."""
+
+    ref: str
+    weight: float = 1.0
+
+
+_MERGE_KEYS = ["type", "adapters", "output", "combination", "density", "dtype", "aliases", "message"]
+
+
+@dataclass
+class MergeSpec:
+    """Merge one or more adapters (weighted) into their shared base; push the model to ``output``."""
+
+    adapters: list[AdapterWeight]
+    output: str
+    combination: str = "linear"
+    density: float = 0.5
+    dtype: str = "float32"
+    aliases: list[str] = field(default_factory=list)
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MergeSpec:
+        data = _check_keys("", data, _MERGE_KEYS)
+        if data.get("type", "merge") != "merge":
+            raise SpecError("type", f"type must be 'merge' here, got {data.get('type')!r}")
+        combination = data.get("combination", "linear")
+        if combination not in COMBINATIONS:
+            raise SpecError("combination", f"combination must be one of {', '.join(COMBINATIONS)}; got {combination!r}")
+        density = _float("density", data.get("density", 0.5), low=0, low_open=True, high=1, rule="a number with 0 < x <= 1")
+        if combination == "linear" and density != 0.5:
+            raise SpecError("density", "density applies only to ties, dare_linear and dare_ties merges; remove it")
+        dtype = data.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise SpecError("dtype", f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        return cls(
+            adapters=_adapters(data.get("adapters")),
+            output=_ref("output", data.get("output"), allow_revision=False),
+            combination=combination, density=density, dtype=dtype,
+            aliases=_aliases("aliases", data.get("aliases", [])),
+            message=_str("message", data.get("message", ""), max_length=MAX_MESSAGE_LENGTH),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "merge", "adapters": [{"ref": a.ref, "weight": a.weight} for a in self.adapters],
+            "output": self.output, "combination": self.combination, "density": self.density, "dtype": self.dtype,
+            "aliases": list(self.aliases), "message": self.message,
+        }
+
+
+def _adapters(value: Any) -> list[AdapterWeight]:
+    if value is None:
+        raise SpecError("adapters", "adapters is required: a list of {\"ref\": \"ns/name@rev\", \"weight\": 1.0}")
+    if not isinstance(value, list) or not value:
+        raise SpecError("adapters", "adapters must be a non-empty list of {\"ref\", \"weight\"} objects")
+    out: list[AdapterWeight] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(value):
+        where = f"adapters[{i}]"
+        # shorthand: "acme/bot@3" means {"ref": "acme/bot@3", "weight": 1.0}
+        item = _check_keys(where, {"ref": raw} if isinstance(raw, str) else raw, ["ref", "weight"])
+        ref = _ref(f"{where}.ref", item.get("ref"), allow_revision=True)
+        weight = item.get("weight", 1.0)
+        if not _is_number(weight):
+            raise SpecError(f"{where}.weight", f"{where}.weight must be a finite number, got {weight!r}")
+        key = str(parse_ref(ref))
+        if key in seen:
+            raise SpecError(f"{where}.ref", f"{where}.ref {ref!r} is already adapters[{seen[key]}]; list each adapter once")
+        seen[key] = i
+        out.append(AdapterWeight(ref=ref, weight=float(weight)))
+    return out
+
+
+def spec_from_dict(data: dict) -> TrainSpec | MergeSpec:
+    """A :class:`TrainSpec` or :class:`MergeSpec`, chosen by ``data["type"]``."""
+    if not isinstance(data, dict):
+        raise SpecError("spec", f"the spec must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind == TRAIN:
+        return TrainSpec.from_dict(data)
+    if kind == MERGE:
+        return MergeSpec.from_dict(data)
+    raise SpecError("type", f"type must be one of {', '.join(JOB_TYPES)}, got {kind!r}")
+
+
+@dataclass
+class JobRequest:
+    """A job as submitted: the spec, the queue it runs on and how many attempts it may take."""
+
+    spec: TrainSpec | MergeSpec
+    queue: str
+    max_attempts: int = DEFAULT_ATTEMPTS
+
+    @property
+    def type(self) -> str:
+        return TRAIN if isinstance(self.spec, TrainSpec) else MERGE
+
+
+def parse_job_request(body: Any) -> JobRequest:
+    """A submitted job body: a train or merge spec plus optional ``queue`` and ``max_attempts``."""
+    if not isinstance(body, dict):
+        raise SpecError("spec", f"the job must be a JSON object, got {type(body).__name__}")
+    body = dict(body)
+    queue, max_attempts = body.pop("queue", None), body.pop("max_attempts", DEFAULT_ATTEMPTS)
+    spec = spec_from_dict(body)
+    kind = TRAIN if isinstance(spec, TrainSpec) else MERGE
+    if queue is None:
+        queue = DEFAULT_QUEUE[kind]
+    if queue not in QUEUES:
+        raise SpecError("queue", f"queue {queue!r} is unknown; use one of {', '.join(QUEUES)}")
+    if not _is_int(max_attempts) or not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise SpecError("max_attempts", f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, got {max_attempts!r}")
+    return JobRequest(spec=spec, queue=queue, max_attempts=max_attempts)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    """``key=value`` pairs (``--set r=8``); a value is JSON when it parses (``8``, ``["q_proj"]``), else a string."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError("hyperparameters", f"--set {item!r}: write key=value")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
