@@ -62,7 +62,7 @@ def make_data(path: Path, rows: int, seq: int) -> None:
 def run(method: str, base: Path, data: Path, work: Path, *, seq: int, steps: int, batch: int) -> dict:
     import torch
 
-    from pefthub.specs import TrainHyperparameters
+    from pefthub.protocol.specs import TrainHyperparameters
     from pefthub_worker.training import Callbacks, train
 
     step_rates: list[float] = []
