@@ -24,7 +24,7 @@ from pefthub.errors import JobCancelled, JobFailed
 from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry.models import Version
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ["CELERY_BROKER_URL"]  # tests/settings.py: PEFTHUB_TEST_REDIS_URL or Redis db 15
 FAST = {"max_steps": 30, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 64, "r": 8}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry.models import Version
 from tests.conftest import _person, api_push, write_json
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ["CELERY_BROKER_URL"]  # tests/settings.py: PEFTHUB_TEST_REDIS_URL or Redis db 15
 
 
 @pytest.fixture
