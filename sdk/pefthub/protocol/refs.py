@@ -129,7 +129,7 @@ def revision_problem(value: str) -> str | None:
             return "a digest is 'sha256:' followed by 64 hex digits"
         return None
     if alias_problem(value) is not None:
-        return (f"the revision {_show(value, 70)} is neither a version number (1, 2, 3 ...), a digest (sha256:...) "
+        return ("the revision is neither a version number (1, 2, 3 ...), a digest (sha256:...) "
                 f"nor an alias (a letter, then up to {ALIAS_MAX_LENGTH - 1} letters, digits, '.', '_' or '-')")
     return None
 
