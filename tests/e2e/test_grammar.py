@@ -14,7 +14,6 @@ import requests
 import pefthub
 from pefthub.protocol.refs import name_problem, namespace_problem, revision_problem
 
-
 GOOD = ["acme/data", "acme/data@1", "acme/data@latest", "acme/data@prod", "acme/data@{digest}", "acme/data@{DIGEST}"]
 BAD = [
     "acme/data@0", "acme/data@007", "acme/data@²", "acme/data@١", "acme/data@1a", "acme/data@9999999999",
