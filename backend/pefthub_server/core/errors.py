@@ -52,28 +52,23 @@ def from_protocol(exc: ProtocolError) -> ValidationFailed:
 
 
 class AuthenticationFailed(HubError):
-    status = 401
-    code = "authentication_failed"
+    status, code = 401, "authentication_failed"
 
 
 class PermissionDenied(HubError):
-    status = 403
-    code = "permission_denied"
+    status, code = 403, "permission_denied"
 
 
 class NotFound(HubError):
-    status = 404
-    code = "not_found"
+    status, code = 404, "not_found"
 
 
 class Conflict(HubError):
-    status = 409
-    code = "conflict"
+    status, code = 409, "conflict"
 
 
 class TooLarge(HubError):
-    status = 413
-    code = "too_large"
+    status, code = 413, "too_large"
 
 
 # --- rendering ----------------------------------------------------------------------------

@@ -43,7 +43,7 @@ _HEX64_ANY_CASE = re.compile(r"[0-9a-fA-F]{64}")
 # --- names ---------------------------------------------------------------------------------------
 
 
-def _length(value: str, limit: int, what: str) -> str | None:
+def _size_problem(value: str, what: str, limit: int) -> str | None:
     if not value:
         return f"the {what} is empty"
     if len(value) > limit:
@@ -51,38 +51,36 @@ def _length(value: str, limit: int, what: str) -> str | None:
     return None
 
 
+def _name_rules(value: str, what: str, limit: int, chars: re.Pattern, allowed: str, runs: tuple[str, ...]) -> str | None:
+    if why := _size_problem(value, what, limit):
+        return why
+    if not chars.fullmatch(value):
+        return f"a {what} holds only {allowed}"
+    if value[0] not in _ALNUM or value[-1] not in _ALNUM:
+        return f"a {what} starts and ends with a letter or a digit"
+    if any(run in value for run in runs):
+        return f"a {what} may not hold {' or '.join(repr(run) for run in runs)}"
+    return None
+
+
 def namespace_problem(value: str) -> str | None:
     """Why ``value`` is not a namespace (a user or team name), or None when it is one."""
-    if problem := _length(value, NAMESPACE_MAX_LENGTH, "namespace"):
-        return problem
-    if not _NAMESPACE_CHARS.fullmatch(value):
-        return "a namespace holds only letters, digits, '-' and '_'"
-    if value[0] not in _ALNUM or value[-1] not in _ALNUM:
-        return "a namespace starts and ends with a letter or a digit"
-    if "--" in value:
-        return "a namespace may not hold '--'"
-    return None
+    return _name_rules(value, "namespace", NAMESPACE_MAX_LENGTH, _NAMESPACE_CHARS, "letters, digits, '-' and '_'", ("--",))
 
 
 def name_problem(value: str) -> str | None:
     """Why ``value`` is not a repository name, or None when it is one."""
-    if problem := _length(value, NAME_MAX_LENGTH, "repository name"):
-        return problem
-    if not _NAME_CHARS.fullmatch(value):
-        return "a repository name holds only letters, digits, '.', '-' and '_'"
-    if value[0] not in _ALNUM or value[-1] not in _ALNUM:
-        return "a repository name starts and ends with a letter or a digit"
-    if "--" in value or ".." in value:
-        return "a repository name may not hold '--' or '..'"
-    if value.lower().endswith(".git"):
+    why = _name_rules(value, "repository name", NAME_MAX_LENGTH, _NAME_CHARS, "letters, digits, '.', '-' and '_'",
+                      ("--", ".."))
+    if why is None and value.lower().endswith(".git"):
         return "a repository name may not end in '.git'"
-    return None
+    return why
 
 
 def alias_problem(value: str) -> str | None:
     """Why ``value`` is not an alias name, or None when it is one."""
-    if problem := _length(value, ALIAS_MAX_LENGTH, "alias"):
-        return problem
+    if why := _size_problem(value, "alias", ALIAS_MAX_LENGTH):
+        return why
     if not _ALIAS.fullmatch(value):
         return "an alias starts with a letter and holds only letters, digits, '.', '_' and '-'"
     return None

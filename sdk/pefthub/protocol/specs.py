@@ -276,6 +276,18 @@ def _dataset_file(name: str, value: Any) -> str:
     return value
 
 
+def _job_fields(data: Any, kind: str, keys: list[str]) -> tuple[dict, dict]:
+    """``data`` with its keys checked, and what every job spec has: ``output``, ``aliases``, ``message``."""
+    data = _check_keys("", data, keys)
+    if data.get("type", kind) != kind:
+        raise SpecError("type", f"type must be {kind!r} here, got {data.get('type')!r}")
+    return data, {
+        "output": _ref("output", data.get("output"), allow_revision=False),
+        "aliases": _aliases("aliases", data.get("aliases", [])),
+        "message": _str("message", data.get("message", ""), max_length=MAX_MESSAGE_LENGTH),
+    }
+
+
 _TRAIN_KEYS = ["type", "base_model", "dataset", "output", "method", "hyperparameters", "aliases", "message"]
 
 
@@ -293,18 +305,14 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainSpec:
-        data = _check_keys("", data, _TRAIN_KEYS)
-        if data.get("type", "train") != "train":
-            raise SpecError("type", f"type must be 'train' here, got {data.get('type')!r}")
+        data, common = _job_fields(data, TRAIN, _TRAIN_KEYS)
         method = _method(data.get("method", "lora"))
         return cls(
             base_model=_ref("base_model", data.get("base_model"), allow_revision=True),
             dataset=_ref("dataset", data.get("dataset"), allow_revision=True),
-            output=_ref("output", data.get("output"), allow_revision=False),
             method=method,
             hyperparameters=TrainHyperparameters.from_dict(data.get("hyperparameters"), method=method),
-            aliases=_aliases("aliases", data.get("aliases", [])),
-            message=_str("message", data.get("message", ""), max_length=MAX_MESSAGE_LENGTH),
+            **common,
         )
 
     def to_dict(self) -> dict:
@@ -343,9 +351,7 @@ class MergeSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> MergeSpec:
-        data = _check_keys("", data, _MERGE_KEYS)
-        if data.get("type", "merge") != "merge":
-            raise SpecError("type", f"type must be 'merge' here, got {data.get('type')!r}")
+        data, common = _job_fields(data, MERGE, _MERGE_KEYS)
         combination = data.get("combination", "linear")
         if combination not in COMBINATIONS:
             raise SpecError("combination", f"combination must be one of {', '.join(COMBINATIONS)}; got {combination!r}")
@@ -356,11 +362,7 @@ class MergeSpec:
         if dtype not in DTYPES:
             raise SpecError("dtype", f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
         return cls(
-            adapters=_adapters(data.get("adapters")),
-            output=_ref("output", data.get("output"), allow_revision=False),
-            combination=combination, density=density, dtype=dtype,
-            aliases=_aliases("aliases", data.get("aliases", [])),
-            message=_str("message", data.get("message", ""), max_length=MAX_MESSAGE_LENGTH),
+            adapters=_adapters(data.get("adapters")), combination=combination, density=density, dtype=dtype, **common,
         )
 
     def to_dict(self) -> dict:

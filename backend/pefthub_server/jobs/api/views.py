@@ -23,6 +23,12 @@ def _job_data(job: Job) -> dict:
     return s.JobSerializer(fresh).data
 
 
+def _worker_body(request, serializer_class, action: str) -> dict:
+    """The body of a worker endpoint, which only a worker-scope token may call."""
+    require_scope(request, "worker", action)
+    return validated(serializer_class, request.data)
+
+
 class JobListView(APIView):
     @extend_schema(
         summary="Jobs you may see, newest first",
@@ -104,8 +110,7 @@ class JobCancelView(APIView):
 class JobClaimView(APIView):
     @extend_schema(summary="Claim a queued job (worker)", request=s.ClaimRequestSerializer, responses=s.ClaimSerializer)
     def post(self, request, job_id):
-        require_scope(request, "worker", "claim jobs")
-        data = validated(s.ClaimRequestSerializer, request.data)
+        data = _worker_body(request, s.ClaimRequestSerializer, "claim jobs")
         job, secret = services.job_claim(job_id=job_id, worker=data["worker"])
         lease = settings.PEFTHUB_JOB_LEASE_SECONDS
         return Response({"job": _job_data(job), "attempt": job.attempt, "token": secret, "lease_seconds": lease,
@@ -115,8 +120,7 @@ class JobClaimView(APIView):
 class JobHeartbeatView(APIView):
     @extend_schema(summary="Extend the lease (worker)", request=s.HeartbeatRequestSerializer, responses=s.HeartbeatSerializer)
     def post(self, request, job_id):
-        require_scope(request, "worker", "heartbeat jobs")
-        data = validated(s.HeartbeatRequestSerializer, request.data)
+        data = _worker_body(request, s.HeartbeatRequestSerializer, "heartbeat jobs")
         job = services.job_heartbeat(job_id=job_id, attempt=data["attempt"], progress=data.get("progress"))
         return Response({"cancel_requested": job.status == Job.Status.CANCEL_REQUESTED,
                          "lease_expires_at": job.lease_expires_at})
@@ -126,8 +130,7 @@ class JobCompleteView(APIView):
     @extend_schema(summary="Finish a job with its result version (worker)", request=s.CompleteRequestSerializer,
                    responses=s.JobSerializer)
     def post(self, request, job_id):
-        require_scope(request, "worker", "complete jobs")
-        data = validated(s.CompleteRequestSerializer, request.data)
+        data = _worker_body(request, s.CompleteRequestSerializer, "complete jobs")
         job = services.job_complete(job_id=job_id, attempt=data["attempt"], version_number=data["version"])
         return Response(_job_data(job))
 
@@ -135,7 +138,6 @@ class JobCompleteView(APIView):
 class JobFailView(APIView):
     @extend_schema(summary="Report a failed attempt (worker)", request=s.FailRequestSerializer, responses=s.JobSerializer)
     def post(self, request, job_id):
-        require_scope(request, "worker", "fail jobs")
-        data = validated(s.FailRequestSerializer, request.data)
+        data = _worker_body(request, s.FailRequestSerializer, "fail jobs")
         job = services.job_fail(job_id=job_id, **data)
         return Response(_job_data(job))
