@@ -8,7 +8,7 @@ not found, so their existence does not leak.
 
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
 from pefthub.protocol.refs import (
     HF_MAIN,
@@ -103,6 +103,11 @@ def repository_get(*, user, namespace: str, name: str, kinds=None) -> Repository
 def _versions(repo: Repository) -> QuerySet[Version]:
     return Version.objects.filter(repository=repo).select_related(
         "created_by", "base_version__repository__namespace", "repository__namespace", "repository__base_model__namespace")
+
+
+def version_list(*, repo: Repository) -> QuerySet[Version]:
+    """A repository's versions, newest first, with what the API shows of each (aliases prefetched)."""
+    return _versions(repo).prefetch_related(Prefetch("aliases", queryset=Alias.objects.order_by("name"))).order_by("-number")
 
 
 def version_by_digest_prefix(*, repo: Repository, prefix: str) -> Version | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
-from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -125,19 +124,10 @@ class UploadView(APIView):
 # --- versions ------------------------------------------------------------------------
 
 
-def _versions(repo: Repository):
-    return (
-        Version.objects.filter(repository=repo)
-        .select_related("repository__namespace", "created_by", "base_version__repository__namespace")
-        .prefetch_related(Prefetch("aliases", queryset=Alias.objects.order_by("name")))
-        .order_by("-number")
-    )
-
-
 def version_detail_data(request, version: Version, *, created: bool | None = None) -> dict:
     store = get_blob_store()
     root = base_url(request)
-    version = _versions(version.repository).get(pk=version.pk)
+    version = selectors.version_list(repo=version.repository).get(pk=version.pk)
     data = s.VersionSerializer(version).data
     if created is not None:
         data["created"] = created
@@ -157,7 +147,7 @@ class VersionListView(APIView):
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         paginator = Pagination()
-        page = paginator.paginate_queryset(_versions(repo), request, view=self)
+        page = paginator.paginate_queryset(selectors.version_list(repo=repo), request, view=self)
         return paginator.get_paginated_response(s.VersionSerializer(page, many=True).data)
 
     @extend_schema(
