@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from pefthub.protocol.limits import MAX_FILE_SIZE
 from pefthub_server.core.env import env_bool, env_int, env_list, env_secret, env_str
 
 DATA_DIR = Path(env_str("PEFTHUB_DATA_DIR", ".pefthub")).expanduser().resolve()
@@ -119,7 +120,7 @@ PEFTHUB_STORAGE = env_str("PEFTHUB_STORAGE") or f"file://{DATA_DIR / 'blobs'}"
 PEFTHUB_S3_PUBLIC_ENDPOINT = env_str("PEFTHUB_S3_PUBLIC_ENDPOINT")
 PEFTHUB_HF_TREE_PAGE_SIZE = env_int("PEFTHUB_HF_TREE_PAGE_SIZE", 1000)  # entries per page of /hf/…/tree, as the Hub
 PEFTHUB_URL_TTL = env_int("PEFTHUB_URL_TTL", 3600)  # seconds a signed blob URL stays valid
-PEFTHUB_MAX_FILE_SIZE = env_int("PEFTHUB_MAX_FILE_SIZE", 5 * 1024**3)  # single PUT limit of S3
+PEFTHUB_MAX_FILE_SIZE = env_int("PEFTHUB_MAX_FILE_SIZE", MAX_FILE_SIZE)  # S3's single-PUT limit by default
 
 # Jobs and the queue. The message is the job id only; workers talk to the API.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")  # empty: the embedded filesystem broker in the data dir

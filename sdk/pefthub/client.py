@@ -358,7 +358,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
             self.cache.build_snapshot(digest_hex, files)
         self.cache.write_ref(r, digest_hex)
         if r.revision != str(version.number):
-            self.cache.write_ref(Ref(r.namespace, r.name, str(version.number)), digest_hex)
+            self.cache.write_ref(r.at(version.number), digest_hex)
         return self._deliver(digest_hex, local_dir, peft_version, version.ref)
 
     def _deliver(

@@ -76,9 +76,6 @@ class Entry:
     sha256: str
     size: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "size": self.size}
-
 
 def parse_manifest(files: object, *, max_files: int = MAX_FILES) -> list[Entry]:
     """Entries from JSON ``[{path, sha256, size}, ...]``, every path and hash checked before anything is used."""
