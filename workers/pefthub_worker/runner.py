@@ -21,25 +21,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pefthub import Hub
-from pefthub.errors import Conflict, HubError
+from pefthub.errors import HubError
 from pefthub.protocol.errors import SpecError
+from pefthub.protocol.jobs import TRAIN
 from pefthub.protocol.specs import MergeSpec, TrainSpec
+
+from .client import ClaimRefused, LeaseLost, WorkerClient
+from .merging import MergeError, merge
+from .training import Callbacks, Cancelled, DatasetError, train
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0
 
 
-class LeaseLost(Exception):
-    """The hub gave this job to another attempt (our lease expired): stop, report nothing."""
-
-
 class JobSession:
     """Batches events to the hub and keeps the lease alive on a background thread."""
 
-    def __init__(self, hub: Hub, job_id: str, attempt: int, heartbeat_seconds: float):
-        self.hub, self.job_id, self.attempt = hub, job_id, attempt
+    def __init__(self, client: WorkerClient, job_id: str, attempt: int, heartbeat_seconds: float):
+        self.client, self.job_id, self.attempt = client, job_id, attempt
         self.heartbeat_seconds = heartbeat_seconds
         self.cancel_requested = threading.Event()
         self.lease_lost = threading.Event()
@@ -59,8 +62,9 @@ class JobSession:
             self.flush()
 
     def event(self, type: str, data: dict[str, Any]) -> None:
+        stamp = datetime.now(timezone.utc).isoformat()
         with self._lock:
-            self._pending.append({"type": type, "data": data, "time": datetime.now(timezone.utc).isoformat()})
+            self._pending.append({"type": type, "data": data, "time": stamp})
 
     def log(self, message: str, level: str = "info") -> None:
         log.info("job %s: %s", self.job_id, message)
@@ -71,18 +75,22 @@ class JobSession:
 
     def flush(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending[:1000], self._pending[1000:]
-        if batch:
-            self._post("events", {"attempt": self.attempt, "events": batch})
-
-    def _post(self, what: str, body: dict[str, Any]) -> Any:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
         try:
-            return self.hub.request("POST", f"/jobs/{self.job_id}/{what}", json=body)
-        except HubError as exc:
-            if exc.status == 409:  # lease_lost: another attempt owns the job now
-                self.lease_lost.set()
-                return None
-            raise
+            self.client.post_events(self.job_id, self.attempt, batch)
+        except LeaseLost:
+            self.lease_lost.set()
+
+    def _heartbeat(self) -> None:
+        try:
+            beat = self.client.heartbeat(self.job_id, self.attempt)
+        except LeaseLost:
+            self.lease_lost.set()
+            return
+        if beat.cancel_requested:
+            self.cancel_requested.set()
 
     def _loop(self) -> None:
         next_beat = time.monotonic() + self.heartbeat_seconds
@@ -90,10 +98,8 @@ class JobSession:
             try:
                 self.flush()
                 if time.monotonic() >= next_beat:
-                    reply = self._post("heartbeat", {"attempt": self.attempt})
+                    self._heartbeat()
                     next_beat = time.monotonic() + self.heartbeat_seconds
-                    if reply and reply.get("cancel_requested"):
-                        self.cancel_requested.set()
             except HubError as exc:  # the hub is briefly unreachable: the lease leaves some slack
                 log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
             if self.lease_lost.is_set():
@@ -105,14 +111,21 @@ def _worker_name() -> str:
 
 
 def _pinned(item: dict[str, Any]) -> str:
+    """An input exactly as the job pinned it: by its manifest digest."""
     return f"{item['repo']}@{item['digest']}"
+
+
+def _numbered(item: dict[str, Any]) -> str:
+    """An input by its version number, for people to read."""
+    return f"{item['repo']}@{item['number']}"
 
 
 def _dataset_file(folder: Path, name: str | None) -> Path:
     if name:
         path = (folder / name).resolve()
         if folder.resolve() not in path.parents or not path.is_file():
-            raise SpecError("hyperparameters.dataset_file", f"hyperparameters.dataset_file: the dataset has no file `{name}`")
+            raise SpecError("hyperparameters.dataset_file",
+                            f"hyperparameters.dataset_file: the dataset has no file `{name}`")
         return path
     files = sorted(folder.rglob("*.jsonl"))
     if not files:
@@ -121,44 +134,47 @@ def _dataset_file(folder: Path, name: str | None) -> Path:
 
 
 def _train(job: dict[str, Any], hub: Hub, session: JobSession, work: Path):
-    from pefthub_worker.training import Callbacks, train
-
     spec = TrainSpec.from_dict(job["spec"])
     base_pin, data_pin = job["inputs"]["base_model"], job["inputs"]["dataset"]
     base_dir = hub.pull(_pinned(base_pin))
     dataset = _dataset_file(hub.pull(_pinned(data_pin)), spec.hyperparameters.dataset_file)
-    session.log(f"training {spec.method} on {base_pin['repo']}@{base_pin['number']} with {data_pin['repo']}@{data_pin['number']}")
-    result = train(method=spec.method, hyperparameters=spec.hyperparameters, base_dir=base_dir, dataset_path=dataset,
-                   output_dir=work / "adapter", callbacks=Callbacks(on_event=session.event, should_stop=session.should_stop))
-    lineage = {"job": job["id"], "attempt": session.attempt, "base_model": base_pin, "dataset": data_pin,
-               "method": spec.method, "hyperparameters": spec.hyperparameters.to_dict(), "quantization": result.quantization}
+    session.log(f"training {spec.method} on {_numbered(base_pin)} with {_numbered(data_pin)}")
+    callbacks = Callbacks(on_event=session.event, should_stop=session.should_stop)
+    result = train(method=spec.method, hyperparameters=spec.hyperparameters, base_dir=base_dir,
+                   dataset_path=dataset, output_dir=work / "adapter", callbacks=callbacks)
+    lineage = {
+        "job": job["id"], "attempt": session.attempt, "base_model": base_pin, "dataset": data_pin,
+        "method": spec.method, "hyperparameters": spec.hyperparameters.to_dict(),
+        "quantization": result.quantization,
+    }
     session.log(f"pushing the adapter to {spec.output}")
-    return hub.push(result.output_dir, spec.output, kind="adapter", base_model=f"{base_pin['repo']}@{base_pin['number']}",
-                    aliases=spec.aliases, message=spec.message or f"{spec.method} training job {job['id']}",
-                    metadata={"lineage": lineage, "metrics": result.metrics}, job=job["id"])
+    return hub.push(
+        result.output_dir, spec.output, kind="adapter", base_model=_numbered(base_pin), aliases=spec.aliases,
+        message=spec.message or f"{spec.method} training job {job['id']}",
+        metadata={"lineage": lineage, "metrics": result.metrics}, job=job["id"],
+    )
 
 
 def _merge(job: dict[str, Any], hub: Hub, session: JobSession, work: Path):
-    from pefthub_worker.merging import merge
-
     spec = MergeSpec.from_dict(job["spec"])
     base_pin, adapter_pins = job["inputs"]["base_model"], job["inputs"]["adapters"]
     base_dir = hub.pull(_pinned(base_pin))
     adapters = [(hub.pull(_pinned(pin)), pin["weight"]) for pin in adapter_pins]
-    session.log(f"merging {len(adapters)} adapter(s) into {base_pin['repo']}@{base_pin['number']} ({spec.combination})")
-    result = merge(base_dir=base_dir, adapters=adapters, output_dir=work / "merged", combination=spec.combination,
-                   density=spec.density, dtype=spec.dtype, on_event=session.event)
-    lineage = {"job": job["id"], "attempt": session.attempt, "base_model": base_pin, "adapters": adapter_pins,
-               "combination": spec.combination, "density": spec.density, "dtype": spec.dtype}
+    session.log(f"merging {len(adapters)} adapter(s) into {_numbered(base_pin)} ({spec.combination})")
+    result = merge(base_dir=base_dir, adapters=adapters, output_dir=work / "merged",
+                   combination=spec.combination, density=spec.density, dtype=spec.dtype,
+                   on_event=session.event)
+    lineage = {
+        "job": job["id"], "attempt": session.attempt, "base_model": base_pin, "adapters": adapter_pins,
+        "combination": spec.combination, "density": spec.density, "dtype": spec.dtype,
+    }
     return hub.push(result.output_dir, spec.output, kind="model", aliases=spec.aliases,
-                    message=spec.message or f"merge job {job['id']}", metadata={"lineage": lineage}, job=job["id"])
+                    message=spec.message or f"merge job {job['id']}", metadata={"lineage": lineage},
+                    job=job["id"])
 
 
 def _failure(exc: BaseException) -> tuple[str, str, bool]:
     """(code, message, retryable) for what a recipe raised."""
-    from pefthub_worker.merging import MergeError
-    from pefthub_worker.training import DatasetError
-
     if isinstance(exc, SpecError):
         return "invalid_spec", str(exc), False
     if isinstance(exc, DatasetError):
@@ -166,50 +182,45 @@ def _failure(exc: BaseException) -> tuple[str, str, bool]:
     if isinstance(exc, MergeError):
         return "merge_failed", str(exc), False
     if isinstance(exc, HubError) and exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
-        return exc.code or "hub_refused", exc.message, False  # the hub refused the result: retrying changes nothing
+        # the hub refused the result: retrying changes nothing
+        return exc.code or "hub_refused", exc.message, False
     return "worker_error", f"{type(exc).__name__}: {exc}", True
 
 
 def run_job(job_id: str, *, hub: Hub | None = None) -> str:
     """Run job ``job_id`` to its end; returns what happened (for logs and tests)."""
-    from pefthub_worker.training import Cancelled
-
     if threads := os.environ.get("PEFTHUB_TORCH_THREADS"):
-        import torch
-
         torch.set_num_threads(int(threads))
-    hub = hub or Hub(progress=False)
+    client = WorkerClient(hub or Hub(progress=False))
     try:
-        claim = hub.request("POST", f"/jobs/{job_id}/claim", json={"worker": _worker_name()})
-    except Conflict as exc:
+        claim = client.claim(job_id, _worker_name())
+    except ClaimRefused as exc:
         log.info("job %s not claimed: %s", job_id, exc)  # a redelivered message, or another worker has it
         return "skipped"
-    job, attempt = claim["job"], claim["attempt"]
-    job_hub = Hub(url=hub.url, token=claim["token"], cache_dir=hub.cache_dir, progress=False)
+    attempt = claim.attempt
+    job_hub = client.job_hub(claim)
     work = Path(tempfile.mkdtemp(prefix=f"pefthub-job-{job_id[:8]}-"))
-    recipe = _train if job["type"] == "train" else _merge
-    outcome, failure = "succeeded", None
+    recipe = _train if claim.job["type"] == TRAIN else _merge
+    outcome, version, failure = "succeeded", None, None
     try:
-        with JobSession(hub, job_id, attempt, float(claim["heartbeat_seconds"])) as session:
+        with JobSession(client, job_id, attempt, claim.heartbeat_seconds) as session:
             try:
-                version = recipe(job, job_hub, session, work)
-            except Cancelled:
-                version, outcome = None, "lease_lost" if session.lease_lost.is_set() else "cancelled"
+                version = recipe(claim.job, job_hub, session, work)
+            except Cancelled:  # asked to cancel, or the lease was lost
+                outcome = "cancelled"
             except Exception as exc:  # every failure is reported to the hub below
                 log.exception("job %s attempt %s failed", job_id, attempt)
-                version, outcome, failure = None, "failed", _failure(exc)
-            if session.lease_lost.is_set():
-                return "lease_lost"
-        body = {"attempt": attempt}
+                outcome, failure = "failed", _failure(exc)
+        if session.lease_lost.is_set():
+            return "lease_lost"
         if outcome == "succeeded":
-            hub.request("POST", f"/jobs/{job_id}/complete", json={**body, "version": version.number})
+            client.complete(job_id, attempt, version.number)
         elif outcome == "cancelled":
-            hub.request("POST", f"/jobs/{job_id}/fail", json={**body, "code": "cancelled", "message": "cancelled"})
+            client.fail(job_id, attempt, "cancelled", "cancelled")
         else:
-            code, message, retryable = failure
-            hub.request("POST", f"/jobs/{job_id}/fail", json={**body, "code": code, "message": message, "retryable": retryable})
+            client.fail(job_id, attempt, *failure)
         return outcome
-    except Conflict:
+    except LeaseLost:
         return "lease_lost"
     finally:
         job_hub.close()
