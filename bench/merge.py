@@ -40,9 +40,7 @@ def child(method: str, base: Path, adapter: Path, out: Path) -> None:
     """
     Path("/proc/self/clear_refs").write_text("5")
     if method == "streaming":
-        import torch  # noqa: F401  merge() imports it lazily; import it before the clock starts, as peft's side does
-
-        from pefthub_worker.merging import merge
+        from pefthub_worker.merging import merge  # imports torch, before the clock starts, as peft's side does
 
         imported = vm("VmRSS")
         started = time.perf_counter()
