@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._cli_util import UsageError, make_hub, print_json, table
+from ._cli_util import UsageError, labelled, make_hub, print_json, table
 from .jobs import Job, JobEvent
 from .protocol.errors import SpecError
 from .protocol.jobs import JOB_TYPES, QUEUES, STATUSES
@@ -104,30 +104,17 @@ def _step(job: Job) -> str | None:
 
 def describe_job(job: Job) -> str:
     attempts = f" (attempt {job.attempt}/{job.max_attempts})" if job.attempt else ""
-    lines = [
-        job.id,
-        f"type      {job.type}",
-        f"status    {job.status}{attempts}",
-        f"output    {job.output or '-'}",
-        f"queue     {job.queue or '-'}",
-        f"owner     {job.owner or '-'}",
+    error = job.error and f"{job.error.get('code')}: {job.error.get('message')}"
+    rows = [
+        ("type", job.type), ("status", f"{job.status}{attempts}"), ("output", job.output or "-"),
+        ("queue", job.queue or "-"), ("owner", job.owner or "-"),
+        *((name, _pin(value)) for name, value in job.inputs.items()),
+        ("progress", job.progress and format_metric(job.progress)), ("metrics", job.metrics and format_metric(job.metrics)),
+        ("result", job.result_ref), ("error", error),
+        ("created", job.created_at or "-"), ("started", job.started_at or "-"), ("finished", job.finished_at or "-"),
+        ("spec", json.dumps(job.spec, sort_keys=True)),
     ]
-    lines += [f"{name:<9} {_pin(value)}" for name, value in job.inputs.items()]
-    if job.progress:
-        lines.append(f"progress  {format_metric(job.progress)}")
-    if job.metrics:
-        lines.append(f"metrics   {format_metric(job.metrics)}")
-    if job.result_ref:
-        lines.append(f"result    {job.result_ref}")
-    if job.error:
-        lines.append(f"error     {job.error.get('code')}: {job.error.get('message')}")
-    lines += [
-        f"created   {job.created_at or '-'}",
-        f"started   {job.started_at or '-'}",
-        f"finished  {job.finished_at or '-'}",
-        f"spec      {json.dumps(job.spec, sort_keys=True)}",
-    ]
-    return "\n".join(lines)
+    return "\n".join([job.id, *labelled(rows)])
 
 
 # -- helpers -------------------------------------------------------------------------------

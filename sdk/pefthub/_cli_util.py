@@ -23,6 +23,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     )
 
 
+def labelled(rows: Sequence[tuple[str, Any]], *, width: int = 9) -> list[str]:
+    """``label  value`` lines with the labels padded to ``width``; rows whose value is empty are left out."""
+    return [f"{label:<{width}} {value}" for label, value in rows if value not in (None, "", [], {})]
+
+
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 

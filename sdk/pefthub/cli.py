@@ -20,6 +20,7 @@ from . import constants as c
 from ._cli_jobs import add_job_commands
 from ._cli_util import SHELLS
 from ._cli_util import UsageError as _UsageError
+from ._cli_util import labelled as _labelled
 from ._cli_util import make_hub as _hub
 from ._cli_util import print_json as _print_json
 from ._cli_util import shell_exports as _shell_exports
@@ -173,19 +174,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _describe_repo(repo: Repo, versions: list[Version]) -> str:
-    lines = [
-        repo.id,
-        f"kind        {repo.kind}",
-        f"visibility  {repo.visibility}",
+    rows = [
+        ("kind", repo.kind), ("visibility", repo.visibility), ("base model", repo.base_model),
+        ("peft type", repo.peft_type), ("description", repo.description),
+        ("latest", repo.latest_version if repo.latest_version is not None else "-"),
     ]
-    if repo.base_model:
-        lines.append(f"base model  {repo.base_model}")
-    if repo.peft_type:
-        lines.append(f"peft type   {repo.peft_type}")
-    if repo.description:
-        lines.append(f"description {repo.description}")
-    lines.append(f"latest      {repo.latest_version if repo.latest_version is not None else '-'}")
-    lines.append("")
+    lines = [repo.id, *_labelled(rows, width=11), ""]
     if versions:
         rows = [
             (v.number, v.digest[:19], ",".join(v.aliases), _human(v.size), v.created_at, v.created_by, v.message)
@@ -198,28 +192,19 @@ def _describe_repo(repo: Repo, versions: list[Version]) -> str:
 
 
 def _describe_version(v: Version) -> str:
-    lines = [
-        f"{v.ref}  {v.digest}",
-        f"created   {v.created_at or '-'} by {v.created_by or '-'}",
-        f"aliases   {', '.join(v.aliases) or '-'}",
-        f"size      {_human(v.size)} in {v.file_count if v.file_count is not None else len(v.files or ())} file(s)",
+    file_count = v.file_count if v.file_count is not None else len(v.files or ())
+    base, adapter = v.base_model or {}, v.adapter or {}
+    targets = adapter.get("target_modules")
+    rows = [
+        ("created", f"{v.created_at or '-'} by {v.created_by or '-'}"), ("aliases", ", ".join(v.aliases) or "-"),
+        ("size", f"{_human(v.size)} in {file_count} file(s)"),
+        ("base", base and f"{base.get('repo')}@{base.get('number')}"),
+        ("adapter", adapter and f"{adapter.get('peft_type')} r={adapter.get('r')} alpha={adapter.get('lora_alpha')} "
+                                f"targets={','.join(targets) if isinstance(targets, list) else targets}"),
+        ("message", v.message), ("metadata", v.metadata and json.dumps(v.metadata, sort_keys=True)),
     ]
-    if v.base_model:
-        base = v.base_model
-        lines.append(f"base      {base.get('repo')}@{base.get('number')}")
-    if v.adapter:
-        a = v.adapter
-        targets = ",".join(a.get("target_modules") or []) if isinstance(a.get("target_modules"), list) else a.get("target_modules")
-        lines.append(
-            f"adapter   {a.get('peft_type')} r={a.get('r')} alpha={a.get('lora_alpha')} targets={targets}"
-        )
-    if v.message:
-        lines.append(f"message   {v.message}")
-    if v.metadata:
-        lines.append(f"metadata  {json.dumps(v.metadata, sort_keys=True)}")
-    lines.append("")
-    lines.append(_table(("PATH", "SIZE", "SHA256"), [(f.path, _human(f.size), f.sha256[:16]) for f in v.files or ()]))
-    return "\n".join(lines)
+    files = _table(("PATH", "SIZE", "SHA256"), [(f.path, _human(f.size), f.sha256[:16]) for f in v.files or ()])
+    return "\n".join([f"{v.ref}  {v.digest}", *_labelled(rows), "", files])
 
 
 def cmd_info(args: argparse.Namespace) -> int:
