@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._cli_util import UsageError, labelled, make_hub, print_json, table
+from ._cli_util import UsageError, labelled, make_hub, print_json, show, table
 from .jobs import Job, JobEvent
 from .protocol.errors import SpecError
 from .protocol.jobs import JOB_TYPES, QUEUES, STATUSES
@@ -218,11 +218,7 @@ def cmd_jobs_ls(args: argparse.Namespace) -> int:
 def cmd_jobs_show(args: argparse.Namespace) -> int:
     with make_hub() as hub:
         job = hub.job(args.id)
-    if args.json:
-        print_json(job.raw)
-    else:
-        print(describe_job(job))
-    return 0
+    return show(args.json, job.raw, lambda: describe_job(job))
 
 
 def cmd_jobs_logs(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .client import Hub
@@ -30,6 +30,15 @@ def labelled(rows: Sequence[tuple[str, Any]], *, width: int = 9) -> list[str]:
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def show(as_json: bool, raw: Any, text: Callable[[], str]) -> int:
+    """Print ``raw`` as JSON (``--json``) or the human ``text()``; the command's exit status, 0."""
+    if as_json:
+        print_json(raw)
+    else:
+        print(text())
+    return 0
 
 
 def make_hub() -> Hub:

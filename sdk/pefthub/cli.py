@@ -24,6 +24,7 @@ from ._cli_util import labelled as _labelled
 from ._cli_util import make_hub as _hub
 from ._cli_util import print_json as _print_json
 from ._cli_util import shell_exports as _shell_exports
+from ._cli_util import show as _show
 from ._cli_util import table as _table
 from .client import Hub
 from .errors import HubError, RefError
@@ -212,18 +213,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     with _hub() as hub:
         if ref.explicit:
             version = hub.version(args.ref)
-            if args.json:
-                _print_json(version.raw)
-            else:
-                print(_describe_version(version))
-            return 0
+            return _show(args.json, version.raw, lambda: _describe_version(version))
         repo = hub.repo(ref.repo_id)
         versions = list(hub.versions(ref.repo_id))
-    if args.json:
-        _print_json({"repo": repo.raw, "versions": [v.raw for v in versions]})
-    else:
-        print(_describe_repo(repo, versions))
-    return 0
+    return _show(args.json, {"repo": repo.raw, "versions": [v.raw for v in versions]},
+                 lambda: _describe_repo(repo, versions))
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
