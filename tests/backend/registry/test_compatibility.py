@@ -15,6 +15,11 @@ from pefthub_server.registry import compatibility
 from tests.backend.registry.artefacts import ADAPTERS, BASES, fails, fingerprint_of, llama_config
 
 
+def misfit(code: str, config: dict, tensors: dict, fingerprint: dict, base_label: str):
+    """The error ``check_adapter_against_base`` raises with ``code``."""
+    return fails(code, compatibility.check_adapter_against_base, config, tensors, fingerprint, base_label=base_label)
+
+
 def test_llama_fingerprint(art: dict) -> None:
     fp = art["fp"]["llama"]
     assert (fp["model_type"], fp["architectures"], fp["hidden_size"], fp["num_layers"]) == (
@@ -77,22 +82,20 @@ def test_adapter_fits_base_saved_without_model_prefix(art: dict, tmp_path: Path)
 
 def test_lora_for_smaller_base_is_shape_mismatch(art: dict) -> None:
     adapter = art["adapters"]["small_lora_qv"]
-    err = fails("shape_mismatch", compatibility.check_adapter_against_base, adapter.config, adapter.tensors,
-                art["fp"]["llama"], base_label="acme/llama-tiny@1")
+    err = misfit("shape_mismatch", adapter.config, adapter.tensors,
+                art["fp"]["llama"], "acme/llama-tiny@1")
     assert err.message.startswith("`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` has shape "
                                   "[8, 32] but base `acme/llama-tiny@1` module `model.layers.0.self_attn.q_proj` "
                                   "has in_features 64")
     assert err.detail["got"] == [8, 32]
     # and the other way round
     big = art["adapters"]["lora_qv"]
-    fails("shape_mismatch", compatibility.check_adapter_against_base, big.config, big.tensors, art["fp"]["llama32"],
-          base_label="acme/small@1")
+    misfit("shape_mismatch", big.config, big.tensors, art["fp"]["llama32"], "acme/small@1")
 
 
 def test_prompt_tuning_for_other_hidden_size_is_shape_mismatch(art: dict) -> None:
     small = art["adapters"]["small_prompt"]
-    err = fails("shape_mismatch", compatibility.check_adapter_against_base, small.config, small.tensors, art["fp"]["llama"],
-                base_label="acme/llama-tiny@1")
+    err = misfit("shape_mismatch", small.config, small.tensors, art["fp"]["llama"], "acme/llama-tiny@1")
     assert "hidden size 64" in err.message
 
 
@@ -100,25 +103,23 @@ def test_prefix_tuning_must_fit_layer_count(art: dict) -> None:
     prefix = art["adapters"]["prefix"]
     assert prefix.tensors["prompt_embeddings"]["shape"] == [5, 2 * 2 * 64]
     fp3 = {**art["fp"]["llama"], "num_layers": 3}
-    err = fails("shape_mismatch", compatibility.check_adapter_against_base, prefix.config, prefix.tensors, fp3, base_label="b@1")
+    err = misfit("shape_mismatch", prefix.config, prefix.tensors, fp3, "b@1")
     assert "3 layers" in err.message
 
 
 def test_unknown_target_module(art: dict) -> None:
     adapter = art["adapters"]["lora_qv"]
     config = {**adapter.config, "target_modules": ["q_proj", "nonexistent_proj"]}
-    err = fails("unknown_module", compatibility.check_adapter_against_base, config, adapter.tensors, art["fp"]["llama"],
-                base_label="acme/llama-tiny@2")
+    err = misfit("unknown_module", config, adapter.tensors, art["fp"]["llama"], "acme/llama-tiny@2")
     assert err.message.startswith("adapter targets `nonexistent_proj` but base `acme/llama-tiny@2` has no such module")
     assert "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" in err.message
     regex = {**adapter.config, "target_modules": r".*\.nonexistent_proj"}
-    fails("unknown_module", compatibility.check_adapter_against_base, regex, adapter.tensors, art["fp"]["llama"], base_label="b")
+    misfit("unknown_module", regex, adapter.tensors, art["fp"]["llama"], "b")
 
 
 def test_gpt2_adapter_on_llama_is_refused(art: dict) -> None:
     adapter = art["adapters"]["gpt2_lora"]
-    err = fails("unknown_module", compatibility.check_adapter_against_base, adapter.config, adapter.tensors, art["fp"]["llama"],
-                base_label="acme/llama-tiny@1")
+    err = misfit("unknown_module", adapter.config, adapter.tensors, art["fp"]["llama"], "acme/llama-tiny@1")
     assert "`c_attn`" in err.message
 
 
@@ -126,8 +127,7 @@ def test_tensor_for_module_the_base_lacks(art: dict) -> None:
     adapter = art["adapters"]["lora_qv"]
     tensors = dict(adapter.tensors)
     tensors["base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight"] = {"dtype": "F32", "shape": [8, 64]}
-    err = fails("unknown_module", compatibility.check_adapter_against_base, adapter.config, tensors, art["fp"]["llama"],
-                base_label="b@1")
+    err = misfit("unknown_module", adapter.config, tensors, art["fp"]["llama"], "b@1")
     assert "`model.layers.9.self_attn.q_proj`" in err.message
 
 
@@ -152,8 +152,8 @@ def retarget(tensors: dict, suffix: str, shape: list[int]) -> dict:
 def test_tampered_shapes_are_mismatches(art: dict, name: str, suffix: str, shape: list[int], expected: str) -> None:
     adapter = art["adapters"][name]
     tensors = retarget(adapter.tensors, suffix, shape)
-    err = fails("shape_mismatch", compatibility.check_adapter_against_base, adapter.config, tensors,
-                art["fp"][ADAPTERS[name][0]], base_label="b@1")
+    err = misfit("shape_mismatch", adapter.config, tensors,
+                art["fp"][ADAPTERS[name][0]], "b@1")
     assert suffix in err.message and expected in err.message
 
 
@@ -164,14 +164,14 @@ def test_dora_magnitude_saved_with_weight_suffix_fits(art: dict) -> None:
     assert tensors != adapter.tensors
     compatibility.check_adapter_against_base(adapter.config, tensors, art["fp"]["llama"], base_label="b@1")
     bad = retarget(tensors, "q_proj.lora_magnitude_vector.weight", [128])
-    fails("shape_mismatch", compatibility.check_adapter_against_base, adapter.config, bad, art["fp"]["llama"], base_label="b@1")
+    misfit("shape_mismatch", adapter.config, bad, art["fp"]["llama"], "b@1")
 
 
 def test_ambiguous_module_is_unknown() -> None:
     fp = {"modules": {"encoder.layers.0.q": [8, 8], "decoder.layers.0.q": [8, 8]}, "embeddings": {}}
     adapter = {"peft_type": "LORA", "target_modules": ["q"]}
     tensors = {"base_model.model.layers.0.q.lora_A.weight": {"dtype": "F32", "shape": [2, 8]}}
-    err = fails("unknown_module", compatibility.check_adapter_against_base, adapter, tensors, fp, base_label="acme/t5@1")
+    err = misfit("unknown_module", adapter, tensors, fp, "acme/t5@1")
     assert "several modules" in err.message and "decoder.layers.0.q" in err.message
     exact = {"base_model.model.encoder.layers.0.q.lora_A.weight": {"dtype": "F32", "shape": [2, 8]}}
     compatibility.check_adapter_against_base(adapter, exact, fp, base_label="acme/t5@1")
@@ -180,8 +180,8 @@ def test_ambiguous_module_is_unknown() -> None:
 def test_fingerprint_without_modules_checks_nothing_but_empty_modules_refuse(art: dict) -> None:
     adapter = art["adapters"]["lora_qv"]
     compatibility.check_adapter_against_base(adapter.config, adapter.tensors, {}, base_label="b@1")
-    fails("unknown_module", compatibility.check_adapter_against_base, adapter.config, adapter.tensors,
-          {"modules": {}, "embeddings": {}}, base_label="b@1")
+    misfit("unknown_module", adapter.config, adapter.tensors,
+          {"modules": {}, "embeddings": {}}, "b@1")
 
 
 def test_fingerprint_of_config_without_tie_flag_or_with_text_config() -> None:
