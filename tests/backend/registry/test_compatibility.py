@@ -82,8 +82,7 @@ def test_adapter_fits_base_saved_without_model_prefix(art: dict, tmp_path: Path)
 
 def test_lora_for_smaller_base_is_shape_mismatch(art: dict) -> None:
     adapter = art["adapters"]["small_lora_qv"]
-    err = misfit("shape_mismatch", adapter.config, adapter.tensors,
-                art["fp"]["llama"], "acme/llama-tiny@1")
+    err = misfit("shape_mismatch", adapter.config, adapter.tensors, art["fp"]["llama"], "acme/llama-tiny@1")
     assert err.message.startswith("`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` has shape "
                                   "[8, 32] but base `acme/llama-tiny@1` module `model.layers.0.self_attn.q_proj` "
                                   "has in_features 64")
@@ -152,8 +151,7 @@ def retarget(tensors: dict, suffix: str, shape: list[int]) -> dict:
 def test_tampered_shapes_are_mismatches(art: dict, name: str, suffix: str, shape: list[int], expected: str) -> None:
     adapter = art["adapters"][name]
     tensors = retarget(adapter.tensors, suffix, shape)
-    err = misfit("shape_mismatch", adapter.config, tensors,
-                art["fp"][ADAPTERS[name][0]], "b@1")
+    err = misfit("shape_mismatch", adapter.config, tensors, art["fp"][ADAPTERS[name][0]], "b@1")
     assert suffix in err.message and expected in err.message
 
 
@@ -180,8 +178,7 @@ def test_ambiguous_module_is_unknown() -> None:
 def test_fingerprint_without_modules_checks_nothing_but_empty_modules_refuse(art: dict) -> None:
     adapter = art["adapters"]["lora_qv"]
     compatibility.check_adapter_against_base(adapter.config, adapter.tensors, {}, base_label="b@1")
-    misfit("unknown_module", adapter.config, adapter.tensors,
-          {"modules": {}, "embeddings": {}}, "b@1")
+    misfit("unknown_module", adapter.config, adapter.tensors, {"modules": {}, "embeddings": {}}, "b@1")
 
 
 def test_fingerprint_of_config_without_tie_flag_or_with_text_config() -> None:
