@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 IGNORE_INDEX = -100
-ROW_FORMATS = ("text", "prompt_completion", "messages")
 _NEEDS = "rows need `text`, or `prompt` and `completion`, or `messages`"
 _DESCRIBE = {"text": "a `text` row", "prompt_completion": "a `prompt`/`completion` row", "messages": "a `messages` row"}
 
