@@ -66,8 +66,9 @@ def hyper(method: str = "lora", **overrides) -> TrainHyperparameters:
 
 def run(method: str, base: Path, dataset: Path, out: Path, events: list | None = None, **overrides):
     on_event = (lambda type, data: events.append((type, data))) if events is not None else (lambda type, data: None)
-    return recipe.run_recipe(method=method, hyperparameters=hyper(method, **overrides), base_dir=base,
-                             dataset_path=dataset, output_dir=out, callbacks=Callbacks(on_event=on_event))
+    result = train(method=method, hyperparameters=hyper(method, **overrides), base_dir=base, dataset_path=dataset,
+                   output_dir=out, callbacks=Callbacks(on_event=on_event), keep_model=True)
+    return result, result.model
 
 
 def load_base(base: Path, *, four_bit: bool = False):

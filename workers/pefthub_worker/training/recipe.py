@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class TrainResult:
     peft_type: str
     #: the 4-bit settings the base was loaded with (qlora), else None
     quantization: dict | None
+    #: the trained PeftModel in eval mode, with ``train(..., keep_model=True)``
+    model: Any = field(default=None, repr=False, compare=False)
 
 
 _NO_CALLBACKS = Callbacks()
@@ -65,23 +67,13 @@ def train(
     dataset_path: Path,
     output_dir: Path,
     callbacks: Callbacks = _NO_CALLBACKS,
+    keep_model: bool = False,
 ) -> TrainResult:
-    """Train a ``method`` adapter on the base in ``base_dir`` and save it to ``output_dir``."""
-    result, _ = run_recipe(method=method, hyperparameters=hyperparameters, base_dir=base_dir,
-                           dataset_path=dataset_path, output_dir=output_dir, callbacks=callbacks)
-    return result
+    """Train a ``method`` adapter on the base in ``base_dir`` and save it to ``output_dir``.
 
-
-def run_recipe(
-    *,
-    method: str,
-    hyperparameters: TrainHyperparameters,
-    base_dir: Path,
-    dataset_path: Path,
-    output_dir: Path,
-    callbacks: Callbacks = _NO_CALLBACKS,
-) -> tuple[TrainResult, Any]:
-    """:func:`train`, also returning the trained ``PeftModel`` (in eval mode): for tests and notebooks."""
+    With ``keep_model`` the result also holds the trained ``PeftModel`` (in eval mode), for
+    tests and notebooks; otherwise it is released when training ends.
+    """
     import torch
 
     hp = hyperparameters
@@ -145,9 +137,8 @@ def run_recipe(
     _save_atomically(model, output_dir)
     peft_type = model.peft_config["default"].peft_type
     log(f"saved the adapter to {output_dir}")
-    result = TrainResult(output_dir=output_dir, metrics=metrics, peft_type=getattr(peft_type, "value", str(peft_type)),
-                         quantization=quantization)
-    return result, model
+    return TrainResult(output_dir=output_dir, metrics=metrics, peft_type=getattr(peft_type, "value", str(peft_type)),
+                       quantization=quantization, model=model if keep_model else None)
 
 
 # --- steps ------------------------------------------------------------------------------------
