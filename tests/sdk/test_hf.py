@@ -1,18 +1,14 @@
 """Hugging Face tools pointed at the hub: ``hub.hf_env()``, ``pefthub env``, and
 ``pull --hf-cache`` filling the standard Hugging Face cache.
 
-``pull_to_hf_cache`` runs the real ``huggingface_hub.snapshot_download`` against
-``FakeHF``: the ``/hf`` routes of the server's contract (model info, tree, resolve)
-over the fake hub's versions. The server's own implementation is tested end to end
-in the integration suites; this pins the SDK's half.
+``pull_to_hf_cache`` runs the real ``huggingface_hub.snapshot_download`` against the
+hub's real ``/hf`` API (model info, tree, resolve), through the proxy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -24,85 +20,35 @@ from pefthub import Hub, HubConnectionError, NotFound
 from pefthub.cli import main
 from pefthub.hf import hf_revision
 
-from .fakes import TOKEN, FakeHub, Reply, Seen, sha, tree
+from .proxy import Reply
+from .state import sha, tree
 
 pytest.importorskip("huggingface_hub")
 
-FILES = {"adapter_config.json": b'{"peft_type": "LORA", "r": 8}', "adapter_model.safetensors": b"\x05" * 3000,
-         "nested/notes.md": b"# notes\n"}
 #: variables that would steer huggingface_hub away from what a test sets up
 HF_VARS = ("HF_ENDPOINT", "HF_TOKEN", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_IMPLICIT_TOKEN",
            "HUGGINGFACE_HUB_CACHE")
+#: the model card the hub's /hf API adds to every repository it serves
+CARD = "README.md"
 
 
-def commit_of(version: dict) -> str:
-    return version["digest"].split(":")[1][:40]
-
-
-class FakeHF:
-    """``/hf/api/models/...`` and ``/hf/{ns}/{name}/resolve/...`` as the server promises them."""
-
-    def __init__(self, hub: FakeHub) -> None:
-        self.hub = hub
-        repo = r"/hf/api/models/(?P<ns>[^/]+)/(?P<name>[^/]+)"
-        hub.server.route("GET", repo + r"(?:/revision/(?P<rev>[^/]+))?", self.info)
-        hub.server.route("GET", repo + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", self.tree)
-        hub.server.route("*", r"/hf/(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self.resolve)
-
-    def _find(self, seen: Seen, match: re.Match[str]) -> tuple[str, dict] | Reply:
-        if seen.header("Authorization") != f"Bearer {TOKEN}":
-            return Reply(401, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-        repo_id = f"{match['ns']}/{match['name']}"
-        rev = match["rev"] or "main"
-        versions = self.hub.versions.get(repo_id) or []
-        if re.fullmatch(r"[0-9a-f]{40}", rev):
-            version = next((v for v in versions if commit_of(v) == rev), None)
-        else:
-            version = self.hub.resolve(repo_id, "latest" if rev == "main" else rev)
-        if version is None:
-            return Reply(404, {"error": f"Revision Not Found for {rev}"}, {"X-Error-Code": "RevisionNotFound"})
-        return repo_id, version
-
-    def info(self, seen: Seen, match: re.Match[str]) -> Reply:
-        found = self._find(seen, match)
-        if isinstance(found, Reply):
-            return found
-        repo_id, version = found
-        return Reply(200, {"id": repo_id, "sha": commit_of(version), "private": True, "tags": ["peft"],
-                           "library_name": "peft", "cardData": {},
-                           "siblings": [{"rfilename": f["path"]} for f in version["files"]]})
-
-    def tree(self, seen: Seen, match: re.Match[str]) -> Reply:
-        found = self._find(seen, match)
-        if isinstance(found, Reply):
-            return found
-        return Reply(200, [
-            {"type": "file", "path": f["path"], "size": f["size"],
-             "oid": hashlib.sha1(self.hub.blobs[f["sha256"]]).hexdigest(),
-             "lfs": {"oid": f["sha256"], "size": f["size"], "pointerSize": 134}}
-            for f in found[1]["files"]
-        ])
-
-    def resolve(self, seen: Seen, match: re.Match[str]) -> Reply:
-        found = self._find(seen, match)
-        if isinstance(found, Reply):
-            return found
-        entry = next((f for f in found[1]["files"] if f["path"] == match["path"]), None)
-        if entry is None:
-            return Reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
-        headers = {"X-Repo-Commit": commit_of(found[1]), "ETag": f'"{entry["sha256"]}"', "Accept-Ranges": "bytes"}
-        return Reply(200, self.hub.blobs[entry["sha256"]], headers)
+def commit_of(version) -> str:
+    return version.digest_hex[:40]
 
 
 @pytest.fixture
-def hf_hub(fake_hub, monkeypatch) -> FakeHub:
+def hf_hub(seed, monkeypatch):
+    """``acme/bot`` version 1 (`old`) and version 2 (`prod`, with a nested file), adapters on the tiny base.
+
+    Returns ``(version 1's files, version 2's files, version 1, version 2)``."""
     for name in HF_VARS:
         monkeypatch.delenv(name, raising=False)
-    FakeHF(fake_hub)
-    fake_hub.add_version("acme/bot", {"adapter_config.json": b'{"peft_type": "LORA", "r": 4}'})
-    fake_hub.add_version("acme/bot", FILES)
-    fake_hub.aliases["acme/bot"] = {"prod": 2, "old": 1}
-    return fake_hub
+    seed.base()
+    v1_files = seed.adapter_files(variant=1)
+    v2_files = {**seed.adapter_files(variant=2), "nested/notes.md": b"# notes\n"}
+    v1 = seed.push("acme/bot", v1_files, kind="adapter", base_model="acme/llama-tiny", aliases=["old"])
+    v2 = seed.push("acme/bot", v2_files, kind="adapter", aliases=["prod"])
+    return v1_files, v2_files, v1, v2
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -167,25 +113,26 @@ def test_pefthub_env_shells_json_and_no_token(capsys, monkeypatch):
 
 
 # -- pull --hf-cache -------------------------------------------------------------------------------
-def test_pull_to_hf_cache_fills_the_standard_cache_for_offline_loading(make_hub, hf_hub, tmp_path):
+def test_pull_to_hf_cache_fills_the_standard_cache_for_offline_loading(make_hub, hf_hub, proxy, alice, tmp_path):
+    v1_files, v2_files, v1, v2 = hf_hub
     cache = tmp_path / "hf" / "hub"
-    v2 = hf_hub.versions["acme/bot"][1]
     path = make_hub().pull_to_hf_cache("acme/bot@prod", cache_dir=cache)
 
     repo = cache / "models--acme--bot"
     assert path == repo / "snapshots" / commit_of(v2)
-    assert tree(path) == FILES
+    files = tree(path)
+    assert set(files) == {*v2_files, CARD} and {p: files[p] for p in v2_files} == v2_files
     assert (repo / "refs" / "prod").read_text() == commit_of(v2)
-    for data in FILES.values():
+    for data in v2_files.values():
         assert (repo / "blobs" / sha(data)).read_bytes() == data  # blobs named by the ETag, the sha256
-    hf_requests = hf_hub.server.requests(prefix="/hf/")
-    assert hf_requests and all(s.header("Authorization") == f"Bearer {TOKEN}" for s in hf_requests)
+    hf_requests = proxy.requests(prefix="/hf/")
+    assert hf_requests and all(s.header("Authorization") == f"Bearer {alice.token}" for s in hf_requests)
 
     # other revisions land in the same cache: a number, the default, a commit
-    assert make_hub().pull_to_hf_cache("acme/bot@1", cache_dir=cache).name == commit_of(hf_hub.versions["acme/bot"][0])
+    assert make_hub().pull_to_hf_cache("acme/bot@1", cache_dir=cache).name == commit_of(v1)
     assert make_hub().pull_to_hf_cache("acme/bot", cache_dir=cache) == path
     assert (repo / "refs" / "main").read_text() == commit_of(v2)
-    assert make_hub().pull_to_hf_cache(f"acme/bot@{v2['digest']}", cache_dir=cache) == path
+    assert make_hub().pull_to_hf_cache(f"acme/bot@{v2.digest}", cache_dir=cache) == path
 
     # a fresh process with HF_HUB_OFFLINE=1 and no server address finds everything
     script = (
@@ -201,7 +148,7 @@ def test_pull_to_hf_cache_fills_the_standard_cache_for_offline_loading(make_hub,
     assert done.returncode == 0, done.stderr
     prod, main_, old_config, notes = (Path(line) for line in done.stdout.splitlines())
     assert prod == main_ == path
-    assert old_config.read_bytes() == b'{"peft_type": "LORA", "r": 4}' and notes.read_bytes() == FILES["nested/notes.md"]
+    assert old_config.read_bytes() == v1_files["adapter_config.json"] and notes.read_bytes() == v2_files["nested/notes.md"]
 
 
 def test_pull_to_hf_cache_passes_the_hub_as_endpoint_and_never_a_huggingface_token(make_hub, monkeypatch, tmp_path):
@@ -225,12 +172,12 @@ def test_pull_hf_cache_cli_plumbing(capsys, monkeypatch, tmp_path):
     calls: list[dict] = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **kw: calls.append(kw) or "/snap")
     monkeypatch.setenv("PEFTHUB_URL", "http://hub:8000")
-    monkeypatch.setenv("PEFTHUB_TOKEN", TOKEN)
+    monkeypatch.setenv("PEFTHUB_TOKEN", "tok-alice")
     assert main(["pull", "acme/bot@prod", "--hf-cache"]) == 0
     assert capsys.readouterr().out == "/snap\n"
     assert main(["pull", "acme/bot@3", "--hf-home", str(tmp_path / "hfhome")]) == 0  # --hf-home implies --hf-cache
     first, second = calls
-    assert (first["revision"], first["token"], first["cache_dir"]) == ("prod", TOKEN, None)
+    assert (first["revision"], first["token"], first["cache_dir"]) == ("prod", "tok-alice", None)
     assert (second["revision"], second["cache_dir"]) == ("3", str(tmp_path / "hfhome" / "hub"))
 
     for extra in (["--local-dir", str(tmp_path / "x")], ["--peft-version", "0.13"]):
@@ -239,14 +186,14 @@ def test_pull_hf_cache_cli_plumbing(capsys, monkeypatch, tmp_path):
     assert len(calls) == 2
 
 
-def test_cli_pull_hf_cache_in_a_fresh_process_uses_hf_home(hf_hub, tmp_path):
+def test_cli_pull_hf_cache_in_a_fresh_process_uses_hf_home(hf_hub, proxy, alice, tmp_path):
     home = tmp_path / "hfhome"
     done = subprocess.run([sys.executable, "-m", "pefthub", "pull", "acme/bot@old", "--hf-cache"],
                           capture_output=True, text=True, timeout=120,
-                          env=child_env(PEFTHUB_URL=hf_hub.url, PEFTHUB_TOKEN=TOKEN, HF_HOME=str(home),
+                          env=child_env(PEFTHUB_URL=proxy.url, PEFTHUB_TOKEN=alice.token, HF_HOME=str(home),
                                         PEFTHUB_DISABLE_PROGRESS_BARS="1"))
     assert done.returncode == 0, done.stderr
-    v1 = hf_hub.versions["acme/bot"][0]
+    v1 = hf_hub[2]
     assert Path(done.stdout.strip()) == home / "hub" / "models--acme--bot" / "snapshots" / commit_of(v1)
     assert (home / "hub" / "models--acme--bot" / "refs" / "old").read_text() == commit_of(v1)
 
@@ -259,18 +206,28 @@ def test_pull_to_hf_cache_without_huggingface_hub_names_the_extra(make_hub, monk
     assert "pip install 'pefthub[hf]'" in capsys.readouterr().err
 
 
-def test_hugging_face_errors_become_the_sdks_typed_errors(make_hub, hf_hub, tmp_path, capsys, monkeypatch):
+@pytest.mark.usefixtures("hf_hub")
+def test_hugging_face_errors_become_the_sdks_typed_errors(make_hub, carol, proxy, tmp_path, capsys, monkeypatch):
     with pytest.raises(NotFound) as info:  # a private repo is RepoNotFound to an outsider
-        make_hub(token="tok-carol").pull_to_hf_cache("acme/bot", cache_dir=tmp_path / "hf")
-    assert (info.value.status, info.value.code) == (401, "RepoNotFound") and "acme/bot" in str(info.value)
+        make_hub(token=carol.token).pull_to_hf_cache("acme/bot", cache_dir=tmp_path / "hf")
+    assert (info.value.status, info.value.code) == (404, "RepoNotFound") and "acme/bot" in str(info.value)
     with pytest.raises(NotFound) as info:
         make_hub().pull_to_hf_cache("acme/bot@nope", cache_dir=tmp_path / "hf")
     assert (info.value.status, info.value.code) == (404, "RevisionNotFound")
     with pytest.raises(HubConnectionError, match="could not be reached"):
         make_hub(url=f"http://127.0.0.1:{free_port()}").pull_to_hf_cache("acme/bot", cache_dir=tmp_path / "hf")
 
-    monkeypatch.setenv("PEFTHUB_URL", hf_hub.url)
-    monkeypatch.setenv("PEFTHUB_TOKEN", "tok-carol")
+    monkeypatch.setenv("PEFTHUB_URL", proxy.url)
+    monkeypatch.setenv("PEFTHUB_TOKEN", carol.token)
+    assert main(["pull", "acme/bot", "--hf-home", str(tmp_path / "home")]) == 1
+    assert capsys.readouterr().err.startswith("error: 404 RepoNotFound: acme/bot: ")
+
+    # huggingface.co answers an outsider 401 with RepoNotFound: NotFound all the same
+    proxy.reply("GET", "/hf/.*", Reply(401, {"error": "Repository Not Found"}, {"X-Error-Code": "RepoNotFound"}),
+                times=None)
+    with pytest.raises(NotFound) as info:
+        make_hub(token=carol.token).pull_to_hf_cache("acme/bot", cache_dir=tmp_path / "hf")
+    assert (info.value.status, info.value.code) == (401, "RepoNotFound") and "acme/bot" in str(info.value)
     assert main(["pull", "acme/bot", "--hf-home", str(tmp_path / "home")]) == 1
     assert capsys.readouterr().err.startswith("error: 401 RepoNotFound: acme/bot: ")
 

@@ -1,3 +1,5 @@
+"""The HTTP layer against the real hub, through the proxy: retries, backoff, Retry-After, who gets the token."""
+
 from __future__ import annotations
 
 import socket
@@ -9,70 +11,69 @@ import pytest
 from pefthub import HubConnectionError, NotFound, RateLimited, ServerError, __version__
 from pefthub._http import HTTPClient, parse_retry_after
 
-from .fakes import TOKEN, Reply, error
+from .proxy import error
+from .state import sha
 
-WHO = {"username": "alice"}
+WHOAMI = "/api/v1/whoami"
 
 
 def api_get(http: HTTPClient, path: str):
     return http.request("GET", http.api_url(path), authenticated=True)
 
 
-def flaky(replies):
-    """A handler answering each reply in turn, then 200 ``WHO`` for ever."""
-    replies = list(replies)
+@pytest.fixture
+def client(proxy, alice):
+    """``client(sleeps, **kwargs)``: an HTTPClient for alice through the proxy, pausing into ``sleeps``."""
+    made: list[HTTPClient] = []
 
-    def handler(seen, match):
-        return replies.pop(0) if replies else Reply(200, WHO)
+    def make(sleeps: list[float], **kwargs) -> HTTPClient:
+        http = HTTPClient(proxy.url, alice.token, **kwargs)
+        http.sleep = sleeps.append
+        made.append(http)
+        return http
 
-    return handler
+    yield make
+    for http in made:
+        http.close()
 
 
-def client(server, sleeps, **kwargs) -> HTTPClient:
-    http = HTTPClient(server.url, TOKEN, **kwargs)
-    http.sleep = sleeps.append
-    return http
-
-
-def test_retry_after_is_honoured_on_429(server):
+def test_retry_after_is_honoured_on_429(proxy, client):
     sleeps: list[float] = []
-    server.route("GET", "/api/v1/whoami", flaky([
-        error(429, "throttled", "slow down", **{"Retry-After": "2"}),
-        error(429, "throttled", "slow down", **{"Retry-After": "7"}),
-    ]))
-    http = client(server, sleeps)
-    assert api_get(http, "whoami").json() == WHO
+    proxy.reply("GET", WHOAMI, error(429, "throttled", "slow down", **{"Retry-After": "2"}))
+    proxy.reply("GET", WHOAMI, error(429, "throttled", "slow down", **{"Retry-After": "7"}))
+    http = client(sleeps)
+    assert api_get(http, "whoami").json()["username"] == "alice"
     assert sleeps == [2.0, 7.0]
-    assert len(server.requests("GET", "/api/v1/whoami")) == 3
+    assert len(proxy.requests("GET", WHOAMI)) == 3
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_5xx_retries_with_jittered_backoff_then_gives_up(server, status):
+def test_5xx_retries_with_jittered_backoff_then_gives_up(proxy, client, status):
     sleeps: list[float] = []
-    server.route("GET", "/api/v1/whoami", lambda s, m: error(status, "oops", "broken"))
-    http = client(server, sleeps, max_retries=4)
+    proxy.reply("GET", WHOAMI, error(status, "oops", "broken"), times=None)
+    http = client(sleeps, max_retries=4)
     with pytest.raises(ServerError) as info:
         api_get(http, "whoami")
     assert info.value.status == status
-    assert len(server.requests("GET", "/api/v1/whoami")) == 5  # 1 + 4 retries
+    assert len(proxy.requests("GET", WHOAMI)) == 5  # 1 + 4 retries
     assert len(sleeps) == 4
     for attempt, delay in enumerate(sleeps):
         assert 0.0 <= delay <= min(20.0, 0.5 * 2**attempt)
 
 
-def test_429_after_every_retry_is_rate_limited(server):
+def test_429_after_every_retry_is_rate_limited(proxy, client):
     sleeps: list[float] = []
-    server.route("GET", "/api/v1/whoami", lambda s, m: error(429, "throttled", "slow", **{"Retry-After": "1"}))
+    proxy.reply("GET", WHOAMI, error(429, "throttled", "slow", **{"Retry-After": "1"}), times=None)
     with pytest.raises(RateLimited):
-        api_get(client(server, sleeps, max_retries=2), "whoami")
+        api_get(client(sleeps, max_retries=2), "whoami")
     assert sleeps == [1.0, 1.0]
 
 
-def test_4xx_is_not_retried(server):
+def test_4xx_is_not_retried(proxy, client):
     sleeps: list[float] = []
     with pytest.raises(NotFound):
-        api_get(client(server, sleeps), "repos/acme/nope")
-    assert sleeps == [] and len(server.requests()) == 1
+        api_get(client(sleeps), "repos/acme/nope")
+    assert sleeps == [] and len(proxy.requests()) == 1
 
 
 def test_backoff_is_full_jitter_capped(monkeypatch):
@@ -88,30 +89,32 @@ def test_connection_errors_are_retried_then_raised():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sleeps: list[float] = []
-    http = HTTPClient(f"http://127.0.0.1:{port}", TOKEN, max_retries=3, timeout=5)
+    http = HTTPClient(f"http://127.0.0.1:{port}", "tok", max_retries=3, timeout=5)
     http.sleep = sleeps.append
     with pytest.raises(HubConnectionError, match="after 4 attempt"):
         api_get(http, "whoami")
     assert len(sleeps) == 3
 
 
-def test_token_goes_to_the_api_only_and_user_agent_everywhere(server):
-    server.route("PUT", "/upload/x", lambda s, m: Reply(201, {}))
-    server.route("GET", "/api/v1/whoami", lambda s, m: Reply(200, WHO))
-    http = client(server, [])
-    api_get(http, "whoami")
-    http.request("PUT", f"{server.url}/upload/x?sig=1", data=b"abc", headers={"X-Sig": "s"})
-    api_req, upload_req = server.requests()
-    assert api_req.header("Authorization") == f"Bearer {TOKEN}"
-    assert upload_req.header("Authorization") is None
+def test_token_goes_to_the_api_only_and_user_agent_everywhere(proxy, client, alice, seed):
+    seed.hub.create_repo("acme/data", kind="dataset")
+    http = client([])
+    plan = http.request("POST", http.api_url("repos/acme/data/uploads"), authenticated=True,
+                        json={"files": [{"path": "a.txt", "sha256": sha(b"abc"), "size": 3}]}).json()
+    [target] = plan["missing"]
+    http.request("PUT", target["upload"]["url"], data=b"abc", headers={**target["upload"]["headers"], "X-Sig": "s"})
+    api_req, upload_req = proxy.requests()
+    assert api_req.header("Authorization") == f"Bearer {alice.token}"
+    assert upload_req.header("Authorization") is None and upload_req.status == 201  # the signed URL was enough
     assert upload_req.header("X-Sig") == "s" and upload_req.body == b"abc"
     assert api_req.header("User-Agent") == upload_req.header("User-Agent") == f"pefthub/{__version__}"
 
 
-def test_no_token_sends_no_authorization(server):
-    server.route("GET", "/api/v1/repos", lambda s, m: Reply(200, []))
-    api_get(HTTPClient(server.url, None), "repos")
-    assert server.requests()[0].header("Authorization") is None
+def test_no_token_sends_no_authorization(proxy):
+    http = HTTPClient(proxy.url, None)
+    api_get(http, "repos")
+    http.close()
+    assert proxy.requests()[0].header("Authorization") is None
 
 
 def test_parse_retry_after_forms():

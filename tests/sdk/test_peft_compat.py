@@ -19,21 +19,28 @@ from pefthub import ValidationError, peft_compat
 from pefthub.cli import main
 from pefthub.peft_compat import PeftCompatError, PeftCompatWarning, drop_unknown_keys
 
-from .fakes import TOKEN, sha, tree
+from .state import sha, tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- hub.pull(ref, peft_version=...) ------------------------------------------------------------
 @pytest.fixture
-def adapter_files(lora_config_json) -> dict[str, bytes]:
+def adapter_files(seed, lora_config_json) -> dict[str, bytes]:
+    """The tiny LoRA with the config the installed peft writes (naming the hub's base, so the hub keeps it as pushed)."""
+    seed.base()
     config = dict(lora_config_json, base_model_name_or_path="acme/llama-tiny")
-    return {"adapter_config.json": json.dumps(config, indent=2).encode(),
-            "adapter_model.safetensors": b"\x07" * 2048, "README.md": b"# bot\n"}
+    return {**seed.adapter_files(), "adapter_config.json": json.dumps(config, indent=2).encode(), "README.md": b"# bot\n"}
 
 
-def test_pull_with_peft_version_hands_out_an_adjusted_copy_and_leaves_the_cache_alone(make_hub, fake_hub, adapter_files):
-    v = fake_hub.add_version("acme/bot", adapter_files)
+@pytest.fixture
+def push_adapter(seed, adapter_files):
+    return lambda: seed.push("acme/bot", adapter_files, kind="adapter", base_model="acme/llama-tiny")
+
+
+def test_pull_with_peft_version_hands_out_an_adjusted_copy_and_leaves_the_cache_alone(make_hub, push_adapter, proxy,
+                                                                                      adapter_files):
+    v = push_adapter()
     hub = make_hub()
     with pytest.warns(PeftCompatWarning) as caught:
         path = hub.pull("acme/bot", peft_version="0.13")
@@ -43,7 +50,7 @@ def test_pull_with_peft_version_hands_out_an_adjusted_copy_and_leaves_the_cache_
     assert text.startswith("acme/bot@1: dropped from adapter_config.json the keys peft 0.13.0 does not know:")
     assert "lora_bias (peft 0.14.0)" in text and "use_dora" not in text
 
-    digest_hex = v["digest"].split(":")[1]
+    digest_hex = v.digest_hex
     snapshot = hub.cache.snapshot_dir(digest_hex)
     assert path == hub.cache.root / "compat" / f"{digest_hex}-peft0.13.0"
     files = tree(path)
@@ -59,10 +66,10 @@ def test_pull_with_peft_version_hands_out_an_adjusted_copy_and_leaves_the_cache_
     assert sha(blob.read_bytes()) == sha(adapter_files["adapter_config.json"])
 
     # a second pull reuses both, downloads nothing, and warns again
-    gets = len(fake_hub.blob_gets())
+    gets = len(proxy.requests("GET", "/api/v1/blobs/"))
     with pytest.warns(PeftCompatWarning):
-        assert hub.pull(f"acme/bot@{v['digest']}", peft_version="0.13.0") == path
-    assert len(fake_hub.blob_gets()) == gets
+        assert hub.pull(f"acme/bot@{v.digest}", peft_version="0.13.0") == path
+    assert len(proxy.requests("GET", "/api/v1/blobs/")) == gets
     # without peft_version, or for a peft that knows every key, the plain snapshot
     assert hub.pull("acme/bot") == snapshot
     with warnings.catch_warnings():
@@ -70,8 +77,8 @@ def test_pull_with_peft_version_hands_out_an_adjusted_copy_and_leaves_the_cache_
         assert hub.pull("acme/bot", peft_version="0.99") == snapshot
 
 
-def test_pull_with_peft_version_into_a_local_dir(make_hub, fake_hub, adapter_files, tmp_path):
-    fake_hub.add_version("acme/bot", adapter_files)
+def test_pull_with_peft_version_into_a_local_dir(make_hub, push_adapter, adapter_files, tmp_path):
+    push_adapter()
     with pytest.warns(PeftCompatWarning):
         out = make_hub().pull("acme/bot", local_dir=tmp_path / "copy", peft_version="0.13")
     files = tree(out)
@@ -80,9 +87,8 @@ def test_pull_with_peft_version_into_a_local_dir(make_hub, fake_hub, adapter_fil
     assert files["adapter_model.safetensors"] == adapter_files["adapter_model.safetensors"]
 
 
-def test_pull_of_a_model_or_a_current_config_changes_nothing(make_hub, fake_hub):
-    fake_hub.add_version("acme/llama-tiny", {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\0" * 64},
-                         kind="model")
+def test_pull_of_a_model_or_a_current_config_changes_nothing(make_hub, seed):
+    seed.base()
     hub = make_hub()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -90,20 +96,19 @@ def test_pull_of_a_model_or_a_current_config_changes_nothing(make_hub, fake_hub)
     assert path.parent == hub.cache.root / "snapshots"
 
 
-def test_pull_refuses_an_unknown_peft_version_before_any_request(make_hub, fake_hub, adapter_files):
-    fake_hub.add_version("acme/bot", adapter_files)
-    before = len(fake_hub.server.seen)
+def test_pull_refuses_an_unknown_peft_version_before_any_request(make_hub, push_adapter, proxy):
+    push_adapter()
     with pytest.raises(PeftCompatError, match=r"0\.10\.0 to") as info:
         make_hub().pull("acme/bot", peft_version="0.8")
     assert isinstance(info.value, ValidationError) and isinstance(info.value, ValueError)
-    assert len(fake_hub.server.seen) == before
+    assert proxy.requests() == []
 
 
-def test_cli_pull_peft_version_names_the_dropped_keys_on_stderr(capsys, monkeypatch, fake_hub, adapter_files, tmp_path):
-    for name, value in (("PEFTHUB_URL", fake_hub.url), ("PEFTHUB_TOKEN", TOKEN),
+def test_cli_pull_peft_version_names_the_dropped_keys_on_stderr(capsys, monkeypatch, proxy, alice, push_adapter, tmp_path):
+    for name, value in (("PEFTHUB_URL", proxy.url), ("PEFTHUB_TOKEN", alice.token),
                         ("PEFTHUB_CACHE", str(tmp_path / "cache")), ("PEFTHUB_DISABLE_PROGRESS_BARS", "1")):
         monkeypatch.setenv(name, value)
-    fake_hub.add_version("acme/bot", adapter_files)
+    push_adapter()
     code = main(["pull", "acme/bot", "--peft-version", "0.13"])
     out, err = capsys.readouterr()
     assert code == 0 and Path(out.strip()).name.endswith("-peft0.13.0")
