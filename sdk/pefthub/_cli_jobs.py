@@ -77,8 +77,10 @@ def format_event(event: JobEvent) -> str:
         text = f"status {d.get('status')}"
         if event.attempt:  # 0 while still queued
             text += f" (attempt {event.attempt})"
-        if d.get("reason"):
-            text += f": {d['reason']}"
+        error = d.get("error") if isinstance(d.get("error"), dict) else {}
+        why = d.get("reason") or (error and f"{error.get('code')}: {error.get('message')}")
+        if why:
+            text += f": {why}"
     elif event.type == "artifact":
         text = f"artifact {d.get('repo')}@{d.get('number')} {d.get('digest') or ''}".rstrip()
     else:

@@ -176,8 +176,6 @@ def test_jobs_logs_formats_each_event(cli, running_job, worker):
     assert texts(out) == ["status queued (attempt 2): attempt 2 of 3 failed: oom"]
 
 
-@pytest.mark.xfail(strict=True, reason="the hub puts why a job failed in its last status event's data.error "
-                   "({code, message}); `jobs logs` prints only data.reason, so it shows `status failed` without why")
 def test_jobs_logs_says_why_a_job_failed(cli, running_job, worker):
     worker.fail(running_job, "oom", "CUDA out of memory")
     code, out, _ = cli("jobs", "logs", running_job, "--after", "2")
