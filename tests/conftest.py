@@ -55,6 +55,23 @@ def carol(db):
 
 
 @pytest.fixture
+def open_hub():
+    """``open_hub(url=..., token=..., cache_dir=..., ...)``: an SDK client, without progress bars, closed after the test."""
+    from pefthub import Hub
+
+    hubs = []
+
+    def make(**kwargs) -> Hub:
+        hub = Hub(**{"progress": False, **kwargs})
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.close()
+
+
+@pytest.fixture
 def api():
     """An API client factory: ``api(token)`` or ``api()`` for anonymous."""
     from rest_framework.test import APIClient

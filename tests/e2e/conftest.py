@@ -7,19 +7,13 @@ import requests
 
 
 @pytest.fixture
-def hub_for(live_server, tmp_path, transactional_db):
-    from pefthub import Hub
+def hub_for(live_server, tmp_path, transactional_db, open_hub):
+    """``hub_for(person, token=None)``: that person's SDK client on the live hub, with a cache of its own."""
 
-    hubs = []
+    def make(person, *, token: str | None = None):
+        return open_hub(url=live_server.url, token=token or person.token, cache_dir=tmp_path / f"cache-{person.username}")
 
-    def make(person, *, token: str | None = None) -> Hub:
-        hub = Hub(url=live_server.url, token=token or person.token, cache_dir=tmp_path / f"cache-{person.username}", progress=False)
-        hubs.append(hub)
-        return hub
-
-    yield make
-    for hub in hubs:
-        hub.close()
+    return make
 
 
 @pytest.fixture

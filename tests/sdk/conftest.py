@@ -62,24 +62,16 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-def make_hub(proxy, alice, tmp_path, sleeps):
+def make_hub(proxy, alice, tmp_path, sleeps, open_hub):
     """``make_hub(**kwargs)``: a Hub for alice on the hub through the proxy, with a private
     cache; retries record their pauses in ``sleeps`` instead of sleeping."""
-    hubs: list[Hub] = []
 
     def make(**kwargs: Any) -> Hub:
-        kwargs.setdefault("url", proxy.url)
-        kwargs.setdefault("token", alice.token)
-        kwargs.setdefault("cache_dir", tmp_path / "cache")
-        kwargs.setdefault("progress", False)
-        hub = Hub(**kwargs)
+        hub = open_hub(**{"url": proxy.url, "token": alice.token, "cache_dir": tmp_path / "cache", **kwargs})
         hub._http.sleep = sleeps.append
-        hubs.append(hub)
         return hub
 
-    yield make
-    for hub in hubs:
-        hub.close()
+    return make
 
 
 @pytest.fixture
