@@ -9,7 +9,6 @@ files link to the same blobs. Errors come as :class:`PeftCompatError`, an SDK
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import warnings
@@ -55,17 +54,13 @@ def drop_unknown_keys(config: Mapping[str, Any], peft_version: str) -> tuple[dic
         return _table.drop_unknown_keys(config, peft_version)
 
 
-def _adjusted(path: Path, peft_version: str) -> tuple[str, list[str], str | None] | None:
+def _adjusted(path: Path, peft_version: str) -> _table.Adjusted | None:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # not a config peft could read either: leave it as it is
-    if not isinstance(config, dict):
+        data = path.read_bytes()
+    except OSError:
         return None
-    new, dropped = drop_unknown_keys(config, peft_version)
-    if not dropped:
-        return None
-    return json.dumps(new, indent=2, sort_keys=True) + "\n", dropped, config.get("peft_type")
+    with translated(PeftCompatError):
+        return _table.adjust_config(data, peft_version)
 
 
 def compat_snapshot(snapshot: Path, compat_root: Path, peft_version: str) -> tuple[Path, dict[str, str]]:
@@ -94,14 +89,14 @@ def compat_snapshot(snapshot: Path, compat_root: Path, peft_version: str) -> tup
     if not changes:
         return snapshot, {}
     target = compat_root / f"{snapshot.name}-peft{resolved}"
-    report = {rel.as_posix(): describe_dropped(dropped, peft_type) for rel, (_, dropped, peft_type) in changes.items()}
+    report = {rel.as_posix(): describe_dropped(a.dropped, a.peft_type) for rel, a in changes.items()}
     if (target / COMPLETE_MARKER).is_file():
         return target, report
     for rel in files:
         dest = target / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if rel in changes:
-            _atomic_write(dest, changes[rel][0])
+            _atomic_write(dest, changes[rel].data.decode())
         else:
             _link(Path(os.path.realpath(snapshot / rel)), dest)
     _atomic_write(target / COMPLETE_MARKER, f"{snapshot.name} for peft {resolved}\n")

@@ -125,3 +125,14 @@ def test_a_method_the_target_peft_lacks_is_an_error_not_a_silent_pass():
     with pytest.raises(PeftCompatError, match="no peft_type"):
         drop_unknown_keys({"r": 8}, "0.13")
     assert drop_unknown_keys({"peft_type": "VERA", "r": 256}, "0.11") == ({"peft_type": "VERA", "r": 256}, [])
+
+
+def test_adjust_config_rewrites_only_when_a_key_goes():
+    from pefthub.protocol.peft_compat import adjust_config
+
+    pushed = b'{"r": 8, "peft_type": "LORA", "lora_bias": false}'
+    adjusted = adjust_config(pushed, "0.13")
+    assert adjusted.dropped == ["lora_bias"] and adjusted.peft_type == "LORA"
+    assert adjusted.data == b'{\n  "peft_type": "LORA",\n  "r": 8\n}\n'  # the hub's one JSON form: sorted, indented
+    assert adjust_config(b'{"r": 8, "peft_type": "LORA"}', "0.13") is None  # nothing to drop: the file stays as pushed
+    assert adjust_config(b"[1, 2]", "0.13") is None and adjust_config(b"{not json", "0.13") is None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 
@@ -159,10 +158,11 @@ def _entries(request, resolved: Resolved) -> list[Entry]:
 
 
 def _compat_config(entry: Entry, peft: str) -> Entry:
-    config = json.loads(get_blob_store().read_range(entry.sha256, 0, entry.size))
-    adjusted, dropped = peft_compat.drop_unknown_keys(config, peft)
-    item = _generated(entry.path, (json.dumps(adjusted, indent=2, sort_keys=True) + "\n").encode())
-    item.dropped = dropped
+    adjusted = peft_compat.adjust_config(get_blob_store().read_range(entry.sha256, 0, entry.size), peft)
+    if adjusted is None:
+        return entry
+    item = _generated(entry.path, adjusted.data)
+    item.dropped = adjusted.dropped
     return item
 
 

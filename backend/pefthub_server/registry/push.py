@@ -10,14 +10,21 @@ aliases in one transaction under the repository's row lock.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 
-from pefthub.protocol.manifest import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, Entry, manifest_digest, parse_manifest
+from pefthub.protocol.manifest import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MODEL_CONFIG,
+    Entry,
+    dump_json,
+    manifest_digest,
+    parse_manifest,
+)
 from pefthub_server.core.errors import ValidationFailed
 from pefthub_server.registry import acceptance, compatibility
 from pefthub_server.registry.aliases import alias_move, check_settable
@@ -151,7 +158,7 @@ def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | 
         base_ref = repo.base_model.full_name
         if config.get("base_model_name_or_path") != base_ref:
             config["base_model_name_or_path"] = adapter["base_model_name_or_path"] = base_ref
-            result.rewrites[ADAPTER_CONFIG] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+            result.rewrites[ADAPTER_CONFIG] = dump_json(config)
         result.adapter_config = adapter
         result.peft_type = adapter.get("peft_type") or ""
     return result

@@ -31,6 +31,11 @@ MODEL_CARD = "README.md"
 _DRIVE = re.compile(r"[A-Za-z]:")
 
 
+def dump_json(value: Mapping[str, Any]) -> bytes:
+    """How the hub writes a JSON file it rewrites (an adapter config): sorted keys, 2-space indent, a final newline."""
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
 def _show(value: str, limit: int = 160) -> str:
     text = repr(value)[1:-1]
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -15,10 +15,12 @@ import functools
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from .errors import ProtocolError
+from .manifest import dump_json
 
 __all__ = [
     "NEVER_DROPPED",
@@ -136,6 +138,31 @@ def drop_unknown_keys(config: Mapping[str, Any], peft_version: str) -> tuple[dic
     for key in dropped:
         del out[key]
     return out, dropped
+
+
+@dataclass(frozen=True)
+class Adjusted:
+    """An adapter config adjusted for an older peft: the new file's bytes and what was dropped."""
+
+    data: bytes
+    dropped: list[str]
+    peft_type: str | None
+
+
+def adjust_config(data: bytes, peft_version: str) -> Adjusted | None:
+    """``adapter_config.json``'s bytes without the keys peft ``peft_version`` lacks.
+
+    None when nothing needs to go, or when the file is no JSON object (peft could not read it
+    either: it is left as it is).
+    """
+    try:
+        config = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    adjusted, dropped = drop_unknown_keys(config, peft_version)
+    return Adjusted(dump_json(adjusted), dropped, config.get("peft_type")) if dropped else None
 
 
 def describe_dropped(dropped: list[str], peft_type: str | None) -> str:
