@@ -17,7 +17,7 @@ from pefthub.protocol.refs import name_problem, namespace_problem, revision_prob
 GOOD = ["acme/data", "acme/data@1", "acme/data@latest", "acme/data@prod", "acme/data@{digest}", "acme/data@{DIGEST}"]
 BAD = [
     "acme/data@0", "acme/data@007", "acme/data@²", "acme/data@١", "acme/data@1a", "acme/data@9999999999",
-    "acme/data@-prod", "acme/data@sha256:abc", f"acme/data@{'a' * 65}", "a.b/data", f"{'a' * 65}/data",
+    "acme/data@-prod", "acme/data@sha256:abc", f"acme/data@{'a' * 65}", "a.b/data", f"{'a' * 65}/data", f"{'a' * 97}/data",
     f"acme/{'d' * 97}", "acme/da--ta", "acme/data.", "-acme/data",
 ]
 
