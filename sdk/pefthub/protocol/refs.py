@@ -226,6 +226,8 @@ def parse_ref(value: object, *, field: str = "reference", allow_revision: bool =
 
 #: a version's Hugging Face commit id is the first 40 hex digits of its digest
 HF_COMMIT_LENGTH = 40
+#: how many leading hex digits a variant commit shares with its version's digest
+HF_VARIANT_PREFIX = 24
 HF_MAIN = "main"
 _HF_COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -241,9 +243,6 @@ def hf_commit(digest_hex: str, variant: str | None = None) -> str:
     own = hashlib.sha256(f"{digest_hex}+{variant}".encode()).hexdigest()
     return digest_hex[:HF_VARIANT_PREFIX] + own[: HF_COMMIT_LENGTH - HF_VARIANT_PREFIX]
 
-
-#: how many leading hex digits a variant commit shares with its version's digest
-HF_VARIANT_PREFIX = 24
 
 
 def is_hf_commit(value: str) -> bool:
