@@ -11,30 +11,25 @@ from tests.protocol.conftest import refused
 DIGEST = "ab" * 32
 
 
-@pytest.mark.parametrize("name", ["acme", "a", "A1", "team_x", "pefthub-worker", "x" * 64])
-def test_good_namespaces(name):
-    assert check_namespace(name) == name
-
-
-@pytest.mark.parametrize(("name", "why"), [
+GOOD_NAMES = [(check_namespace, n) for n in ("acme", "a", "A1", "team_x", "pefthub-worker", "x" * 64)] + [
+    (check_name, n) for n in ("bot", "Llama-3.1-8B", "a_b.c", "x" * 96, "7b")]
+BAD_NAMES = [(check_namespace, name, why) for name, why in (
     ("", "empty"), ("x" * 65, "65 characters"), ("a.b", "only letters"), ("-acme", "starts and ends"),
     ("acme-", "starts and ends"), ("a--b", "'--'"), ("é", "only letters"), ("a b", "only letters"), ("a/b", "only letters"),
-])
-def test_bad_namespaces_say_why(name, why):
-    assert why in refused("validation_error", check_namespace, name).message
-
-
-@pytest.mark.parametrize("name", ["bot", "Llama-3.1-8B", "a_b.c", "x" * 96, "7b"])
-def test_good_names(name):
-    assert check_name(name) == name
-
-
-@pytest.mark.parametrize(("name", "why"), [
+)] + [(check_name, name, why) for name, why in (
     ("", "empty"), ("x" * 97, "97 characters"), ("..", "starts and ends"), (".hidden", "starts and ends"),
     ("bot.", "starts and ends"), ("a..b", "'..'"), ("a--b", "'--'"), ("bot.git", ".git"), ("a@b", "only letters"),
-])
-def test_bad_names_say_why(name, why):
-    assert why in refused("validation_error", check_name, name).message
+)]
+
+
+@pytest.mark.parametrize(("check", "name"), GOOD_NAMES)
+def test_good_names(check, name):
+    assert check(name) == name
+
+
+@pytest.mark.parametrize(("check", "name", "why"), BAD_NAMES)
+def test_bad_names_say_why(check, name, why):
+    assert why in refused("validation_error", check, name).message
 
 
 @pytest.mark.parametrize(("revision", "canonical"), [
