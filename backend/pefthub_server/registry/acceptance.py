@@ -115,7 +115,11 @@ def parse_json(path: str, data: bytes) -> dict:
 
 def parse_adapter_config(data: bytes) -> dict:
     """Validate peft's ``adapter_config.json``; return the fields the hub records."""
-    cfg = parse_json("adapter_config.json", data)
+    return adapter_fields(parse_json("adapter_config.json", data))
+
+
+def adapter_fields(cfg: dict) -> dict:
+    """The fields the hub records from a parsed adapter config, each checked; the config is not changed."""
 
     def bad(field: str, message: str) -> None:
         raise ValidationFailed(f"adapter_config.json: `{field}` {message}", code="invalid_adapter_config",

@@ -111,11 +111,10 @@ def _prefix_reader(store: BlobStore, entry: Entry):
     return head, read_range
 
 
-def _read_json(store: BlobStore, entry: Entry) -> tuple[bytes, dict]:
+def _read_json(store: BlobStore, entry: Entry) -> dict:
     if entry.size > _MAX_CONFIG_SIZE:
         raise ValidationFailed(f"`{entry.path}` is too large for a config file ({entry.size} bytes).", code="invalid_json")
-    raw = store.read_range(entry.sha256, 0, entry.size)
-    return raw, acceptance.parse_json(entry.path, raw)
+    return acceptance.parse_json(entry.path, store.read_range(entry.sha256, 0, entry.size))
 
 
 def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | None) -> _Inspection:
@@ -137,15 +136,15 @@ def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | 
                 code="validation_error",
             )
         tensors = {name: info for header in headers.values() for name, info in header.items()}
-        result.fingerprint = compatibility.compute_fingerprint(_read_json(store, by_path[MODEL_CONFIG])[1], tensors)
+        result.fingerprint = compatibility.compute_fingerprint(_read_json(store, by_path[MODEL_CONFIG]), tensors)
     elif repo.kind == Repository.Kind.ADAPTER:
         if ADAPTER_CONFIG not in by_path:
             raise ValidationFailed(
                 f"An adapter version needs `{ADAPTER_CONFIG}` at the top level (what peft's save_pretrained writes).",
                 code="invalid_adapter_config",
             )
-        raw, config = _read_json(store, by_path[ADAPTER_CONFIG])
-        adapter = acceptance.parse_adapter_config(raw)
+        config = _read_json(store, by_path[ADAPTER_CONFIG])
+        adapter = acceptance.adapter_fields(config)
         weights = headers.get(ADAPTER_WEIGHTS)
         if weights is None:
             raise ValidationFailed(

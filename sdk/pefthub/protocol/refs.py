@@ -151,13 +151,6 @@ def is_sha256(value: object) -> bool:
     return isinstance(value, str) and _SHA256.fullmatch(value) is not None
 
 
-def check_sha256(value: object, *, field: str = "sha256") -> str:
-    if not is_sha256(value):
-        raise RefError(f"{field} {_show(str(value))} is not a sha256 digest: expected 64 lowercase hex digits",
-                       field=field, code="invalid_digest")
-    return value  # type: ignore[return-value]
-
-
 # --- references ----------------------------------------------------------------------------------
 
 
