@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
-from pefthub.protocol.jobs import WORKER_EVENT_TYPES
+from pefthub.protocol.jobs import DEFAULT_QUEUE, MERGE, QUEUES, TRAIN, WORKER_EVENT_TYPES
+from pefthub.protocol.limits import DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_MESSAGE_LENGTH
+from pefthub.protocol.peft import METHODS
+from pefthub.protocol.specs import COMBINATIONS, DTYPES, TrainHyperparameters
 from pefthub_server.jobs.models import Job, JobEvent
+from pefthub_server.registry.api.serializers import BaseRefSerializer
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -13,6 +20,7 @@ class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     output = serializers.CharField()
     result = serializers.SerializerMethodField()
+    error = serializers.JSONField(help_text="Why the job failed (`code`, `message`); null unless it did.")
 
     class Meta:
         model = Job
@@ -25,6 +33,7 @@ class JobSerializer(serializers.ModelSerializer):
     def get_id(self, job) -> str:
         return job.id.hex
 
+    @extend_schema_field(BaseRefSerializer(allow_null=True))
     def get_result(self, job) -> dict | None:
         if job.status != Job.Status.SUCCEEDED:
             return None
@@ -43,15 +52,76 @@ class JobEventSerializer(serializers.ModelSerializer):
 class EventPageSerializer(serializers.Serializer):
     events = JobEventSerializer(many=True)
     next_after = serializers.IntegerField()
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=Job.Status.choices)
 
 
-class JobCreateSerializer(serializers.Serializer):
-    """A train or merge spec (see docs/api.md and `pefthub.protocol.specs`); validated by the service."""
+# --- the job request: documentation of `pefthub.protocol.specs`, which validates it (in the service) ---
 
-    type = serializers.ChoiceField(choices=Job.Type.choices)
-    queue = serializers.CharField(required=False)
-    max_attempts = serializers.IntegerField(required=False)
+_SCALAR_FIELDS = {"int": serializers.IntegerField, "float": serializers.FloatField, "bool": serializers.BooleanField,
+                  "str": serializers.CharField}
+
+
+def _hyperparameter_field(spec_field) -> serializers.Field:
+    """A schema field for one TrainHyperparameters field: its type, default and help from the dataclass."""
+    annotation = str(spec_field.type)
+    nullable = annotation.endswith(" | None")
+    field_class = _SCALAR_FIELDS.get(annotation.removesuffix(" | None"), serializers.JSONField)
+    return field_class(required=False, allow_null=nullable, default=spec_field.default,
+                       help_text=spec_field.metadata.get("help", ""))
+
+
+TrainHyperparametersSerializer = type("TrainHyperparametersSerializer", (serializers.Serializer,), {
+    "__doc__": "Training knobs, each optional; one that does not apply to the method is refused.",
+    **{f.name: _hyperparameter_field(f) for f in fields(TrainHyperparameters)},
+})
+
+
+class _JobSpecSerializer(serializers.Serializer):
+    output = serializers.CharField(help_text="`namespace/name` the result is pushed to (created if missing).")
+    aliases = serializers.ListField(child=serializers.CharField(), required=False,
+                                    help_text="Aliases to point at the result (not `latest`).")
+    message = serializers.CharField(required=False, allow_blank=True, max_length=MAX_MESSAGE_LENGTH)
+    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ATTEMPTS, default=DEFAULT_ATTEMPTS)
+
+
+class TrainSpecSerializer(_JobSpecSerializer):
+    """Train an adapter of `method` on `base_model` with `dataset`."""
+
+    type = serializers.ChoiceField(choices=[TRAIN])
+    base_model = serializers.CharField(help_text="`namespace/name[@revision]` of a model repository.")
+    dataset = serializers.CharField(help_text="`namespace/name[@revision]` of a dataset repository.")
+    method = serializers.ChoiceField(choices=METHODS, default="lora")
+    hyperparameters = TrainHyperparametersSerializer(required=False)
+    queue = serializers.ChoiceField(choices=QUEUES, default=DEFAULT_QUEUE[TRAIN])
+
+
+class AdapterWeightSerializer(serializers.Serializer):
+    ref = serializers.CharField(help_text="`namespace/name[@revision]` of an adapter repository.")
+    weight = serializers.FloatField(required=False, default=1.0)
+
+
+class MergeSpecSerializer(_JobSpecSerializer):
+    """Merge one or more adapters (weighted) into their shared base."""
+
+    type = serializers.ChoiceField(choices=[MERGE])
+    adapters = serializers.ListField(child=AdapterWeightSerializer(), min_length=1, help_text=(
+        'Each adapter once; `"ns/name@rev"` is short for `{"ref": "ns/name@rev", "weight": 1.0}`.'))
+    combination = serializers.ChoiceField(choices=COMBINATIONS, default="linear")
+    density = serializers.FloatField(required=False, default=0.5, min_value=0, max_value=1,
+                                     help_text="0 < density <= 1; only for ties, dare_linear and dare_ties.")
+    dtype = serializers.ChoiceField(choices=DTYPES, default="float32")
+    queue = serializers.ChoiceField(choices=QUEUES, default=DEFAULT_QUEUE[MERGE])
+
+
+JobCreateSerializer = PolymorphicProxySerializer(
+    component_name="JobSpec",
+    serializers={TRAIN: TrainSpecSerializer, MERGE: MergeSpecSerializer},
+    resource_type_field_name="type",
+)
+
+
+class EventsAppendedSerializer(serializers.Serializer):
+    last_seq = serializers.IntegerField(help_text="Sequence number of the last event stored.")
 
 
 class ClaimRequestSerializer(serializers.Serializer):

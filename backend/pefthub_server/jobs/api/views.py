@@ -11,7 +11,8 @@ from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import ValidationFailed
 from pefthub_server.core.http import validated
-from pefthub_server.core.pagination import Pagination
+from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
+from pefthub_server.core.schema import errors
 from pefthub_server.jobs import selectors, services
 from pefthub_server.jobs.api import serializers as s
 from pefthub_server.jobs.models import Job, JobEvent
@@ -31,10 +32,11 @@ def _worker_body(request, serializer_class, action: str) -> dict:
 
 class JobListView(APIView):
     @extend_schema(
-        summary="Jobs you may see, newest first",
-        parameters=[OpenApiParameter(n, str, required=False) for n in ("status", "type", "output")]
-        + [OpenApiParameter("page", int, required=False), OpenApiParameter("page_size", int, required=False)],
-        responses=s.JobSerializer(many=True),
+        summary="Jobs you may see, newest first", operation_id="v1_jobs_list",
+        parameters=[OpenApiParameter("status", str, enum=Job.Status.values), OpenApiParameter("type", str, enum=Job.Type.values),
+                    OpenApiParameter("output", str, description="`namespace/name` of the output repository")]
+        + PAGE_PARAMETERS,
+        responses={200: paginated(s.JobSerializer), **errors(404)},
     )
     def get(self, request):
         require_scope(request, "read", "list jobs")
@@ -53,7 +55,7 @@ class JobListView(APIView):
 
     @extend_schema(
         summary="Submit a train or merge job (send Idempotency-Key to make retries safe)",
-        request=s.JobCreateSerializer, responses={201: s.JobSerializer, 200: s.JobSerializer},
+        request=s.JobCreateSerializer, responses={201: s.JobSerializer, 200: s.JobSerializer, **errors(409)},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )
     def post(self, request):
@@ -72,7 +74,8 @@ class JobDetailView(APIView):
 class JobEventsView(APIView):
     @extend_schema(
         summary="A job's events after a sequence number (GET); a worker's batch of events (POST)",
-        parameters=[OpenApiParameter("after", int, required=False), OpenApiParameter("limit", int, required=False)],
+        parameters=[OpenApiParameter("after", int, description="Events with a sequence number above this one"),
+                    OpenApiParameter("limit", int, description=f"At most this many events (1 to {MAX_EVENTS_PER_BATCH})")],
         responses=s.EventPageSerializer,
     )
     def get(self, request, job_id):
@@ -89,7 +92,8 @@ class JobEventsView(APIView):
             "status": job.status,
         })
 
-    @extend_schema(summary="Append events (worker)", request=s.EventsRequestSerializer, responses={200: dict})
+    @extend_schema(summary="Append events (worker)", request=s.EventsRequestSerializer,
+                   responses={200: s.EventsAppendedSerializer, **errors(409)})
     def post(self, request, job_id):
         require_scope(request, "worker", "report job events")
         selectors.job_get_any(job_id=job_id)
@@ -100,7 +104,7 @@ class JobEventsView(APIView):
 
 
 class JobCancelView(APIView):
-    @extend_schema(summary="Cancel a job", request=None, responses=s.JobSerializer)
+    @extend_schema(summary="Cancel a job", request=None, responses={200: s.JobSerializer, **errors(409)})
     def post(self, request, job_id):
         require_scope(request, "write", "cancel jobs")
         job = services.job_cancel(user=request.user, job=selectors.job_get(user=request.user, job_id=job_id))
@@ -108,7 +112,8 @@ class JobCancelView(APIView):
 
 
 class JobClaimView(APIView):
-    @extend_schema(summary="Claim a queued job (worker)", request=s.ClaimRequestSerializer, responses=s.ClaimSerializer)
+    @extend_schema(summary="Claim a queued job (worker)", request=s.ClaimRequestSerializer,
+                   responses={200: s.ClaimSerializer, **errors(409)})
     def post(self, request, job_id):
         data = _worker_body(request, s.ClaimRequestSerializer, "claim jobs")
         job, secret = services.job_claim(job_id=job_id, worker=data["worker"])
@@ -118,7 +123,8 @@ class JobClaimView(APIView):
 
 
 class JobHeartbeatView(APIView):
-    @extend_schema(summary="Extend the lease (worker)", request=s.HeartbeatRequestSerializer, responses=s.HeartbeatSerializer)
+    @extend_schema(summary="Extend the lease (worker)", request=s.HeartbeatRequestSerializer,
+                   responses={200: s.HeartbeatSerializer, **errors(409)})
     def post(self, request, job_id):
         data = _worker_body(request, s.HeartbeatRequestSerializer, "heartbeat jobs")
         job = services.job_heartbeat(job_id=job_id, attempt=data["attempt"], progress=data.get("progress"))
@@ -128,7 +134,7 @@ class JobHeartbeatView(APIView):
 
 class JobCompleteView(APIView):
     @extend_schema(summary="Finish a job with its result version (worker)", request=s.CompleteRequestSerializer,
-                   responses=s.JobSerializer)
+                   responses={200: s.JobSerializer, **errors(409)})
     def post(self, request, job_id):
         data = _worker_body(request, s.CompleteRequestSerializer, "complete jobs")
         job = services.job_complete(job_id=job_id, attempt=data["attempt"], version_number=data["version"])
@@ -136,7 +142,8 @@ class JobCompleteView(APIView):
 
 
 class JobFailView(APIView):
-    @extend_schema(summary="Report a failed attempt (worker)", request=s.FailRequestSerializer, responses=s.JobSerializer)
+    @extend_schema(summary="Report a failed attempt (worker)", request=s.FailRequestSerializer,
+                   responses={200: s.JobSerializer, **errors(409)})
     def post(self, request, job_id):
         data = _worker_body(request, s.FailRequestSerializer, "fail jobs")
         job = services.job_fail(job_id=job_id, **data)

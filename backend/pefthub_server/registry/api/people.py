@@ -11,6 +11,7 @@ from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import NotFound
 from pefthub_server.core.http import validated
 from pefthub_server.core.models import ApiToken
+from pefthub_server.core.schema import errors
 from pefthub_server.registry import teams
 from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.models import Membership, Namespace
@@ -30,7 +31,8 @@ class TeamListView(APIView):
             [{"name": m.namespace.name, "role": m.role, "member_count": counts.get(m.namespace_id, 0)} for m in memberships]
         )
 
-    @extend_schema(summary="Create a team (you become its admin)", request=s.TeamCreateSerializer, responses={201: s.TeamDetailSerializer})
+    @extend_schema(summary="Create a team (you become its admin)", request=s.TeamCreateSerializer,
+                   responses={201: s.TeamDetailSerializer, **errors(409)})
     def post(self, request):
         require_scope(request, "write", "create teams")
         data = validated(s.TeamCreateSerializer, request.data)
@@ -66,7 +68,8 @@ class TeamMembersView(APIView):
         ns, _ = _team_for_member(request, team)
         return Response(_members(ns))
 
-    @extend_schema(summary="Add a member (team admin)", request=s.MemberAddSerializer, responses={201: s.MemberSerializer})
+    @extend_schema(summary="Add a member (team admin)", request=s.MemberAddSerializer,
+                   responses={201: s.MemberSerializer, **errors(409)})
     def post(self, request, team):
         require_scope(request, "write", "manage team members")
         data = validated(s.MemberAddSerializer, request.data)
@@ -98,7 +101,8 @@ class TokenListView(APIView):
         require_scope(request, "read", "list tokens")
         return Response(s.TokenSerializer(ApiToken.objects.filter(user=request.user), many=True).data)
 
-    @extend_schema(summary="Create a token; the secret is shown once", request=s.TokenCreateSerializer, responses={201: s.TokenSerializer})
+    @extend_schema(summary="Create a token; the secret is shown once", request=s.TokenCreateSerializer,
+                   responses={201: s.TokenCreatedSerializer})
     def post(self, request):
         require_scope(request, "write", "create tokens")
         data = validated(s.TokenCreateSerializer, request.data)

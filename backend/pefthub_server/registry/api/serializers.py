@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from pefthub_server.core.models import ApiToken, Scope
@@ -81,9 +82,11 @@ class VersionCreateSerializer(serializers.Serializer):
 
 
 class BaseRefSerializer(serializers.Serializer):
+    """A version pinned by repository, number and digest."""
+
     repo = serializers.CharField()
     number = serializers.IntegerField()
-    digest = serializers.CharField()
+    digest = serializers.CharField(help_text="sha256:<64 hex>")
 
 
 class FileSerializer(serializers.Serializer):
@@ -106,7 +109,7 @@ class VersionSerializer(serializers.Serializer):
     size = serializers.IntegerField()
     file_count = serializers.IntegerField()
     base_model = serializers.SerializerMethodField()
-    adapter = serializers.JSONField(source="adapter_config")
+    adapter = serializers.JSONField(source="adapter_config", help_text="adapter_config.json (adapters); null otherwise")
     metadata = serializers.JSONField()
     job = serializers.SerializerMethodField()
     serving = serializers.SerializerMethodField(help_text="Adapters: rank, targets, modules_to_save, mergeable, …")
@@ -129,6 +132,7 @@ class VersionSerializer(serializers.Serializer):
             names.insert(0, "latest")
         return names
 
+    @extend_schema_field(BaseRefSerializer(allow_null=True))
     def get_base_model(self, version) -> dict | None:
         base = version.base_version
         if base is None:
@@ -146,6 +150,20 @@ class AliasSerializer(serializers.Serializer):
     version = serializers.IntegerField()
     updated_at = serializers.DateTimeField(allow_null=True)
     updated_by = serializers.CharField(allow_null=True)
+
+
+# `from` is a Python keyword, so this one is built with type().
+AliasMoveRecordSerializer = type("AliasMoveRecordSerializer", (serializers.Serializer,), {
+    "__doc__": "One move of an alias: from which version number to which (null: it did not point anywhere).",
+    "from": serializers.IntegerField(allow_null=True),
+    "to": serializers.IntegerField(allow_null=True),
+    "moved_at": serializers.DateTimeField(),
+    "moved_by": serializers.CharField(allow_null=True),
+})
+
+
+class AliasDetailSerializer(AliasSerializer):
+    history = AliasMoveRecordSerializer(many=True)
 
 
 class AliasMoveSerializer(serializers.Serializer):
@@ -179,6 +197,18 @@ class TokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
         fields = ["id", "name", "scope", "prefix", "created_at", "expires_at", "last_used_at", "revoked"]
+
+
+class TokenCreatedSerializer(TokenSerializer):
+    token = serializers.CharField(help_text="The secret: shown this once, stored only as a hash.")
+
+    class Meta(TokenSerializer.Meta):
+        fields = [*TokenSerializer.Meta.fields, "token"]
+
+
+class BlobSerializer(serializers.Serializer):
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField()
 
 
 class TokenCreateSerializer(serializers.Serializer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -17,7 +18,8 @@ from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import NotFound, PermissionDenied, TooLarge, ValidationFailed
 from pefthub_server.core.http import base_url, bytes_response, validated
 from pefthub_server.core.models import ApiToken
-from pefthub_server.core.pagination import Pagination
+from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
+from pefthub_server.core.schema import errors
 from pefthub_server.registry import aliases, blobs, push, repositories, selectors
 from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.models import Alias, AliasMove, Membership, Repository, Version
@@ -64,13 +66,11 @@ class WhoAmIView(APIView):
 
 class RepoListView(APIView):
     @extend_schema(
-        summary="List repositories the caller can read",
-        parameters=[
-            OpenApiParameter(name, str, required=False)
-            for name in ("kind", "namespace", "base_model", "peft_type", "search")
-        ]
-        + [OpenApiParameter("page", int, required=False), OpenApiParameter("page_size", int, required=False)],
-        responses=s.RepoSerializer(many=True),
+        summary="List repositories the caller can read", operation_id="v1_repos_list",
+        parameters=[OpenApiParameter("kind", str, enum=Repository.Kind.values)]
+        + [OpenApiParameter(name, str) for name in ("namespace", "base_model", "peft_type", "search")]
+        + PAGE_PARAMETERS,
+        responses={200: paginated(s.RepoSerializer), **errors(404)},
     )
     def get(self, request):
         q = request.query_params
@@ -82,7 +82,8 @@ class RepoListView(APIView):
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(s.RepoSerializer(page, many=True).data)
 
-    @extend_schema(summary="Create a repository", request=s.RepoCreateSerializer, responses={201: s.RepoSerializer})
+    @extend_schema(summary="Create a repository", request=s.RepoCreateSerializer,
+                   responses={201: s.RepoSerializer, **errors(404, 409)})
     def post(self, request):
         require_scope(request, "write", "create repositories")
         data = validated(s.RepoCreateSerializer, request.data)
@@ -103,7 +104,7 @@ class RepoDetailView(APIView):
         repo = repositories.repository_update(user=request.user, repo=repo, **data)
         return Response(s.RepoSerializer(repo).data)
 
-    @extend_schema(summary="Delete a repository (namespace admin, admin-scope token)", responses={204: None})
+    @extend_schema(summary="Delete a repository (namespace admin, admin-scope token)", responses={204: None, **errors(409)})
     def delete(self, request, ns, name):
         repo = _repo_for_change(request, ns, name, scope="admin", role="admin", action="delete repositories")
         repositories.repository_delete(user=request.user, repo=repo)
@@ -143,7 +144,8 @@ def version_detail_data(request, version: Version, *, created: bool | None = Non
 
 
 class VersionListView(APIView):
-    @extend_schema(summary="List versions, newest first", responses=s.VersionSerializer(many=True))
+    @extend_schema(summary="List versions, newest first", operation_id="v1_repos_versions_list", parameters=PAGE_PARAMETERS,
+                   responses={200: paginated(s.VersionSerializer), **errors(404)})
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         paginator = Pagination()
@@ -208,7 +210,7 @@ class AliasDetailView(APIView):
             raise NotFound(f"`{repo.full_name}` has no alias `{alias}`.")
         return found
 
-    @extend_schema(summary="An alias and its history", responses=s.AliasSerializer)
+    @extend_schema(summary="An alias and its history", responses=s.AliasDetailSerializer)
     def get(self, request, ns, name, alias):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         data = _alias_data(self._alias(repo, alias))
@@ -241,6 +243,12 @@ class AliasDetailView(APIView):
 _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
+BLOB_PARAMETERS = [
+    OpenApiParameter("expires", int, description="Signed URLs: expiry (Unix time)"),
+    OpenApiParameter("sig", str, description="Signed URLs: signature"),
+]
+
+
 class BlobView(APIView):
     parser_classes: list = []
 
@@ -256,7 +264,12 @@ class BlobView(APIView):
             return True
         return request.user.is_authenticated and selectors.blob_readable(user=request.user, sha256=sha256)
 
-    @extend_schema(summary="Download a blob (local backend; signed URL or token; Range supported)", responses={200: bytes, 206: bytes})
+    @extend_schema(
+        summary="Download a blob (local backend; signed URL or token; Range supported)",
+        parameters=BLOB_PARAMETERS + [OpenApiParameter("filename", str, description="Name to save the download as")],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
+                   (206, "application/octet-stream"): OpenApiTypes.BINARY, **errors(416)},
+    )
     def get(self, request, sha256):
         store = self._store(sha256)
         size = store.stat(sha256)
@@ -268,7 +281,10 @@ class BlobView(APIView):
             headers["Content-Disposition"] = f'attachment; filename="{filename}"'
         return bytes_response(request, size=size, headers=headers, path=store.path(sha256))
 
-    @extend_schema(summary="Upload a blob (local backend; signed URL or write token)", request=bytes, responses={201: dict})
+    @extend_schema(
+        summary="Upload a blob (local backend; signed URL or write token)", parameters=BLOB_PARAMETERS,
+        request={"application/octet-stream": OpenApiTypes.BINARY}, responses={201: s.BlobSerializer},
+    )
     def put(self, request, sha256):
         store = self._store(sha256)
         q = request.query_params
