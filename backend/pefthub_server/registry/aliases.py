@@ -18,9 +18,22 @@ def check_settable(alias: str) -> str:
     return alias
 
 
+def _locked(repo: Repository) -> Repository:
+    """The repository's row, locked to the end of the transaction: one alias change per repository at a time.
+
+    Locking the alias row is not enough: an alias that does not exist yet has no row to
+    lock, so two first moves would both insert (IntegrityError), and a move waiting on a
+    row that a delete removes would find nothing. Pushes take the same lock.
+    """
+    locked = Repository.objects.select_for_update().filter(pk=repo.pk).first()
+    if locked is None:
+        raise NotFound(f"`{repo.full_name}` was deleted.")
+    return locked
+
+
 def alias_move(*, user, repo: Repository, alias: str, version: Version) -> Alias:
-    """Point ``alias`` at ``version`` and record the move; the caller holds a transaction."""
-    current = Alias.objects.select_for_update().filter(repository=repo, name=alias).select_related("version").first()
+    """Point ``alias`` at ``version`` and record the move; the caller holds the repository's row lock."""
+    current = Alias.objects.filter(repository=repo, name=alias).select_related("version").first()
     if current is not None and current.version_id == version.pk:
         return current
     AliasMove.objects.create(
@@ -36,19 +49,21 @@ def alias_move(*, user, repo: Repository, alias: str, version: Version) -> Alias
 
 
 def alias_set(*, user, repo: Repository, alias: str, revision: str) -> Alias:
+    """Point ``alias`` at ``revision``; the alias as this move left it (a concurrent delete may follow)."""
     check_settable(alias)
     version = version_resolve(repo=repo, revision=str(revision))
     with transaction.atomic():
-        return alias_move(user=user, repo=repo, alias=alias, version=version)
+        return alias_move(user=user, repo=_locked(repo), alias=alias, version=version)
 
 
 def alias_delete(*, user, repo: Repository, alias: str) -> None:
     check_settable(alias)
     with transaction.atomic():
-        current = Alias.objects.select_for_update().filter(repository=repo, name=alias).select_related("version").first()
+        locked = _locked(repo)
+        current = Alias.objects.filter(repository=locked, name=alias).select_related("version").first()
         if current is None:
             raise NotFound(f"`{repo.full_name}` has no alias `{alias}`.")
         AliasMove.objects.create(
-            repository=repo, alias=alias, from_number=current.version.number, to_number=None, moved_by=user
+            repository=locked, alias=alias, from_number=current.version.number, to_number=None, moved_by=user
         )
         current.delete()

@@ -228,8 +228,8 @@ class AliasDetailView(APIView):
         revision = request.data.get("version") if isinstance(request.data, dict) else None
         if revision is None or isinstance(revision, bool):
             raise ValidationFailed('Send {"version": <number, alias or sha256:digest>}.')
-        aliases.alias_set(user=request.user, repo=repo, alias=alias, revision=str(revision))
-        return Response(_alias_data(self._alias(repo, alias)))
+        moved = aliases.alias_set(user=request.user, repo=repo, alias=alias, revision=str(revision))
+        return Response(_alias_data(moved))
 
     @extend_schema(summary="Delete an alias", responses={204: None})
     def delete(self, request, ns, name, alias):
