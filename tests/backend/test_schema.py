@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -128,6 +129,14 @@ def test_job_request_is_one_schema_per_job_type_with_the_protocol_rules(schema):
     assert hyperparameters["properties"]["max_steps"]["type"] == ["integer", "null"] and "required" not in hyperparameters
     adapter = _resolve(schema, merge["properties"]["adapters"]["items"])
     assert merge["properties"]["adapters"]["minItems"] == 1 and adapter["required"] == ["ref"]
+
+
+def test_path_parameter_patterns_match_whole_values_only(schema):
+    """A pattern is searched, not matched: `^a|b$` lets `<32 hex>junk` through, which the route refuses."""
+    job_id = next(p for p in schema["paths"]["/api/v1/jobs/{job_id}"]["get"]["parameters"] if p["name"] == "job_id")
+    pattern = job_id["schema"]["pattern"]
+    assert re.search(pattern, "0" * 32) and re.search(pattern, "01234567-89ab-cdef-0123-456789abcdef")
+    assert not re.search(pattern, "0" * 32 + "z") and not re.search(pattern, "z" + "0" * 32)
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from pefthub_server.jobs.api import views
 class JobIdConverter:
     """Job ids are written as 32 hex digits (dashed UUIDs are accepted too)."""
 
-    regex = r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    # One group: the OpenAPI schema writes this as `^<regex>$`, and `^a|b$` lets `<32 hex>junk` through.
+    regex = r"(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
 
     def to_python(self, value: str) -> uuid.UUID:
         return uuid.UUID(value)
