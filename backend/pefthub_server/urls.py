@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from pefthub_server.core.errors import json_404, server_error
+from pefthub_server.core.errors import bad_request, json_404, server_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -17,4 +17,5 @@ urlpatterns = [
     path("", include("pefthub_server.web.urls")),
 ]
 
+handler400 = bad_request
 handler500 = server_error

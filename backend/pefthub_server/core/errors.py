@@ -3,19 +3,24 @@
 Every error the API returns is ``{"error": {"code": ..., "message": ..., "detail": ...}}``:
 ours (:class:`HubError` and its kinds), the shared contract's
 (:class:`~pefthub.protocol.errors.ProtocolError`, a 400 with its own code), DRF's and
-Django's (:func:`exception_handler`), unknown URLs under ``/api/`` (:func:`json_404`)
-and crashes (:func:`server_error`). Services and validators raise; views never build
-error responses by hand.
+Django's (:func:`exception_handler`), unknown URLs under ``/api/`` (:func:`json_404`),
+requests Django refuses before any view (:func:`bad_request`: a bad Host header, a body
+over ``DATA_UPLOAD_MAX_MEMORY_SIZE``) and crashes (:func:`server_error`). Services and
+validators raise; views never build error responses by hand. Web pages keep Django's
+HTML error pages.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
+from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
-from rest_framework.response import Response
 
 from pefthub.protocol.errors import ProtocolError
 
@@ -117,26 +122,46 @@ def exception_handler(exc, context):
         status = exc.status_code
         code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
         detail = exc.detail if isinstance(exc, drf.ValidationError) else None
-        body = error_body(code, _message_from_detail(exc.detail), detail)
+        message = _message_from_detail(exc.detail)
+        if isinstance(exc, drf.MethodNotAllowed) and context.get("view") is not None:
+            allowed = [m for m in context["view"].allowed_methods if m != "OPTIONS"]
+            message = f"{context['request'].method} is not allowed on {context['request'].path}; use {', '.join(allowed)}."
+        body = error_body(code, message, detail)
         if isinstance(exc, drf.Throttled) and exc.wait:
             headers["Retry-After"] = str(int(exc.wait))
     else:
         return None  # a bug: Django's 500 handler answers and logs it
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="pefthub"'
-    return Response(body, status=status, headers=headers)
+    # JSON whatever the view renders otherwise (the schema view answers YAML)
+    return JsonResponse(body, status=status, headers=headers)
 
 
+def _is_api(request) -> bool:
+    """The token-authenticated APIs, whose errors are JSON: ``/api/`` and the Hugging Face-compatible ``/hf/``."""
+    return request.path.startswith(("/api/", "/hf/"))
+
+
+@csrf_exempt  # no view here to protect: a POST gets the same 404 as a GET, never a CSRF page
 def json_404(request, exception=None):
     return JsonResponse(error_body("not_found", f"No API endpoint at {request.path}."), status=404)
 
 
+def bad_request(request, exception):
+    """A request Django refused before any view ran; a body over the limit is a 413."""
+    if not _is_api(request):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return JsonResponse(error_body("too_large", f"The request body is larger than {limit} bytes "
+                                       "(PEFTHUB_MAX_REQUEST_BODY); file bytes go to the upload URLs a push "
+                                       "negotiates, not into an API request.", {"limit": limit}), status=413)
+    return JsonResponse(error_body("bad_request", f"Bad request: {exception}"), status=400)
+
+
 def server_error(request):
-    """JSON under /api/ and /hf/, Django's page elsewhere."""
-    if request.path.startswith(("/api/", "/hf/")):
+    if _is_api(request):
         return JsonResponse(
             error_body("server_error", "Internal server error; the request id is in X-Request-ID."), status=500
         )
-    from django.views.defaults import server_error as html_server_error
-
-    return html_server_error(request)
+    return defaults.server_error(request)

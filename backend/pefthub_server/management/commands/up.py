@@ -69,8 +69,7 @@ class Command(BaseCommand):
         return subprocess.Popen([sys.executable, "-m", "pefthub_worker.cli", "--queues", "gpu,cpu"], env=env)
 
     def handle(self, *args, **opts):
-        from waitress import serve
-
+        from pefthub_server.server import serve
         from pefthub_server.wsgi import application
 
         call_command("migrate", verbosity=0, interactive=False)
@@ -92,12 +91,7 @@ class Command(BaseCommand):
         threading.Thread(target=_reap_forever, args=(stop,), name="reaper", daemon=True).start()
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         try:
-            serve(
-                application, host=opts["host"], port=opts["port"], threads=opts["threads"],
-                # Blobs stream through the local backend; let them be large, buffer to disk.
-                max_request_body_size=settings.PEFTHUB_MAX_FILE_SIZE + 1024, channel_timeout=300,
-                ident="pefthub",
-            )
+            serve(application, host=opts["host"], port=opts["port"], threads=opts["threads"])
         finally:
             stop.set()
             if worker is not None:
