@@ -86,6 +86,14 @@ def api():
 
 
 @pytest.fixture(autouse=True)
+def empty_cache():
+    """Each test starts with an empty cache: no failed-authentication counts left by another test."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def local_storage(settings, tmp_path):
     """Each test gets a fresh local blob directory (the default backend)."""
     from pefthub_server.registry.storage import get_blob_store

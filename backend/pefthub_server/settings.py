@@ -11,9 +11,10 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from pefthub.protocol.limits import MAX_FILE_SIZE
-from pefthub_server.core.env import env_bool, env_int, env_list, env_secret, env_str
+from pefthub_server.core.env import env_bool, env_int, env_list, env_rate, env_secret, env_str
 
 DATA_DIR = Path(env_str("PEFTHUB_DATA_DIR", ".pefthub")).expanduser().resolve()
 
@@ -52,7 +53,6 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "pefthub_server.core.middleware.HeadWithoutBodyMiddleware",  # first: it sees every response
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "pefthub_server.core.middleware.RequestIdMiddleware",
@@ -122,11 +122,6 @@ PEFTHUB_S3_PUBLIC_ENDPOINT = env_str("PEFTHUB_S3_PUBLIC_ENDPOINT")
 PEFTHUB_HF_TREE_PAGE_SIZE = env_int("PEFTHUB_HF_TREE_PAGE_SIZE", 1000)  # entries per page of /hf/…/tree, as the Hub
 PEFTHUB_URL_TTL = env_int("PEFTHUB_URL_TTL", 3600)  # seconds a signed blob URL stays valid
 PEFTHUB_MAX_FILE_SIZE = env_int("PEFTHUB_MAX_FILE_SIZE", MAX_FILE_SIZE)  # S3's single-PUT limit by default
-# Every request body but a signed blob upload, refused by the server before it is read. 16 MiB holds
-# a 10,000-file commit with 512-character paths (6.2 MB; 1.5 MB with usual names) and a full batch of
-# 1,000 job events of 10,000 characters (10 MB).
-PEFTHUB_MAX_REQUEST_BODY = env_int("PEFTHUB_MAX_REQUEST_BODY", 16 * 1024**2)
-DATA_UPLOAD_MAX_MEMORY_SIZE = PEFTHUB_MAX_REQUEST_BODY
 
 # Jobs and the queue. The message is the job id only; workers talk to the API.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")  # empty: the embedded filesystem broker in the data dir
@@ -143,6 +138,21 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "pefthub_server.core.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "pefthub_server.core.schema.HubAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Failed authentications allowed per client address and per token prefix (core.throttling).
+    "DEFAULT_THROTTLE_RATES": {
+        "auth_failures_per_address": env_rate("PEFTHUB_AUTH_FAIL_RATE", "20/min"),
+        "auth_failures_per_prefix": env_rate("PEFTHUB_AUTH_FAIL_PREFIX_RATE", "20/min"),
+    },
+}
+
+# Throttle counts live here: in each server process by default; with PEFTHUB_CACHE_URL=redis://…
+# every process (`serve --workers N`, several hosts) shares them.
+PEFTHUB_CACHE_URL = env_str("PEFTHUB_CACHE_URL")
+if PEFTHUB_CACHE_URL and not PEFTHUB_CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"PEFTHUB_CACHE_URL={PEFTHUB_CACHE_URL!r} is not a Redis URL; use redis://host:port/db")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": PEFTHUB_CACHE_URL}
+    if PEFTHUB_CACHE_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 
 SPECTACULAR_SETTINGS = {
@@ -172,15 +182,9 @@ LOGGING = {
     "loggers": {"django.request": {"level": "ERROR"}},
 }
 
-# A reverse proxy's X-Forwarded-* headers are honoured (by the server `up` runs) only from this
-# address, or from anyone with `*` when only the proxy can reach the hub; everyone else's are cleared.
-PEFTHUB_TRUSTED_PROXY = env_str("PEFTHUB_TRUSTED_PROXY")
-PEFTHUB_TRUSTED_PROXY_HEADERS = env_str(
-    "PEFTHUB_TRUSTED_PROXY_HEADERS", "x-forwarded-proto x-forwarded-for x-forwarded-host").replace(",", " ").split()
-
-# Production safety: PEFTHUB_SECURE=1 behind a TLS proxy (PEFTHUB_TRUSTED_PROXY says which);
-# `manage.py check --deploy` is clean then.
+# Production safety: PEFTHUB_SECURE=1 behind HTTPS; `manage.py check --deploy` is clean then.
 if env_bool("PEFTHUB_SECURE", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
     SECURE_HSTS_SECONDS = 31536000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True

@@ -48,7 +48,7 @@ def quote_segment(value: str | int) -> str:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); never negative."""
     if not value:
         return None
     value = value.strip()
@@ -62,7 +62,7 @@ def parse_retry_after(value: str | None) -> float | None:
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
         seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    return min(max(seconds, 0.0), c.RETRY_AFTER_CAP)
+    return max(seconds, 0.0)
 
 
 class HTTPClient:
@@ -157,8 +157,10 @@ class HTTPClient:
                 close = getattr(body, "close", None)
                 if callable(close):
                     close()
-            if response.status_code in c.RETRY_STATUSES and attempt < self.max_retries:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            # A server that asks for a longer pause than we wait out gets its error raised now.
+            waits_out = retry_after is None or retry_after <= c.RETRY_AFTER_CAP
+            if response.status_code in c.RETRY_STATUSES and attempt < self.max_retries and waits_out:
                 response.close()
                 delay = self.pause(attempt, retry_after)
                 logger.debug(

@@ -35,6 +35,7 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 5
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 20.0
-# A server asking for a longer pause than this is treated as asking for this much.
-RETRY_AFTER_CAP = 300.0
+# The longest Retry-After the client waits out before retrying; a server asking for a longer
+# pause (a throttled client, failed authentications) gets its 429/503 raised at once.
+RETRY_AFTER_CAP = 60.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})

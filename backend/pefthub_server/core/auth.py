@@ -10,6 +10,7 @@ from rest_framework.authentication import BaseAuthentication
 
 from pefthub_server.core.errors import AuthenticationFailed, PermissionDenied
 from pefthub_server.core.models import ApiToken, hash_secret
+from pefthub_server.core.throttling import failure_recorded
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -25,18 +26,20 @@ class TokenAuthentication(BaseAuthentication):
             return None
         parts = header.split()
         if len(parts) != 2 or parts[0].lower() != "bearer":
-            raise AuthenticationFailed("Malformed Authorization header; send `Authorization: Bearer <token>`.")
+            raise _failed(request, None, "Malformed Authorization header; send `Authorization: Bearer <token>`.")
+        secret = parts[1]
         token = (
             ApiToken.objects.select_related("user")
-            .filter(secret_hash=hash_secret(parts[1]))
+            .filter(secret_hash=hash_secret(secret))
             .first()
         )
         if token is None or not token.user.is_active:
-            raise AuthenticationFailed("Invalid token. Create one with `pefthub-server adduser` or POST /api/v1/tokens.")
+            raise _failed(request, secret, "Invalid token. Create one with `pefthub-server adduser` or POST /api/v1/tokens.")
         if token.revoked:
-            raise AuthenticationFailed(f"Token `{token.name}` ({token.prefix}…) was revoked.")
+            raise _failed(request, secret, f"Token `{token.name}` ({token.prefix}…) was revoked.")
         if token.expired:
-            raise AuthenticationFailed(f"Token `{token.name}` ({token.prefix}…) expired at {token.expires_at:%Y-%m-%d %H:%M} UTC.")
+            raise _failed(request, secret,
+                          f"Token `{token.name}` ({token.prefix}…) expired at {token.expires_at:%Y-%m-%d %H:%M} UTC.")
         now = timezone.now()
         if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
             # One write a minute at most, not one per request.
@@ -45,6 +48,11 @@ class TokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="pefthub"'
+
+
+def _failed(request, secret: str | None, message: str) -> Exception:
+    """A failed authentication, counted: 401 with ``message``, or 429 once its address or token prefix failed too often."""
+    return failure_recorded(request, secret) or AuthenticationFailed(message)
 
 
 def require_scope(request, permission: str, action: str) -> None:

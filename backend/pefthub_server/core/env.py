@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -53,3 +54,18 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+_RATE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate as DRF's throttles read it: ``<count>/<period>``, the period one of s, min, hour or day."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not _RATE.fullmatch(raw.strip()):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a rate; write <count>/<period> with a period of s, min, hour or day, e.g. {default}"
+        )
+    return raw.strip()

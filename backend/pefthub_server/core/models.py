@@ -12,6 +12,7 @@ from django.utils import timezone
 from pefthub.protocol.repos import SCOPES
 
 TOKEN_PREFIX = "phub_"
+PREFIX_LENGTH = 12  # characters of a secret kept (ApiToken.prefix) and shown to recognise it
 
 
 def choices(name: str, values: tuple[str, ...], *, labels: bool = True) -> type[models.TextChoices]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import HttpResponseRedirect, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
+from rest_framework.exceptions import Throttled
 
 from pefthub.protocol import peft_compat
 from pefthub.protocol.errors import ProtocolError
@@ -60,6 +60,10 @@ def hf_view(view):
             auth = TokenAuthentication().authenticate(request)
         except AuthenticationFailed as exc:
             return _error(HfError(401, None, exc.message))
+        except Throttled as exc:  # too many failed authentications (core.throttling)
+            response = _error(HfError(429, None, str(exc.detail)))
+            response["Retry-After"] = str(exc.wait)
+            return response
         if auth is not None:
             request.user, request.auth = auth
         try:
@@ -70,7 +74,7 @@ def hf_view(view):
             return _error(HfError(exc.status, None, exc.message))
 
     wrapped.__name__ = view.__name__
-    return csrf_exempt(wrapped)  # a token API: no cookie to protect, so a POST gets 405, not a CSRF page
+    return wrapped
 
 
 @dataclass
@@ -185,7 +189,7 @@ def _info(request, repo: Repository, resolved: Resolved) -> dict:
     }
 
 
-@require_http_methods(["GET", "HEAD"])
+@require_http_methods(["GET"])
 @hf_view
 def repo_info(request, repo_type, ns, name, rev="main"):
     repo = _repo(request, repo_type, ns, name)
@@ -199,7 +203,7 @@ def _tree_item(entry: Entry) -> dict:
     return item
 
 
-@require_http_methods(["GET", "HEAD"])
+@require_http_methods(["GET"])
 @hf_view
 def tree(request, repo_type, ns, name, rev, path=""):
     repo = _repo(request, repo_type, ns, name)
@@ -270,6 +274,5 @@ def resolve(request, repo_type, ns, name, rev, path):
     return bytes_response(request, size=entry.size, headers=headers, path=store.path(entry.sha256))
 
 
-@csrf_exempt
 def not_found(request, path=""):
     return _error(HfError(404, None, f"No Hugging Face-compatible endpoint at {request.path}."))
