@@ -53,6 +53,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "pefthub_server.core.middleware.HeadWithoutBodyMiddleware",  # first: it sees every response
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "pefthub_server.core.middleware.RequestIdMiddleware",
@@ -122,6 +123,11 @@ PEFTHUB_S3_PUBLIC_ENDPOINT = env_str("PEFTHUB_S3_PUBLIC_ENDPOINT")
 PEFTHUB_HF_TREE_PAGE_SIZE = env_int("PEFTHUB_HF_TREE_PAGE_SIZE", 1000)  # entries per page of /hf/…/tree, as the Hub
 PEFTHUB_URL_TTL = env_int("PEFTHUB_URL_TTL", 3600)  # seconds a signed blob URL stays valid
 PEFTHUB_MAX_FILE_SIZE = env_int("PEFTHUB_MAX_FILE_SIZE", MAX_FILE_SIZE)  # S3's single-PUT limit by default
+# Every request body but a signed blob upload, refused by the server before it is read. 16 MiB holds
+# a 10,000-file commit with 512-character paths (6.2 MB; 1.5 MB with usual names) and a full batch of
+# 1,000 job events of 10,000 characters (10 MB).
+PEFTHUB_MAX_REQUEST_BODY = env_int("PEFTHUB_MAX_REQUEST_BODY", 16 * 1024**2)
+DATA_UPLOAD_MAX_MEMORY_SIZE = PEFTHUB_MAX_REQUEST_BODY
 
 # Jobs and the queue. The message is the job id only; workers talk to the API.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")  # empty: the embedded filesystem broker in the data dir
@@ -182,9 +188,15 @@ LOGGING = {
     "loggers": {"django.request": {"level": "ERROR"}},
 }
 
-# Production safety: PEFTHUB_SECURE=1 behind HTTPS; `manage.py check --deploy` is clean then.
+# A reverse proxy's X-Forwarded-* headers are honoured (by the server `up` runs) only from this
+# address, or from anyone with `*` when only the proxy can reach the hub; everyone else's are cleared.
+PEFTHUB_TRUSTED_PROXY = env_str("PEFTHUB_TRUSTED_PROXY")
+PEFTHUB_TRUSTED_PROXY_HEADERS = env_str(
+    "PEFTHUB_TRUSTED_PROXY_HEADERS", "x-forwarded-proto x-forwarded-for x-forwarded-host").replace(",", " ").split()
+
+# Production safety: PEFTHUB_SECURE=1 behind a TLS proxy (PEFTHUB_TRUSTED_PROXY says which);
+# `manage.py check --deploy` is clean then.
 if env_bool("PEFTHUB_SECURE", False):
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
     SECURE_HSTS_SECONDS = 31536000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True

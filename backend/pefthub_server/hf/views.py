@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import HttpResponseRedirect, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 from rest_framework.exceptions import Throttled
 
@@ -74,7 +75,7 @@ def hf_view(view):
             return _error(HfError(exc.status, None, exc.message))
 
     wrapped.__name__ = view.__name__
-    return wrapped
+    return csrf_exempt(wrapped)  # a token API: no cookie to protect, so a POST gets 405, not a CSRF page
 
 
 @dataclass
@@ -189,7 +190,7 @@ def _info(request, repo: Repository, resolved: Resolved) -> dict:
     }
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 @hf_view
 def repo_info(request, repo_type, ns, name, rev="main"):
     repo = _repo(request, repo_type, ns, name)
@@ -203,7 +204,7 @@ def _tree_item(entry: Entry) -> dict:
     return item
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 @hf_view
 def tree(request, repo_type, ns, name, rev, path=""):
     repo = _repo(request, repo_type, ns, name)
@@ -274,5 +275,6 @@ def resolve(request, repo_type, ns, name, rev, path):
     return bytes_response(request, size=entry.size, headers=headers, path=store.path(entry.sha256))
 
 
+@csrf_exempt
 def not_found(request, path=""):
     return _error(HfError(404, None, f"No Hugging Face-compatible endpoint at {request.path}."))
