@@ -2,7 +2,8 @@
 
 Every error is ``{"error": {"code", "message", "detail"}}`` (:mod:`pefthub_server.core.errors`).
 :class:`HubAutoSchema` adds to each operation the error responses its shape implies: any
-operation may answer 401 (a token that is sent must be valid); one that takes parameters or
+operation may answer 401 (a token that is sent must be valid) and 429 (too many failed
+authentications, :mod:`pefthub_server.core.throttling`); one that takes parameters or
 a body, 400; a change (POST, PUT, PATCH, DELETE), 403 (token scope or namespace role); one
 addressed by path parameters, 404; one with a request body, 413. A view lists the others it
 can answer (a 409 on create, a 404 on a list past its last page) with :func:`errors`.
@@ -22,6 +23,7 @@ _DESCRIPTIONS = {
     409: "Conflicts with the current state (it exists already, or the job is not in a state that allows this).",
     413: "The request body is too large.",
     416: "The requested byte range lies outside the file.",
+    429: "Too many failed authentications from this address or for this token: wait `Retry-After` seconds.",
 }
 _WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -50,7 +52,7 @@ class HubAutoSchema(AutoSchema):
     def _implied_error_codes(self) -> list[int]:
         has_body = self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None
         by_path = "{" in self.path
-        codes = [401]
+        codes = [401, 429]
         if has_body or by_path or self.get_override_parameters():
             codes.append(400)
         if self.method in _WRITES:
