@@ -8,6 +8,7 @@ the README.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -45,6 +46,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",  # admin sign-in lockout
     "pefthub_server",  # the project's own commands: `up`
     "pefthub_server.core",
     "pefthub_server.registry",
@@ -63,6 +65,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: it answers a locked-out sign-in
 ]
 
 ROOT_URLCONF = "pefthub_server.urls"
@@ -106,6 +109,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+
+# Admin sign-in (django-axes): after PEFTHUB_ADMIN_LOCKOUT_FAILURES wrong passwords a username is
+# locked out from that address for PEFTHUB_ADMIN_LOCKOUT_MINUTES (every failure while locked starts
+# the wait again); others still sign in. `pefthub-server axes_reset_username NAME` unlocks sooner.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("PEFTHUB_ADMIN_LOCKOUT_FAILURES", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("PEFTHUB_ADMIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner on every `pefthub-server` command; lockouts are still logged
+AXES_CLIENT_IP_CALLABLE = "pefthub_server.core.throttling.client_address"
+AXES_LOCKOUT_CALLABLE = "pefthub_server.core.throttling.admin_lockout"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

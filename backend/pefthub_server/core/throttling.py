@@ -1,4 +1,4 @@
-"""Failed authentication, rate-limited per client address and per token prefix (429 + Retry-After).
+"""Failed authentication: API tokens rate-limited per client address and token prefix; admin sign-in locked out.
 
 Built on DRF's throttling: each limit is a ``SimpleRateThrottle`` with its rate in
 ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` (``PEFTHUB_AUTH_FAIL_RATE``,
@@ -11,10 +11,15 @@ are not attempts. A secret is 256 random bits, so the limit is not what keeps it
 being guessed; it makes a client with a wrong token back off and keeps scanners from
 costing a lookup each, while refusing valid tokens would let anyone behind the same
 address, or anyone who has seen a token's prefix, lock its owners out.
+
+Admin sign-in (passwords, which people choose) is django-axes' work, configured in
+settings (``AXES_*``); this module gives it the client address and the lockout page.
 """
 
 from __future__ import annotations
 
+from axes.helpers import get_client_username, get_cool_off
+from django.shortcuts import render
 from rest_framework.exceptions import Throttled
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
@@ -66,3 +71,13 @@ def failure_recorded(request, secret: str | None) -> Throttled | None:
                        f"{throttle.duration} s); {_ADVICE}, and retry later.",
             )
     return None
+
+
+def admin_lockout(request, original_response=None, credentials=None):
+    """django-axes' answer to a locked-out sign-in: 429, how long it lasts, and how an operator unlocks it."""
+    seconds = int(get_cool_off(request).total_seconds())
+    wait = f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
+    response = render(request, "core/admin_lockout.html",
+                      {"username": get_client_username(request, credentials), "wait": wait}, status=429)
+    response["Retry-After"] = str(seconds)
+    return response
