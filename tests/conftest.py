@@ -39,6 +39,13 @@ def _person(username: str, *, team: str | None = None, role: str = "write") -> P
     return Person(user=user, token=token_create(user=user, scope="write")[1])
 
 
+def worker_token(username: str = "gpu-node") -> str:
+    """A `worker` token, made as an operator makes one (`adduser NAME --scope worker`: the user becomes staff)."""
+    from pefthub_server.core.tokens import operator_token_create
+
+    return operator_token_create(user=_person(username).user, name="worker", scope="worker")[1]
+
+
 @pytest.fixture
 def alice(db):
     return _person("alice", team="acme", role="admin")

@@ -148,12 +148,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PEFTHUB_MAX_REQUEST_BODY
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")  # empty: the embedded filesystem broker in the data dir
 PEFTHUB_BROKER_DIR = Path(env_str("PEFTHUB_BROKER_DIR") or DATA_DIR / "broker")
 PEFTHUB_JOB_LEASE_SECONDS = env_int("PEFTHUB_JOB_LEASE_SECONDS", 120)
-PEFTHUB_JOB_TOKEN_DAYS = env_int("PEFTHUB_JOB_TOKEN_DAYS", 7)
+# A queued job whose message was lost (broker restarted or wiped, worker died before the
+# ack) is sent again by the reaper this long after its last dispatch (doubling each time).
+PEFTHUB_REDISPATCH_SECONDS = env_int("PEFTHUB_REDISPATCH_SECONDS", 300)
 PEFTHUB_REAP_INTERVAL = env_int("PEFTHUB_REAP_INTERVAL", 15)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["pefthub_server.core.auth.TokenAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["pefthub_server.core.auth.JobTokenPolicy"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "pefthub_server.core.errors.exception_handler",
@@ -193,6 +195,8 @@ SPECTACULAR_SETTINGS = {
         "JobEventTypeEnum": "pefthub_server.jobs.models.JobEvent.Type",
         "RepoKindEnum": "pefthub_server.registry.models.Repository.Kind",
     },
+        "TokenScopeEnum": "pefthub_server.core.models.Scope",
+        "RequestedScopeEnum": "pefthub_server.core.models.USER_SCOPES",
 }
 
 LOGGING = {

@@ -30,10 +30,10 @@ FAST = {"max_steps": 30, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length
 
 @pytest.fixture
 def start_worker(live_server, tmp_path, db):
-    from tests.conftest import _person
+    from tests.conftest import worker_token
 
     redis.Redis.from_url(REDIS_URL).flushdb()
-    token = _person("gpu-node").new_token("worker")
+    token = worker_token()
     procs = []
 
     def start(name: str = "w") -> subprocess.Popen:
@@ -174,3 +174,18 @@ def test_cancel_stops_training_within_a_heartbeat(inputs, start_worker):
     statuses = [e.data["status"] for e in JobEvent.objects.filter(job_id=job.id, type="status").order_by("seq")]
     assert statuses == ["queued", "running", "cancel_requested", "cancelled"]
     print(json.dumps({"cancel_to_cancelled_seconds": round(took, 2), "heartbeat_seconds": 1.0}))
+
+
+def test_a_job_whose_message_was_lost_is_sent_again_and_runs(inputs, start_worker, settings):
+    settings.PEFTHUB_REDISPATCH_SECONDS = 2
+    job = inputs.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/bot", **FAST)
+    redis.Redis.from_url(REDIS_URL).flushdb()  # the broker lost the message: a restart without persistence
+    start_worker()
+    time.sleep(3)
+    assert Job.objects.get(pk=job.id).status == "queued"  # a worker is up, but nothing tells it about the job
+    _wait_for(lambda: call_command("reap_jobs") or Job.objects.get(pk=job.id).status != "queued", timeout=30,
+              what="the reaper to send the job again")
+    done = job.wait(timeout=180)
+    assert done.status == "succeeded" and done.attempt == 1
+    logs = [e.data["message"] for e in JobEvent.objects.filter(job_id=job.id, type="log")]
+    assert any("sent it again" in m for m in logs), logs

@@ -85,9 +85,9 @@ def seed(hub_url, alice, tmp_path, request) -> Seed:
 
 @pytest.fixture
 def worker(hub_url, tmp_path) -> Worker:
-    from tests.conftest import _person
+    from tests.conftest import worker_token
 
-    player = Worker(hub_url, _person("gpu-node").new_token("worker"), tmp_path / "worker")
+    player = Worker(hub_url, worker_token(), tmp_path / "worker")
     yield player
     player.close()
 

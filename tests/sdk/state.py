@@ -105,7 +105,7 @@ class Seed:
 
 
 class Worker:
-    """A hub worker played through the worker API, with a `worker`-scope token of its own."""
+    """A hub worker played through the worker API: its `worker`-scope token claims, each claim's job token does the rest."""
 
     def __init__(self, url: str, token: str, root: Path) -> None:
         self.url, self.root = url, root
@@ -116,13 +116,15 @@ class Worker:
         self.hub.close()
 
     def _post(self, job_id: str, action: str, body: dict[str, Any]) -> Any:
-        return self.hub.request("POST", f"jobs/{job_id}/{action}", json=body)
+        with Hub(url=self.url, token=self.claims[job_id]["token"], cache_dir=self.root / "job-cache",
+                 progress=False) as job_hub:
+            return job_hub.request("POST", f"jobs/{job_id}/{action}", json=body)
 
     def _attempt(self, job_id: str) -> int:
         return self.claims[job_id]["attempt"]
 
     def claim(self, job_id: str) -> dict[str, Any]:
-        self.claims[job_id] = self._post(job_id, "claim", {"worker": "test-worker"})
+        self.claims[job_id] = self.hub.request("POST", f"jobs/{job_id}/claim", json={"worker": "test-worker"})
         return self.claims[job_id]
 
     def heartbeat(self, job_id: str, **progress: Any) -> dict[str, Any]:

@@ -305,7 +305,7 @@ def test_push_with_job_puts_it_in_the_commit_body(job_inputs, worker, make_hub, 
     job_id = job_inputs.train(output="acme/bot").id
     worker.claim(job_id)
     folder = job_inputs.folder(job_inputs.adapter_files())
-    make_hub(token=worker.claims[job_id]["token"]).push(folder, "acme/bot", base_model=BASE, job=job_id)
+    make_hub(token=worker.claims[job_id]["token"]).push(folder, "acme/bot", base_model=f"{BASE}@1", job=job_id)
     (folder / "adapter_config.json").write_bytes(job_inputs.adapter_files(lora_dropout=0.07)["adapter_config.json"])
     make_hub().push(folder, "acme/bot")
     first, second = (json.loads(s.body) for s in proxy.requests("POST", "/api/v1/repos/acme/bot/versions"))

@@ -3,7 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
+
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(parent: int) -> None:
+    """Die when process ``parent`` (`pefthub-server up`) dies, even by SIGKILL: no orphan worker.
+
+    Linux kills us with the parent (PR_SET_PDEATHSIG); elsewhere, or if that fails, a
+    thread notices the parent changed within a second.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)  # it died before we asked to follow it
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["PEFTHUB_TORCH_THREADS"] = str(threads)
     if not os.environ.get("PEFTHUB_TOKEN"):
         parser.error("PEFTHUB_TOKEN must hold a worker-scope token (pefthub-server adduser worker --scope worker)")
+    if parent := os.environ.get("PEFTHUB_EXIT_WITH_PARENT"):  # set by `pefthub-server up`
+        exit_with_parent(int(parent))
 
     from pefthub_worker.app import app
 

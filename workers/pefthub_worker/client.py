@@ -1,11 +1,14 @@
-"""The worker's side of the jobs API, typed: claim, heartbeat, events, complete, fail.
+"""The worker's side of the jobs API, typed: claim (worker token), then heartbeat, events, complete, fail (job token).
 
-Every call goes through ``Hub.request``, the SDK's one request layer (the token, retries
-with backoff, typed errors). Two refusals are part of the protocol rather than failures
-and get their own exceptions, both a :class:`pefthub.errors.Conflict` (HTTP 409):
-:class:`ClaimRefused` when the job is not queued (another worker has it, or it ended),
-and :class:`LeaseLost` when this attempt no longer holds the job (the server's
-``lease_lost``: the lease ran out and the job was re-queued, or it ended).
+A worker's own `worker`-scope token only claims. The claim returns the job's token, which
+:class:`JobClient` uses for everything about that job: pulling its pinned inputs, pushing
+its result, heartbeats, events, complete and fail. Every call goes through
+``Hub.request``, the SDK's one request layer (the token, retries with backoff, typed
+errors). Two refusals are part of the protocol rather than failures and get their own
+exceptions, both a :class:`pefthub.errors.Conflict`: :class:`ClaimRefused` when the job
+is not queued (another worker has it, or it ended), and :class:`LeaseLost` when this
+attempt no longer holds the job (the server's 409 ``lease_lost``, or a 401 for the job
+token, which died when the lease ran out and the job was re-queued or ended).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from pefthub import Hub
-from pefthub.errors import Conflict
+from pefthub.errors import AuthenticationFailed, Conflict, HubError
 from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH
 
 
@@ -35,7 +38,7 @@ class Claim:
     job: dict[str, Any]
     #: the attempt number every later call must carry
     attempt: int
-    #: a job token with the job owner's rights: pulls the inputs and pushes the result
+    #: the job's token: reads its pinned inputs, pushes its result, reports on the job; dies with the attempt
     token: str
     lease_seconds: float
     heartbeat_seconds: float
@@ -52,7 +55,7 @@ class Heartbeat:
 
 
 class WorkerClient:
-    """The jobs API for a ``worker``-scope token, wrapping a :class:`pefthub.Hub`."""
+    """Claims for a ``worker``-scope token, wrapping a :class:`pefthub.Hub`."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -71,9 +74,25 @@ class WorkerClient:
             heartbeat_seconds=float(reply["heartbeat_seconds"]),
         )
 
-    def job_hub(self, claim: Claim) -> Hub:
-        """A client with the claim's job token, for the job's pulls and its result's push."""
-        return Hub(url=self.hub.url, token=claim.token, cache_dir=self.hub.cache_dir, progress=False)
+    def job_client(self, claim: Claim) -> JobClient:
+        """The claimed job's client, with its job token (close it when the attempt ends)."""
+        return JobClient(Hub(url=self.hub.url, token=claim.token, cache_dir=self.hub.cache_dir, progress=False))
+
+
+class JobClient:
+    """One claimed job's calls, with its job token: ``hub`` pulls the inputs and pushes the result."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def close(self) -> None:
+        self.hub.close()
+
+    def __enter__(self) -> JobClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def heartbeat(self, job_id: str, attempt: int, progress: dict[str, Any] | None = None) -> Heartbeat:
         """Extend the lease; ``progress`` (step, total_steps ...) is merged into the job's."""
@@ -107,13 +126,13 @@ class WorkerClient:
         return self._post(job_id, "fail", body)
 
     def _post(self, job_id: str, action: str, body: dict[str, Any]) -> Any:
-        """POST an attempt's call; a 409 means the attempt lost the job (the server's ``lease_lost``)."""
+        """POST an attempt's call; a 409 (``lease_lost``) or a dead job token (401) means the attempt lost the job."""
         try:
             return self.hub.request("POST", f"jobs/{job_id}/{action}", json=body)
-        except Conflict as exc:
+        except (Conflict, AuthenticationFailed) as exc:
             raise _as(LeaseLost, exc) from exc
 
 
-def _as(kind: type[Conflict], exc: Conflict) -> Conflict:
+def _as(kind: type[Conflict], exc: HubError) -> Conflict:
     """``exc`` as the more precise ``kind``, keeping what the server said."""
     return kind(exc.message, status=exc.status, code=exc.code, detail=exc.detail, request_id=exc.request_id)

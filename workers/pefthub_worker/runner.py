@@ -1,11 +1,12 @@
 """Run one job: claim → pull inputs → recipe → push the result → complete.
 
-A worker is an SDK client. It claims the job with its own `worker`-scope token; the
-claim hands back a job token with the job owner's rights, used to pull the inputs and
-push the result, so the worker can never read or write more than the submitter could.
-While the recipe runs, a session thread flushes events every second and heartbeats
-every ``heartbeat_seconds``; a heartbeat reply asking to cancel, or a lost lease,
-stops the recipe at its next step.
+A worker is an SDK client. It claims the job with its own `worker`-scope token, which can
+do nothing else; the claim hands back the job's token, and every later call of the job
+goes with it: pulling the pinned inputs, pushing the result, heartbeats, events, complete
+or fail. That token acts for the job's owner on this job only and dies with the attempt,
+so a worker can never read or write more than the job needs. While the recipe runs, a
+session thread flushes events every second and heartbeats every ``heartbeat_seconds``;
+a heartbeat reply asking to cancel, or a lost lease, stops the recipe at its next step.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pefthub.protocol.errors import SpecError
 from pefthub.protocol.jobs import TRAIN
 from pefthub.protocol.specs import MergeSpec, TrainSpec
 
-from .client import ClaimRefused, LeaseLost, WorkerClient
+from .client import ClaimRefused, JobClient, LeaseLost, WorkerClient
 from .merging import MergeError, merge
 from .training import Callbacks, Cancelled, DatasetError, train
 
@@ -41,7 +42,7 @@ FLUSH_SECONDS = 1.0
 class JobSession:
     """Batches events to the hub and keeps the lease alive on a background thread."""
 
-    def __init__(self, client: WorkerClient, job_id: str, attempt: int, heartbeat_seconds: float):
+    def __init__(self, client: JobClient, job_id: str, attempt: int, heartbeat_seconds: float):
         self.client, self.job_id, self.attempt = client, job_id, attempt
         self.heartbeat_seconds = heartbeat_seconds
         self.cancel_requested = threading.Event()
@@ -191,21 +192,21 @@ def run_job(job_id: str, *, hub: Hub | None = None) -> str:
     """Run job ``job_id`` to its end; returns what happened (for logs and tests)."""
     if threads := os.environ.get("PEFTHUB_TORCH_THREADS"):
         torch.set_num_threads(int(threads))
-    client = WorkerClient(hub or Hub(progress=False))
+    worker = WorkerClient(hub or Hub(progress=False))
     try:
-        claim = client.claim(job_id, _worker_name())
+        claim = worker.claim(job_id, _worker_name())
     except ClaimRefused as exc:
-        log.info("job %s not claimed: %s", job_id, exc)  # a redelivered message, or another worker has it
+        log.info("job %s not claimed: %s", job_id, exc)  # a redelivered or re-sent message, or another worker has it
         return "skipped"
     attempt = claim.attempt
-    job_hub = client.job_hub(claim)
+    client = worker.job_client(claim)
     work = Path(tempfile.mkdtemp(prefix=f"pefthub-job-{job_id[:8]}-"))
     recipe = _train if claim.job["type"] == TRAIN else _merge
     outcome, version, failure = "succeeded", None, None
     try:
         with JobSession(client, job_id, attempt, claim.heartbeat_seconds) as session:
             try:
-                version = recipe(claim.job, job_hub, session, work)
+                version = recipe(claim.job, client.hub, session, work)
             except Cancelled:  # asked to cancel, or the lease was lost
                 outcome = "cancelled"
             except Exception as exc:  # every failure is reported to the hub below
@@ -223,5 +224,5 @@ def run_job(job_id: str, *, hub: Hub | None = None) -> str:
     except LeaseLost:
         return "lease_lost"
     finally:
-        job_hub.close()
+        client.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Bearer-token authentication and the scope check every write goes through."""
+"""Bearer-token authentication, the scope check every write goes through, and the job-token policy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from datetime import timedelta
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import BasePermission
 
+from pefthub.protocol.jobs import ACTIVE
 from pefthub_server.core.errors import AuthenticationFailed, PermissionDenied
 from pefthub_server.core.models import ApiToken, hash_secret
 from pefthub_server.core.throttling import failure_recorded
@@ -55,16 +57,62 @@ def _failed(request, secret: str | None, message: str) -> Exception:
     return failure_recorded(request, secret) or AuthenticationFailed(message)
 
 
+JOB_TOKEN_REFUSED = ("A job token may only read the job's pinned inputs, push its result and report on its own job; "
+                     "use a user token for anything else.")
+
+
+def job_token(request) -> ApiToken | None:
+    """The job token the request is signed with, if it is one."""
+    token = getattr(request, "auth", None)
+    return token if isinstance(token, ApiToken) and token.is_job_token else None
+
+
 def require_scope(request, permission: str, action: str) -> None:
-    """Raise 401/403 unless the request is signed in with a token granting ``permission``."""
+    """Raise 401/403 unless the request is signed in with a token granting ``permission``.
+
+    A job token grants nothing by scope: it passes only where JobTokenPolicy admitted this
+    very request (the view's rule allowed it).
+    """
     if not request.user.is_authenticated:
         raise AuthenticationFailed(f"Sign in to {action}: send `Authorization: Bearer <token>`.")
     token = request.auth
+    if job_token(request) is not None:
+        if not getattr(request, "job_token_admitted", False):
+            raise PermissionDenied(JOB_TOKEN_REFUSED, code="job_token_refused")
+        return
     if isinstance(token, ApiToken) and not token.grants(permission):
         raise PermissionDenied(
             f"This token has scope `{token.scope}`, which does not allow you to {action}; "
             f"use a token with scope `{permission}` or above."
         )
+
+
+class JobTokenPolicy(BasePermission):
+    """The one rule for job tokens (every API view): a view allows a job token only if it says so.
+
+    A view opts in with ``job_token_rule(request, job, **url_kwargs) -> bool``, written next to
+    the view. Without a rule, or when the rule says no or the job is no longer running, a job
+    token gets 403. Every other caller passes through to the view's own checks.
+    """
+
+    def has_permission(self, request, view) -> bool:
+        token = job_token(request)
+        if token is None:
+            return True
+        job = getattr(token, "job", None)  # jobs.Job.token's reverse side: core does not import jobs
+        rule = getattr(view, "job_token_rule", None)
+        if job is None or job.status not in ACTIVE or rule is None or not rule(request, job, **view.kwargs):
+            raise PermissionDenied(JOB_TOKEN_REFUSED, code="job_token_refused")
+        request.job_token_admitted = True
+        return True
+
+
+def require_job_token(request, action: str) -> None:
+    """Raise unless the request is signed with a job token (JobTokenPolicy matched it to the URL's job)."""
+    if not request.user.is_authenticated:
+        raise AuthenticationFailed(f"Sign in to {action}: send the job token the claim returned.")
+    if job_token(request) is None:
+        raise PermissionDenied(f"Only the job's own token (returned by its claim) may {action}.")
 
 
 class TokenAuthenticationScheme(OpenApiAuthenticationExtension):

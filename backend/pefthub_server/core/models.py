@@ -27,12 +27,25 @@ Scope = choices("Scope", SCOPES, labels=False)
 
 
 # What each scope allows; a token may only mint tokens whose scope it covers.
+# `worker` claims jobs and nothing else (the claim hands out the job's own token for the
+# rest); `worker` rights need a staff user (see ApiToken.grants). A `job` token grants
+# nothing by scope: core.auth.JobTokenPolicy allows exactly its job's calls.
 SCOPE_GRANTS: dict[str, frozenset[str]] = {
     Scope.READ: frozenset({"read"}),
     Scope.WRITE: frozenset({"read", "write"}),
-    Scope.WORKER: frozenset({"read", "write", "worker"}),
-    Scope.ADMIN: frozenset({"read", "write", "admin"}),
+    Scope.WORKER: frozenset({"worker"}),
+    Scope.ADMIN: frozenset({"read", "write", "worker", "admin"}),
+    Scope.JOB: frozenset(),
 }
+
+
+#: what a user may ask for; a `job` token is minted only by a claim
+USER_SCOPES = tuple(scope for scope in Scope.values if scope != Scope.JOB)
+
+
+def may_hold_worker_rights(user) -> bool:
+    """Claiming hands out tokens acting for any job's owner: an operator's right, so staff only."""
+    return user.is_staff
 
 
 def hash_secret(secret: str) -> str:
@@ -70,5 +83,11 @@ class ApiToken(models.Model):
     def expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
 
+    @property
+    def is_job_token(self) -> bool:
+        return self.scope == Scope.JOB
+
     def grants(self, permission: str) -> bool:
+        if permission == "worker" and not may_hold_worker_rights(self.user):
+            return False  # a user who stopped being staff keeps no worker rights
         return permission in SCOPE_GRANTS[self.scope]

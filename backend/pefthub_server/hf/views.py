@@ -28,7 +28,7 @@ from pefthub.protocol import peft_compat
 from pefthub.protocol.errors import ProtocolError
 from pefthub.protocol.manifest import ADAPTER_CONFIG, MODEL_CARD
 from pefthub.protocol.refs import HF_VARIANT_PREFIX, hf_commit, is_hf_commit
-from pefthub_server.core.auth import TokenAuthentication
+from pefthub_server.core.auth import JOB_TOKEN_REFUSED, TokenAuthentication
 from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
 from pefthub_server.core.http import base_url, bytes_response
 from pefthub_server.hf.card import card_data, render_card
@@ -65,6 +65,8 @@ def hf_view(view):
             response = _error(HfError(429, None, str(exc.detail)))
             response["Retry-After"] = str(exc.wait)
             return response
+        if auth is not None and auth[1].is_job_token:  # workers pull through /api/v1, by pinned version
+            return _error(HfError(403, None, JOB_TOKEN_REFUSED))
         if auth is not None:
             request.user, request.auth = auth
         try:

@@ -8,10 +8,15 @@ always agree. The hub's own periodic task (the reaper) is in :mod:`.tasks`.
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from django.conf import settings
+from kombu.exceptions import ChannelError, KombuError
 
-from pefthub.protocol.jobs import TASK_REAP, TASKS, celery_config
+from pefthub.protocol.jobs import TASK_REAP, TASKS, broker_folders, celery_config
+
+log = logging.getLogger(__name__)
 
 app = Celery("pefthub_server")
 app.conf.update(
@@ -21,5 +26,15 @@ app.conf.update(
 
 
 def job_dispatch(*, job) -> None:
-    """Send the job's id (only) to its queue."""
-    app.send_task(TASKS[job.type], args=[job.id.hex], queue=job.queue)
+    """Send the job's id (only) to its queue.
+
+    A broker that is down does not fail the request that queued the job: the job stays
+    queued and the reaper sends it again after PEFTHUB_REDISPATCH_SECONDS.
+    """
+    if not settings.CELERY_BROKER_URL:
+        broker_folders(settings.PEFTHUB_BROKER_DIR)  # the embedded broker's folder may have been wiped
+    try:
+        app.send_task(TASKS[job.type], args=[job.id.hex], queue=job.queue)
+    except (KombuError, ChannelError, OSError) as exc:  # Redis down; a broker folder gone
+        log.warning("could not send job %s to queue %s (%s); the reaper sends it again in %s s",
+                    job.id.hex, job.queue, exc, settings.PEFTHUB_REDISPATCH_SECONDS)

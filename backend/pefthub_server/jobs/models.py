@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 
 from pefthub.protocol import jobs as contract
+from pefthub.protocol.repos import ADAPTER, MODEL
 from pefthub_server.core.models import choices
 
 
@@ -42,6 +43,9 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True,
+                                         help_text="When the job's id was last sent to its queue")
+    dispatches = models.PositiveIntegerField(default=0, help_text="Sends since the job last entered the queue")
 
     class Meta:
         ordering = ["-created_at"]
@@ -55,6 +59,17 @@ class Job(models.Model):
     @property
     def output(self) -> str:
         return f"{self.namespace.name}/{self.output_name}"
+
+    @property
+    def output_kind(self) -> str:
+        return ADAPTER if self.type == contract.TRAIN else MODEL
+
+    def pinned_inputs(self) -> list[dict]:
+        """Every input as pinned at submit (``{"repo", "number", "digest"}``): what its token may read."""
+        pins = [self.inputs["base_model"]] if "base_model" in self.inputs else []
+        if "dataset" in self.inputs:
+            pins.append(self.inputs["dataset"])
+        return pins + list(self.inputs.get("adapters", []))
 
 
 class JobEvent(models.Model):

@@ -22,11 +22,3 @@ def job_get(*, user, job_id) -> Job:
     if job is None:
         raise NotFound(f"Job {job_id} not found (or you have no access to it).")
     return job
-
-
-def job_get_any(*, job_id) -> Job:
-    """For worker endpoints: workers serve every job."""
-    job = Job.objects.select_related("namespace", "owner").filter(pk=job_id).first()
-    if job is None:
-        raise NotFound(f"Job {job_id} not found.")
-    return job

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -25,8 +25,8 @@ from pefthub.protocol.peft import MERGE_JOB_TYPES, VIRTUAL_TOKEN_METHODS
 from pefthub.protocol.refs import parse_ref
 from pefthub.protocol.specs import MergeSpec, TrainSpec, parse_job_request
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
-from pefthub_server.core.models import ApiToken, Scope
-from pefthub_server.core.tokens import token_create
+from pefthub_server.core.models import ApiToken
+from pefthub_server.core.tokens import job_token_create
 from pefthub_server.jobs.dispatch import job_dispatch
 from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry import compatibility
@@ -134,7 +134,7 @@ def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple
                 request_digest=digest, max_attempts=request.max_attempts,
             )
             _event(job, JobEvent.Type.STATUS, {"status": Job.Status.QUEUED})
-            transaction.on_commit(lambda: job_dispatch(job=job))
+            _enqueue(job, first=True)
     except IntegrityError:
         # Two requests raced with one key: the loser returns the winner's job.
         if idempotency_key and (winner := Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()):
@@ -152,12 +152,37 @@ def _event(job: Job, type: str, data: dict, *, attempt: int | None = None) -> Jo
                                    attempt=job.attempt if attempt is None else attempt)
 
 
+def _enqueue(job: Job, *, first: bool) -> None:
+    """Record a send of the job's id and send it once the transaction commits.
+
+    ``first``: the job (re-)entered the queue; otherwise the reaper sends it again because
+    no worker took it (its message may be lost).
+    """
+    job.dispatched_at = timezone.now()
+    job.dispatches = 1 if first else job.dispatches + 1
+    job.save(update_fields=["dispatched_at", "dispatches"])
+    transaction.on_commit(lambda: job_dispatch(job=job))
+
+
 def _lease() -> timedelta:
     return timedelta(seconds=settings.PEFTHUB_JOB_LEASE_SECONDS)
 
 
+def _extend_lease(job: Job, now) -> None:
+    """The lease and the job token's life, moved together: the token dies with a lapsed lease."""
+    lease = now + _lease()
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=now, lease_expires_at=lease)
+    ApiToken.objects.filter(pk=job.token_id, revoked_at__isnull=True).update(expires_at=lease)
+    job.heartbeat_at, job.lease_expires_at = now, lease
+
+
 def job_claim(*, job_id, worker: str) -> tuple[Job, str]:
-    """Atomically move a queued job to running; returns the job and a job token (its owner's rights)."""
+    """Atomically move a queued job to running; returns the job and its job token.
+
+    The job token acts for the job's owner but only on this job (core.auth.JobTokenPolicy):
+    it reads the pinned inputs, pushes the result, reports; it expires with the lease and is
+    revoked when the attempt ends.
+    """
     now = timezone.now()
     with transaction.atomic():
         claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
@@ -170,8 +195,7 @@ def job_claim(*, job_id, worker: str) -> tuple[Job, str]:
         if not claimed:
             raise Conflict(f"Job {job.id.hex} is {job.status}, not queued; another worker has it or it ended.",
                            detail={"status": job.status})
-        token, secret = token_create(user=job.owner, name=f"job:{job.id.hex[:12]}", scope=Scope.WRITE,
-                                     expires_in_days=settings.PEFTHUB_JOB_TOKEN_DAYS)
+        token, secret = job_token_create(user=job.owner, name=f"job:{job.id.hex[:12]}", expires_at=job.lease_expires_at)
         job.token = token
         job.save(update_fields=["token"])
         _event(job, JobEvent.Type.STATUS, {"status": Job.Status.RUNNING, "worker": job.worker})
@@ -192,13 +216,10 @@ def _active(job_id, attempt) -> Job:
 def job_heartbeat(*, job_id, attempt: int, progress: dict | None = None) -> Job:
     with transaction.atomic():
         job = _active(job_id, attempt)
-        now = timezone.now()
-        job.heartbeat_at, job.lease_expires_at = now, now + _lease()
-        fields = ["heartbeat_at", "lease_expires_at"]
+        _extend_lease(job, timezone.now())
         if isinstance(progress, dict):
             job.progress = {**job.progress, **progress}
-            fields.append("progress")
-        job.save(update_fields=fields)
+            job.save(update_fields=["progress"])
     return job
 
 
@@ -230,9 +251,8 @@ def job_events_append(*, job_id, attempt: int, events) -> int:
             seq += 1
             rows.append(JobEvent(job=job, seq=seq, type=kind, data=data, attempt=attempt, time=_event_time(event, now)))
         JobEvent.objects.bulk_create(rows)
-        now = timezone.now()
-        Job.objects.filter(pk=job.pk).update(last_seq=seq, progress=progress, metrics=metrics, heartbeat_at=now,
-                                             lease_expires_at=now + _lease())
+        Job.objects.filter(pk=job.pk).update(last_seq=seq, progress=progress, metrics=metrics)
+        _extend_lease(job, timezone.now())
     return seq
 
 
@@ -264,7 +284,7 @@ def _requeue(job: Job, reason: str) -> None:
     if job.token_id:
         ApiToken.objects.filter(pk=job.token_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
     _event(job, JobEvent.Type.STATUS, {"status": Job.Status.QUEUED, "reason": reason})
-    transaction.on_commit(lambda: job_dispatch(job=job))
+    _enqueue(job, first=True)
 
 
 def job_fail(*, job_id, attempt: int, code: str, message: str, retryable: bool = False) -> Job:
@@ -296,10 +316,47 @@ def job_cancel(*, user, job: Job) -> Job:
     return job
 
 
+#: a job waiting long is re-sent after 1, 2, 4 ... 32 grace periods, not every period: a
+#: queue that is only busy holds a few duplicates per job, not one per period
+_MAX_REDISPATCH_BACKOFF = 32
+
+
+def _redispatch_due(job: Job, now) -> bool:
+    if job.dispatched_at is None:
+        return True  # queued before dispatches were recorded
+    backoff = min(2 ** max(job.dispatches - 1, 0), _MAX_REDISPATCH_BACKOFF)
+    return now - job.dispatched_at >= timedelta(seconds=settings.PEFTHUB_REDISPATCH_SECONDS * backoff)
+
+
+def _redispatch(now) -> int:
+    """Send again the queued jobs no worker took within the grace period: their message may be lost.
+
+    A duplicate is harmless: the claim is conditional, the second one gets 409 and its
+    worker acks it and moves on.
+    """
+    grace = timedelta(seconds=settings.PEFTHUB_REDISPATCH_SECONDS)
+    waiting = Job.objects.filter(status=Job.Status.QUEUED).filter(
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now - grace)).values_list("pk", flat=True)
+    sent = 0
+    for pk in list(waiting):
+        with transaction.atomic():
+            job = Job.objects.select_for_update().filter(pk=pk, status=Job.Status.QUEUED).first()
+            if job is None or not _redispatch_due(job, now):
+                continue  # claimed or cancelled meanwhile, or it waits for its backoff
+            waited = int((now - job.dispatched_at).total_seconds()) if job.dispatched_at else None
+            _enqueue(job, first=False)
+            _event(job, JobEvent.Type.LOG, {"level": "warning", "message": (
+                f"no worker took the job {waited} s after it was sent; sent it again (send {job.dispatches})"
+                if waited is not None else "sent the job to its queue again")})
+            sent += 1
+    return sent
+
+
 def jobs_reap(*, now=None) -> dict:
-    """Re-queue running jobs whose lease expired (up to max_attempts), fail the rest."""
+    """Re-queue running jobs whose lease expired (up to max_attempts), fail the rest; re-send lost queued jobs."""
     now = now or timezone.now()
-    counts = {"requeued": 0, "failed": 0, "cancelled": 0}
+    # first: a job this round re-queues is sent now, not again
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "redispatched": _redispatch(now)}
     expired = Job.objects.filter(status__in=Job.ACTIVE, lease_expires_at__lt=now).values_list("pk", flat=True)
     for pk in list(expired):
         with transaction.atomic():

@@ -41,6 +41,15 @@ TASK_REAP = "pefthub.reap_jobs"
 HUB_QUEUE = "hub"
 
 
+def broker_folders(broker_dir: str | Path) -> tuple[Path, Path]:
+    """The embedded broker's (queue, processed) folders, made if missing (again, if someone wiped them)."""
+    folder = Path(broker_dir)
+    queue, processed = folder / "queue", folder / "processed"
+    queue.mkdir(parents=True, exist_ok=True)
+    processed.mkdir(parents=True, exist_ok=True)
+    return queue, processed
+
+
 def celery_config(broker_url: str | None, broker_dir: str | Path) -> dict[str, Any]:
     """Celery configuration for ``broker_url``, or the filesystem broker under ``broker_dir``."""
     config: dict[str, Any] = {
@@ -58,10 +67,7 @@ def celery_config(broker_url: str | None, broker_dir: str | Path) -> dict[str, A
             # message is harmless (the claim refuses it) but wasteful.
             config["broker_transport_options"] = {"visibility_timeout": 24 * 3600}
         return config
-    folder = Path(broker_dir)
-    queue, processed = folder / "queue", folder / "processed"
-    queue.mkdir(parents=True, exist_ok=True)
-    processed.mkdir(parents=True, exist_ok=True)
+    queue, processed = broker_folders(broker_dir)
     config.update(
         broker_url="filesystem://",
         broker_transport_options={

@@ -1,4 +1,9 @@
-"""Jobs endpoints: users submit, list, follow and cancel; workers claim, heartbeat, report, finish."""
+"""Jobs endpoints: users submit, list, follow and cancel; workers claim; a job's token heartbeats, reports, finishes.
+
+A `worker` token only claims. The claim returns the job's own token, and the job's other
+worker calls (heartbeat, events, complete, fail) take that token and no other: a worker
+node cannot touch a job it does not hold.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH
-from pefthub_server.core.auth import require_scope
+from pefthub_server.core.auth import require_job_token, require_scope
 from pefthub_server.core.errors import ValidationFailed
 from pefthub_server.core.http import validated
 from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
@@ -24,10 +29,15 @@ def _job_data(job: Job) -> dict:
     return s.JobSerializer(fresh).data
 
 
-def _worker_body(request, serializer_class, action: str) -> dict:
-    """The body of a worker endpoint, which only a worker-scope token may call."""
-    require_scope(request, "worker", action)
+def _job_body(request, serializer_class, action: str) -> dict:
+    """The body of a call a job makes about itself, which only its own job token may make."""
+    require_job_token(request, action)
     return validated(serializer_class, request.data)
+
+
+def own_job(request, job, job_id) -> bool:
+    """The job-token rule of the views about one job: a job token acts on its own job only."""
+    return job.pk == job_id
 
 
 class JobListView(APIView):
@@ -66,12 +76,16 @@ class JobListView(APIView):
 
 
 class JobDetailView(APIView):
+    job_token_rule = staticmethod(own_job)
+
     @extend_schema(summary="A job", responses=s.JobSerializer)
     def get(self, request, job_id):
         return Response(s.JobSerializer(selectors.job_get(user=request.user, job_id=job_id)).data)
 
 
 class JobEventsView(APIView):
+    job_token_rule = staticmethod(own_job)
+
     @extend_schema(
         summary="A job's events after a sequence number (GET); a worker's batch of events (POST)",
         parameters=[OpenApiParameter("after", int, description="Events with a sequence number above this one"),
@@ -95,8 +109,7 @@ class JobEventsView(APIView):
     @extend_schema(summary="Append events (worker)", request=s.EventsRequestSerializer,
                    responses={200: s.EventsAppendedSerializer, **errors(409)})
     def post(self, request, job_id):
-        require_scope(request, "worker", "report job events")
-        selectors.job_get_any(job_id=job_id)
+        require_job_token(request, "report job events")
         data = request.data if isinstance(request.data, dict) else {}
         attempt = validated(s.HeartbeatRequestSerializer, {"attempt": data.get("attempt")})["attempt"]
         last = services.job_events_append(job_id=job_id, attempt=attempt, events=data.get("events"))
@@ -115,7 +128,8 @@ class JobClaimView(APIView):
     @extend_schema(summary="Claim a queued job (worker)", request=s.ClaimRequestSerializer,
                    responses={200: s.ClaimSerializer, **errors(409)})
     def post(self, request, job_id):
-        data = _worker_body(request, s.ClaimRequestSerializer, "claim jobs")
+        require_scope(request, "worker", "claim jobs")
+        data = validated(s.ClaimRequestSerializer, request.data)
         job, secret = services.job_claim(job_id=job_id, worker=data["worker"])
         lease = settings.PEFTHUB_JOB_LEASE_SECONDS
         return Response({"job": _job_data(job), "attempt": job.attempt, "token": secret, "lease_seconds": lease,
@@ -123,28 +137,34 @@ class JobClaimView(APIView):
 
 
 class JobHeartbeatView(APIView):
+    job_token_rule = staticmethod(own_job)
+
     @extend_schema(summary="Extend the lease (worker)", request=s.HeartbeatRequestSerializer,
                    responses={200: s.HeartbeatSerializer, **errors(409)})
     def post(self, request, job_id):
-        data = _worker_body(request, s.HeartbeatRequestSerializer, "heartbeat jobs")
+        data = _job_body(request, s.HeartbeatRequestSerializer, "heartbeat the job")
         job = services.job_heartbeat(job_id=job_id, attempt=data["attempt"], progress=data.get("progress"))
         return Response({"cancel_requested": job.status == Job.Status.CANCEL_REQUESTED,
                          "lease_expires_at": job.lease_expires_at})
 
 
 class JobCompleteView(APIView):
+    job_token_rule = staticmethod(own_job)
+
     @extend_schema(summary="Finish a job with its result version (worker)", request=s.CompleteRequestSerializer,
                    responses={200: s.JobSerializer, **errors(409)})
     def post(self, request, job_id):
-        data = _worker_body(request, s.CompleteRequestSerializer, "complete jobs")
+        data = _job_body(request, s.CompleteRequestSerializer, "complete the job")
         job = services.job_complete(job_id=job_id, attempt=data["attempt"], version_number=data["version"])
         return Response(_job_data(job))
 
 
 class JobFailView(APIView):
+    job_token_rule = staticmethod(own_job)
+
     @extend_schema(summary="Report a failed attempt (worker)", request=s.FailRequestSerializer,
                    responses={200: s.JobSerializer, **errors(409)})
     def post(self, request, job_id):
-        data = _worker_body(request, s.FailRequestSerializer, "fail jobs")
+        data = _job_body(request, s.FailRequestSerializer, "fail the job")
         job = services.job_fail(job_id=job_id, **data)
         return Response(_job_data(job))

@@ -1,8 +1,11 @@
 """Run the hub: migrate, serve web + API, reap expired jobs, and (embedded broker) one worker.
 
 With the embedded broker (no CELERY_BROKER_URL) a bare machine trains end to end: `up`
-also starts one `pefthub-worker` process sharing the broker folder. With
-`CELERY_BROKER_URL=redis://…` jobs go to Redis for external `pefthub-worker`s.
+also starts one `pefthub-worker` process sharing the broker folder, and supervises it: a
+worker that exits is started again (after 1 s, doubling to 60 s while it keeps failing),
+and a worker never outlives `up`, even a SIGKILLed one (it dies with its parent, so no
+orphan shares the broker with the next `up`). With `CELERY_BROKER_URL=redis://…` jobs go
+to Redis for external `pefthub-worker`s.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from django.conf import settings
 from django.core.management import call_command
@@ -21,13 +25,14 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from pefthub_server.core.models import Scope
-from pefthub_server.core.tokens import token_create
+from pefthub_server.core.tokens import operator_token_create, tokens_revoke_named
 from pefthub_server.jobs.services import jobs_reap
 from pefthub_server.registry.teams import user_ensure
 
 log = logging.getLogger(__name__)
 
 WORKER_USER = "pefthub-worker"
+WORKER_TOKEN_NAME = "embedded worker"
 
 
 def _reap_forever(stop: threading.Event) -> None:
@@ -41,6 +46,64 @@ def _reap_forever(stop: threading.Event) -> None:
             close_old_connections()
 
 
+class WorkerSupervisor:
+    """Runs the embedded worker on a thread of its own and starts it again when it exits.
+
+    Restarts wait 1 s, doubling up to 60 s while the worker keeps dying; a worker that ran
+    a minute counts as healthy and the next restart waits 1 s again. The worker dies with
+    this thread's process (PEFTHUB_EXIT_WITH_PARENT, see pefthub_worker.cli).
+    """
+
+    FIRST_DELAY, MAX_DELAY, HEALTHY_AFTER = 1.0, 60.0, 60.0
+
+    def __init__(self, command: list[str], env: dict[str, str]):
+        self.command, self.env = command, {**env, "PEFTHUB_EXIT_WITH_PARENT": str(os.getpid())}
+        self.process: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="embedded-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen | None:
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            self.process = subprocess.Popen(self.command, env=self.env)
+        log.info("embedded worker started (pid %s)", self.process.pid)
+        return self.process
+
+    def _run(self) -> None:
+        delay = self.FIRST_DELAY
+        while (process := self._spawn()) is not None:
+            started = time.monotonic()
+            code = process.wait()
+            if self._stop.is_set():
+                return
+            if time.monotonic() - started >= self.HEALTHY_AFTER:
+                delay = self.FIRST_DELAY
+            log.warning("embedded worker (pid %s) exited with code %s; starting it again in %.0f s",
+                        process.pid, code, delay)
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, self.MAX_DELAY)
+
+    def stop(self, timeout: float = 20) -> None:
+        """Stop restarting, then stop the worker: SIGTERM (it finishes its step), SIGKILL after ``timeout``."""
+        self._stop.set()
+        with self._lock:
+            process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._thread.join(timeout=5)
+
+
 class Command(BaseCommand):
     help = "Migrate, then serve the web catalogue and the API (and one embedded worker) until interrupted."
 
@@ -50,12 +113,13 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=16)
         parser.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
 
-    def _start_worker(self, port: int, host: str) -> subprocess.Popen | None:
+    def _start_worker(self, port: int, host: str) -> WorkerSupervisor | None:
         if importlib.util.find_spec("pefthub_worker") is None:
             self.stderr.write("pefthub-worker is not installed: jobs will wait in the queue (pip install -e workers)")
             return None
         user = user_ensure(username=WORKER_USER)
-        _, secret = token_create(user=user, name="embedded worker", scope=Scope.WORKER, expires_in_days=30)
+        tokens_revoke_named(user=user, name=WORKER_TOKEN_NAME)  # the last `up`'s worker token dies here
+        _, secret = operator_token_create(user=user, name=WORKER_TOKEN_NAME, scope=Scope.WORKER, expires_in_days=30)
         client_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         env = {
             **os.environ,
@@ -66,7 +130,9 @@ class Command(BaseCommand):
             "PEFTHUB_CACHE": os.environ.get("PEFTHUB_WORKER_CACHE", str(settings.DATA_DIR / "worker-cache")),
             "PEFTHUB_DISABLE_PROGRESS_BARS": "1",
         }
-        return subprocess.Popen([sys.executable, "-m", "pefthub_worker.cli", "--queues", "gpu,cpu"], env=env)
+        supervisor = WorkerSupervisor([sys.executable, "-m", "pefthub_worker.cli", "--queues", "gpu,cpu"], env)
+        supervisor.start()
+        return supervisor
 
     def handle(self, *args, **opts):
         from pefthub_server.server import serve
@@ -95,8 +161,4 @@ class Command(BaseCommand):
         finally:
             stop.set()
             if worker is not None:
-                worker.terminate()
-                try:
-                    worker.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+                worker.stop()

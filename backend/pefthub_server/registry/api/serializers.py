@@ -5,7 +5,8 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from pefthub_server.core.models import ApiToken, Scope
+from pefthub_server.core.models import USER_SCOPES, ApiToken, Scope
+from pefthub_server.core.tokens import MAX_TOKEN_DAYS
 from pefthub_server.registry.models import Membership, Repository, Role
 from pefthub_server.registry.serving import serving_facts
 
@@ -213,8 +214,9 @@ class BlobSerializer(serializers.Serializer):
 
 class TokenCreateSerializer(serializers.Serializer):
     name = serializers.CharField(default="default", max_length=100)
-    scope = serializers.ChoiceField(choices=Scope.choices, default=Scope.READ)
-    expires_in_days = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    scope = serializers.ChoiceField(choices=USER_SCOPES, default=Scope.READ)
+    expires_in_days = serializers.IntegerField(required=False, allow_null=True,
+                                               help_text=f"1 to {MAX_TOKEN_DAYS}; null: no expiry")
 
 
 class RootSerializer(serializers.Serializer):

@@ -22,6 +22,7 @@ from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginate
 from pefthub_server.core.schema import errors
 from pefthub_server.registry import aliases, blobs, push, repositories, selectors
 from pefthub_server.registry.api import serializers as s
+from pefthub_server.registry.api import job_token_rules
 from pefthub_server.registry.models import Alias, AliasMove, Membership, Repository, Version
 from pefthub_server.registry.storage import get_blob_store
 
@@ -93,6 +94,8 @@ class RepoListView(APIView):
 
 class RepoDetailView(APIView):
     @extend_schema(summary="A repository", responses=s.RepoSerializer)
+    job_token_rule = staticmethod(job_token_rules.repo_detail)
+
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         return Response(s.RepoSerializer(repo).data)
@@ -113,6 +116,8 @@ class RepoDetailView(APIView):
 
 class UploadView(APIView):
     @extend_schema(
+    job_token_rule = staticmethod(job_token_rules.upload)
+
         summary="Negotiate a push: which blobs are missing and where to upload them",
         request=s.UploadRequestSerializer, responses=s.UploadResponseSerializer,
     )
@@ -157,6 +162,8 @@ class VersionListView(APIView):
         request=s.VersionCreateSerializer, responses={201: s.VersionDetailSerializer, 200: s.VersionDetailSerializer},
     )
     def post(self, request, ns, name):
+    job_token_rule = staticmethod(job_token_rules.commit)
+
         repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
         data = validated(s.VersionCreateSerializer, request.data)
         if data.get("job") is not None:
@@ -188,6 +195,8 @@ class VersionDetailView(APIView):
 def _alias_data(alias: Alias) -> dict:
     return {
         "name": alias.name, "version": alias.version.number, "updated_at": alias.updated_at,
+    job_token_rule = staticmethod(job_token_rules.version_detail)
+
         "updated_by": alias.updated_by.username if alias.updated_by_id else None,
     }
 
@@ -265,6 +274,7 @@ class BlobView(APIView):
         return request.user.is_authenticated and selectors.blob_readable(user=request.user, sha256=sha256)
 
     @extend_schema(
+    job_token_rule = staticmethod(job_token_rules.signed_blob)
         summary="Download a blob (local backend; signed URL or token; Range supported)",
         parameters=BLOB_PARAMETERS + [OpenApiParameter("filename", str, description="Name to save the download as")],
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,

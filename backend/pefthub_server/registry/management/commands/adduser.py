@@ -7,8 +7,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pefthub.protocol.errors import ProtocolError
 from pefthub_server.core.errors import HubError
-from pefthub_server.core.models import Scope
-from pefthub_server.core.tokens import token_create
+from pefthub_server.core.models import USER_SCOPES, Scope
+from pefthub_server.core.tokens import operator_token_create
 from pefthub_server.registry.models import Role
 from pefthub_server.registry.teams import user_ensure
 
@@ -20,7 +20,8 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--team", help="team to create if missing and add the user to")
         parser.add_argument("--role", choices=Role.values, default=Role.WRITE, help="role in --team (default: write)")
-        parser.add_argument("--scope", choices=Scope.values, default=Scope.WRITE, help="token scope (default: write)")
+        parser.add_argument("--scope", choices=USER_SCOPES, default=Scope.WRITE,
+                            help="token scope (default: write); a `worker` token makes the user staff (an operator)")
         parser.add_argument("--staff", action="store_true", help="make the user staff and superuser (Django admin)")
         parser.add_argument("--token-name", default="adduser", help="name shown in the token list")
         parser.add_argument("--expires-in-days", type=int, default=None)
@@ -29,7 +30,7 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0, interactive=False, stdout=self.stderr)
         try:
             user = user_ensure(username=opts["username"], team=opts["team"], role=opts["role"], staff=opts["staff"])
-            _, secret = token_create(
+            _, secret = operator_token_create(
                 user=user, name=opts["token_name"], scope=opts["scope"], expires_in_days=opts["expires_in_days"]
             )
         except (HubError, ProtocolError) as exc:
