@@ -21,8 +21,8 @@ from pefthub_server.core.models import ApiToken
 from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
 from pefthub_server.core.schema import errors
 from pefthub_server.registry import aliases, blobs, push, repositories, selectors
-from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.api import job_token_rules
+from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.models import Alias, AliasMove, Membership, Repository, Version
 from pefthub_server.registry.storage import get_blob_store
 
@@ -93,9 +93,9 @@ class RepoListView(APIView):
 
 
 class RepoDetailView(APIView):
-    @extend_schema(summary="A repository", responses=s.RepoSerializer)
     job_token_rule = staticmethod(job_token_rules.repo_detail)
 
+    @extend_schema(summary="A repository", responses=s.RepoSerializer)
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         return Response(s.RepoSerializer(repo).data)
@@ -115,9 +115,9 @@ class RepoDetailView(APIView):
 
 
 class UploadView(APIView):
-    @extend_schema(
     job_token_rule = staticmethod(job_token_rules.upload)
 
+    @extend_schema(
         summary="Negotiate a push: which blobs are missing and where to upload them",
         request=s.UploadRequestSerializer, responses=s.UploadResponseSerializer,
     )
@@ -149,6 +149,8 @@ def version_detail_data(request, version: Version, *, created: bool | None = Non
 
 
 class VersionListView(APIView):
+    job_token_rule = staticmethod(job_token_rules.commit)
+
     @extend_schema(summary="List versions, newest first", operation_id="v1_repos_versions_list", parameters=PAGE_PARAMETERS,
                    responses={200: paginated(s.VersionSerializer), **errors(404)})
     def get(self, request, ns, name):
@@ -162,8 +164,6 @@ class VersionListView(APIView):
         request=s.VersionCreateSerializer, responses={201: s.VersionDetailSerializer, 200: s.VersionDetailSerializer},
     )
     def post(self, request, ns, name):
-    job_token_rule = staticmethod(job_token_rules.commit)
-
         repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
         data = validated(s.VersionCreateSerializer, request.data)
         if data.get("job") is not None:
@@ -182,6 +182,8 @@ def _job_for_result(request, job_id):
 
 
 class VersionDetailView(APIView):
+    job_token_rule = staticmethod(job_token_rules.version_detail)
+
     @extend_schema(summary="A version's manifest with download URLs", responses=s.VersionDetailSerializer)
     def get(self, request, ns, name, rev):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
@@ -195,8 +197,6 @@ class VersionDetailView(APIView):
 def _alias_data(alias: Alias) -> dict:
     return {
         "name": alias.name, "version": alias.version.number, "updated_at": alias.updated_at,
-    job_token_rule = staticmethod(job_token_rules.version_detail)
-
         "updated_by": alias.updated_by.username if alias.updated_by_id else None,
     }
 
@@ -260,6 +260,7 @@ BLOB_PARAMETERS = [
 
 class BlobView(APIView):
     parser_classes: list = []
+    job_token_rule = staticmethod(job_token_rules.signed_blob)
 
     def _store(self, sha256):
         store = get_blob_store()
@@ -274,7 +275,6 @@ class BlobView(APIView):
         return request.user.is_authenticated and selectors.blob_readable(user=request.user, sha256=sha256)
 
     @extend_schema(
-    job_token_rule = staticmethod(job_token_rules.signed_blob)
         summary="Download a blob (local backend; signed URL or token; Range supported)",
         parameters=BLOB_PARAMETERS + [OpenApiParameter("filename", str, description="Name to save the download as")],
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
