@@ -39,7 +39,8 @@ def body_limit(method: str, path: str, query: str) -> tuple[int, str]:
     if blob is not None:
         store = get_blob_store()
         params = {key: values[-1] for key, values in parse_qs(query).items()}
-        if store.serves_bytes and store.check_signature(blob["sha256"], "PUT", params.get("expires"), params.get("sig")):
+        if store.serves_bytes and store.check_signature(blob["sha256"], "PUT", params.get("expires"), params.get("sig"),
+                                                        params.get("user", "")):
             return settings.PEFTHUB_MAX_FILE_SIZE, "PEFTHUB_MAX_FILE_SIZE"
     return settings.PEFTHUB_MAX_REQUEST_BODY, "PEFTHUB_MAX_REQUEST_BODY"
 

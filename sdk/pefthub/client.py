@@ -19,7 +19,7 @@ from ._http import HTTPClient, quote_segment
 from ._load import LoadMixin
 from ._upload import hash_files, upload_blob
 from .cache import Cache, check_manifest, check_sha256
-from .errors import Conflict, HubConnectionError, HubError, IntegrityError, NotFound, ValidationError
+from .errors import Conflict, HubConnectionError, HubError, IntegrityError, ValidationError
 from .hf import HFMixin
 from .jobs import JobsMixin
 from .models import Repo, Version
@@ -254,9 +254,13 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
     ) -> Version:
         """Upload a folder (or one file) as a new version of ``ref``.
 
-        Only blobs the server lacks are sent. Pushing files identical to the
-        latest version creates nothing and returns it with ``created == False``.
-        With ``create`` the repository is made first when it does not exist.
+        Only blobs you cannot already read on the hub are sent (knowing a hash is not
+        access: a blob counts as there only if a version you can read holds it). Pushing
+        files identical to the latest version creates nothing and returns it with
+        ``created == False``. With ``create`` a missing repository is created by the
+        commit, with its first version (``kind``, ``visibility``): a refused push leaves
+        nothing behind; an existing one must be of ``kind``. Two requests and the
+        uploads: negotiate, upload what is missing, commit.
         ``job`` (workers only, with that job's token) marks the version as its result.
         """
         r = parse_ref(ref, allow_revision=False)
@@ -275,20 +279,11 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
             manifest, by_sha = hash_files(local, bar.update)
 
         repo_path = self._repo_path(r)
-        negotiate = {"files": manifest}
-        try:
-            plan = self.request("POST", f"{repo_path}/uploads", json=negotiate)
-        except NotFound:
-            if not create:
-                raise
-            self.create_repo(
-                r.repo_id,
-                kind=kind,
-                visibility=visibility,
-                base_model=base.repo_id if base else None,
-                exist_ok=True,
-            )
-            plan = self.request("POST", f"{repo_path}/uploads", json=negotiate)
+        # With `kind`, the hub creates a missing repository with the first version.
+        repo_fields: dict[str, Any] = {"kind": kind, "visibility": visibility} if create else {}
+        if base is not None:
+            repo_fields["base_model"] = str(base)
+        plan = self.request("POST", f"{repo_path}/uploads", json={"files": manifest, **repo_fields})
 
         missing = (plan or {}).get("missing") or []
         for item in missing:
@@ -303,9 +298,8 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
             "message": message,
             "metadata": dict(metadata or {}),
             "aliases": alias_list,
+            **repo_fields,
         }
-        if base is not None:
-            body["base_model"] = str(base)
         if job is not None:
             body["job"] = job
         return Version.from_json(self.request("POST", f"{repo_path}/versions", json=body))

@@ -158,14 +158,14 @@ def test_push_creates_the_repo_uploads_blobs_and_commits(tmp_path, adapter_folde
     assert isinstance(version, Version)
     assert (version.repo, version.number, version.created, version.ref) == ("acme/bot", 1, True, "acme/bot@1")
     assert "staging" in version.aliases
-    # the repo did not exist: uploads 404 -> POST /repos -> uploads again
-    calls = [(s.method, s.path, s.status) for s in proxy.requests()]
-    assert calls[:3] == [("POST", "/api/v1/repos/acme/bot/uploads", 404), ("POST", "/api/v1/repos", 201),
-                         ("POST", "/api/v1/repos/acme/bot/uploads", 200)]
-    [create] = [s for s in proxy.requests("POST") if s.path == "/api/v1/repos"]
-    created = json.loads(create.body)
-    assert created == {"namespace": "acme", "name": "bot", "kind": "adapter", "visibility": "internal",
-                       "description": "", "base_model": "acme/llama-tiny"}
+    # the repo did not exist: the commit created it with its first version, no request of its own
+    calls = [(s.method, s.path, s.status) for s in proxy.requests() if s.method != "PUT"]
+    assert calls == [("POST", "/api/v1/repos/acme/bot/uploads", 200), ("POST", "/api/v1/repos/acme/bot/versions", 201)]
+    negotiated = json.loads(proxy.requests("POST", "/api/v1/repos/acme/bot/uploads")[0].body)
+    assert {k: v for k, v in negotiated.items() if k != "files"} == {
+        "kind": "adapter", "visibility": "internal", "base_model": "acme/llama-tiny@1"}
+    repo = hub.repo("acme/bot")
+    assert (repo.kind, repo.visibility, repo.base_model) == ("adapter", "internal", "acme/llama-tiny")
 
     # every blob arrived byte for byte, at the URL and with exactly the headers the hub listed, and no token
     targets = {m["sha256"]: m["upload"] for m in proxy.requests("POST", "/api/v1/repos/acme/bot/uploads")[-1]
@@ -186,6 +186,7 @@ def test_push_creates_the_repo_uploads_blobs_and_commits(tmp_path, adapter_folde
     assert commit["files"] == [{"path": p, "sha256": sha(files[p]), "size": len(files[p])} for p in sorted(files)]
     assert (commit["message"], commit["metadata"], commit["aliases"], commit["base_model"]) == (
         "first", {"loss": 0.5}, ["staging"], "acme/llama-tiny@1")
+    assert (commit["kind"], commit["visibility"]) == ("adapter", "internal")
 
 
 def test_repush_unchanged_uploads_nothing_and_says_not_created(tmp_path, adapter_folder, make_hub, proxy):

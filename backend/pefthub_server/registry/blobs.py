@@ -1,14 +1,28 @@
-"""Blobs as the registry knows them: registered once verified, collected once no version uses them."""
+"""Blobs as the registry knows them: who may cite them in a push, registered once verified,
+collected once no version uses them.
+
+Knowing a sha256 is not access. A user *possesses* a blob when it can read a version
+holding it, or when it sent the hub those exact bytes within :data:`UPLOAD_GRACE`
+(a :class:`BlobUpload`). Only possessed blobs are ``present`` to a push; anything else
+must be uploaded, whatever the store already holds, so no answer reveals a blob the
+caller cannot read.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from pefthub_server.registry.models import Blob, VersionFile
+from pefthub_server.registry.models import Blob, BlobUpload, VersionFile
+from pefthub_server.registry.selectors import readable_repositories
 from pefthub_server.registry.storage import get_blob_store
+
+#: how long an uncommitted upload stays: it counts as its user's (possession), and
+#: `gc_blobs` keeps it (and partial uploads) at least this long by default
+UPLOAD_GRACE = timedelta(hours=24)
 
 
 def blob_register(*, sha256: str, size: int) -> Blob:
@@ -16,18 +30,48 @@ def blob_register(*, sha256: str, size: int) -> Blob:
     return blob
 
 
-def blobs_collect(*, older_than: timedelta, dry_run: bool = False) -> dict:
-    """Delete blobs no version uses (uploads never committed, pre-rewrite adapter configs).
+def blob_uploaded(*, user_id: int, sha256: str, size: int) -> Blob:
+    """Register the blob user ``user_id`` just sent and the hub verified, and record that it did."""
+    blob = blob_register(sha256=sha256, size=size)
+    BlobUpload.objects.bulk_create(
+        [BlobUpload(blob=blob, user_id=user_id, created_at=timezone.now())],
+        update_conflicts=True, unique_fields=["blob", "user"], update_fields=["created_at"],
+    )
+    return blob
 
-    Only blobs older than ``older_than`` go, so a push between its negotiation and its
-    commit keeps what it relies on; if one still loses a blob, its commit answers
-    `missing_blob` and the SDK's next push uploads it again.
+
+def blobs_possessed(*, user, sha256s) -> dict[str, int]:
+    """sha256 -> size of the blobs among ``sha256s`` that ``user`` may cite in a push (one query)."""
+    in_readable_version = VersionFile.objects.filter(
+        blob=OuterRef("pk"), version__repository__in=readable_repositories(user))
+    uploaded = BlobUpload.objects.filter(blob=OuterRef("pk"), user=user,
+                                         created_at__gte=timezone.now() - UPLOAD_GRACE)
+    return dict(
+        Blob.objects.filter(Q(Exists(in_readable_version)) | Q(Exists(uploaded)), sha256__in=set(sha256s))
+        .values_list("sha256", "size")
+    )
+
+
+def blobs_collect(*, older_than: timedelta = UPLOAD_GRACE, dry_run: bool = False) -> dict:
+    """Delete blobs no version uses (uploads never committed, pre-rewrite adapter configs),
+    and partial or never-accepted uploads left in the store.
+
+    Only what is older than ``older_than`` goes (a blob counts as new again when someone
+    re-uploads it), so a push between its negotiation and its commit keeps what it relies
+    on; if one still loses a blob, its commit answers `missing_blob` and the SDK's next
+    push uploads it again.
     """
     cutoff = timezone.now() - older_than
-    orphans = list(Blob.objects.filter(created_at__lt=cutoff, version_files__isnull=True).values_list("sha256", "size"))
+    recent_upload = BlobUpload.objects.filter(blob=OuterRef("pk"), created_at__gte=cutoff)
+    orphans = list(
+        Blob.objects.filter(created_at__lt=cutoff, version_files__isnull=True).exclude(Exists(recent_upload))
+        .values_list("sha256", "size")
+    )
     freed = sum(size for _, size in orphans)
+    store = get_blob_store()
+    stale = store.purge_stale_uploads(before=cutoff, dry_run=dry_run)
     if not dry_run:
-        store = get_blob_store()
+        BlobUpload.objects.filter(created_at__lt=cutoff).delete()
         for sha256, _ in orphans:
             with transaction.atomic():
                 # Lock the row, then re-check: a commit may have just started using it (its
@@ -35,6 +79,9 @@ def blobs_collect(*, older_than: timedelta, dry_run: bool = False) -> dict:
                 locked = Blob.objects.select_for_update().filter(sha256=sha256).first()
                 if locked is None or VersionFile.objects.filter(blob_id=sha256).exists():
                     continue
+                if BlobUpload.objects.filter(blob_id=sha256, created_at__gte=cutoff).exists():
+                    continue
                 store.delete(sha256)
                 Blob.objects.filter(sha256=sha256).delete()
-    return {"blobs": len(orphans), "bytes": freed, "dry_run": dry_run}
+    return {"blobs": len(orphans), "bytes": freed, "stale_uploads": stale[0], "stale_bytes": stale[1],
+            "dry_run": dry_run}

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
 
 from pefthub.protocol.repos import KINDS, ROLES, VISIBILITIES
 from pefthub_server.core.models import choices
 
 
 class Namespace(models.Model):
-    """A user's own namespace or a team. Names are unique across both."""
+    """A user's own namespace or a team. Names are unique across both, ignoring case."""
 
     class Kind(models.TextChoices):
         USER = "user"
         TEAM = "team"
 
-    name = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=64, db_index=True)
     kind = models.CharField(max_length=8, choices=Kind.choices)
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="namespace"
@@ -24,6 +26,8 @@ class Namespace(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        # `acme` and `ACME` would be two owners a reader cannot tell apart.
+        constraints = [models.UniqueConstraint(Lower("name"), name="uniq_namespace_name_ci")]
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -70,8 +74,8 @@ class Repository(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["namespace", "name"], name="uniq_repo_name")]
-        indexes = [models.Index(fields=["kind", "visibility"])]
+        constraints = [models.UniqueConstraint("namespace", Lower("name"), name="uniq_repo_name_ci")]
+        indexes = [models.Index(fields=["namespace", "name"], name="repo_namespace_name_idx"), models.Index(fields=["kind", "visibility"])]
         ordering = ["namespace__name", "name"]
         verbose_name_plural = "repositories"
 
@@ -92,6 +96,24 @@ class Blob(models.Model):
 
     def __str__(self) -> str:
         return self.sha256
+
+
+class BlobUpload(models.Model):
+    """Proof of possession: ``user`` sent the hub these exact bytes and the hub verified them.
+
+    Knowing a blob's hash is not access to it: a push may cite a blob only if its user can
+    read a version holding it or uploaded it within the grace period (``blobs.UPLOAD_GRACE``).
+    """
+
+    blob = models.ForeignKey(Blob, on_delete=models.CASCADE, related_name="uploads")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, help_text="When it was last uploaded")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["blob", "user"], name="uniq_blob_upload")]
+
+    def __str__(self) -> str:
+        return f"{self.blob_id} by {self.user}"
 
 
 class Version(models.Model):

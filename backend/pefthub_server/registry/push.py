@@ -1,10 +1,17 @@
 """Pushing a version: negotiate which blobs are missing, then commit the version from verified blobs.
 
+A push cites blobs by hash, and knowing a hash is not access: a blob is ``present`` only
+when the caller possesses it (``blobs.blobs_possessed``: it can read a version holding it,
+or uploaded it itself), and everything else must be uploaded to a target bound to the
+caller. A push that says its ``kind`` may target a repository that does not exist yet:
+the commit creates it with its first version, so a refused first push leaves nothing.
+
 A commit runs in four steps, and nothing is visible until the last: verify every
-blob's size and hash (:func:`_verify_blobs`), read and check every file's content
-(:func:`_inspect`, which writes nothing), store what the hub rewrites (an adapter's
-config names its base by hub reference), then create the version, its files and its
-aliases in one transaction under the repository's row lock.
+blob's possession, size and hash (:func:`_verify_blobs`), read and check every file's
+content (:func:`_inspect`, which writes nothing), store what the hub rewrites (an
+adapter's config names its base by hub reference), then create the repository if it is
+new, the version, its files and its aliases in one transaction under the repository's
+row lock.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ from pefthub.protocol.manifest import (
     manifest_digest,
     parse_manifest,
 )
-from pefthub_server.core.errors import ValidationFailed
+from pefthub_server.core.errors import NotFound, ValidationFailed
 from pefthub_server.registry import acceptance, compatibility
 from pefthub_server.registry.aliases import alias_move, check_settable
-from pefthub_server.registry.blobs import blob_register
-from pefthub_server.registry.models import Blob, Repository, Version, VersionFile
-from pefthub_server.registry.repositories import base_resolve
-from pefthub_server.registry.storage import BlobStore, get_blob_store
+from pefthub_server.registry.blobs import blob_register, blob_uploaded, blobs_possessed
+from pefthub_server.registry.models import Namespace, Repository, Version, VersionFile
+from pefthub_server.registry.repositories import base_resolve, repository_insert, repository_new
+from pefthub_server.registry.selectors import namespace_role, repository_get
+from pefthub_server.registry.storage import BlobStore, get_blob_store, missing_blob
 
 #: the prefix read of every file: its magic bytes and (mostly) its whole safetensors header
 _PREFIX = 64 * 1024
@@ -51,39 +59,93 @@ def _entries(files) -> list[Entry]:
     return entries
 
 
-def upload_negotiate(*, repo: Repository, files, base_url: str) -> dict:
-    """Which blobs the client must upload, and where. Bad paths and file types fail here, before any byte moves."""
+@dataclass(frozen=True)
+class PushTarget:
+    """Where a push writes: a repository, or (``repo`` None) a name it will create in ``namespace``."""
+
+    namespace: Namespace
+    name: str
+    repo: Repository | None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace.name}/{self.name}"
+
+
+def push_target(*, user, namespace: str, name: str, create: bool) -> PushTarget:
+    """The repository a push writes to, or (``create``) the name of one to make in a namespace ``user`` is in.
+
+    A repository ``user`` cannot read and a namespace it is no member of get the same 404, so
+    existence does not leak. The caller checks the token's scope and the `write` role next.
+    """
+    try:
+        repo = repository_get(user=user, namespace=namespace, name=name)
+    except NotFound:
+        ns = Namespace.objects.filter(name=namespace).first()
+        if not create or ns is None or namespace_role(user, ns) is None:
+            raise
+        return PushTarget(ns, name, None)
+    return PushTarget(repo.namespace, repo.name, repo)
+
+
+def _repository(*, user, target: PushTarget, kind: str | None, visibility: str | None, description: str | None) -> Repository:
+    """The target's repository, or a new one of ``kind`` (checked, not saved yet)."""
+    if target.repo is None:
+        return repository_new(user=user, namespace=target.namespace, name=target.name, kind=kind or "",
+                              visibility=visibility or Repository.Visibility.PRIVATE, description=description or "")
+    if kind not in (None, target.repo.kind):
+        raise ValidationFailed(f"`{target.full_name}` is a {target.repo.kind} repository; this push is a {kind}.",
+                               code="kind_mismatch")
+    return target.repo
+
+
+def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_model: str | None = None,
+                     kind: str | None = None, visibility: str | None = None, description: str | None = None) -> dict:
+    """Which blobs the client must upload, and where. Bad paths, file types, a new repository's
+    name and kind and an adapter's base fail here, before any byte moves.
+
+    ``present`` lists only blobs ``user`` possesses, with the declared size; every other
+    blob is ``missing``, with a target bound to ``user``, even if the hub holds its bytes.
+    """
+    repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description)
     sizes: dict[str, int] = {}
     for entry in _entries(files):
         if sizes.setdefault(entry.sha256, entry.size) != entry.size:
             raise ValidationFailed(f"Blob {entry.sha256} is declared with two sizes.", code="size_mismatch")
-    present = dict(Blob.objects.filter(sha256__in=sizes).values_list("sha256", "size"))
+    _base_for_push(user=user, repo=repo, base_model=base_model)
+    possessed = blobs_possessed(user=user, sha256s=sizes)
     store = get_blob_store()
     missing = [
-        {"sha256": sha, "size": size, "upload": store.upload_target(sha, size, base_url=base_url)}
-        for sha, size in sizes.items() if present.get(sha) != size
+        {"sha256": sha, "size": size, "upload": store.upload_target(sha, size, user_id=user.pk, base_url=base_url)}
+        for sha, size in sizes.items() if possessed.get(sha) != size
     ]
-    return {"missing": missing, "present": sorted(present)}
+    return {"missing": missing, "present": sorted(sha for sha, size in sizes.items() if possessed.get(sha) == size)}
 
 
-def _verify_blobs(entries: list[Entry]) -> None:
-    known = dict(Blob.objects.filter(sha256__in={e.sha256 for e in entries}).values_list("sha256", "size"))
+def _verify_blobs(*, user, entries: list[Entry]) -> None:
+    """Every blob is one ``user`` possesses, or its own upload, verified now; else `missing_blob`.
+
+    A blob ``user`` cannot read gets the same `missing_blob` whether or not the hub holds
+    it, whatever size was declared: only a readable blob's size may be told.
+    """
+    possessed = blobs_possessed(user=user, sha256s={e.sha256 for e in entries})
     store = get_blob_store()
     for entry in entries:
-        if entry.sha256 in known:
-            if known[entry.sha256] != entry.size:
+        if entry.sha256 in possessed:
+            if possessed[entry.sha256] != entry.size:
                 raise ValidationFailed(
-                    f"`{entry.path}` is declared as {entry.size} bytes but blob {entry.sha256} has {known[entry.sha256]}.",
+                    f"`{entry.path}` is declared as {entry.size} bytes but blob {entry.sha256} has {possessed[entry.sha256]}.",
                     code="size_mismatch",
                 )
             continue
         try:
-            store.verify(entry.sha256, entry.size)
+            if not store.accept_upload(entry.sha256, entry.size, user_id=user.pk):
+                raise missing_blob(entry.sha256)
         except ValidationFailed as exc:
             exc.message = f"`{entry.path}`: {exc.message}"
             raise
-        blob_register(sha256=entry.sha256, size=entry.size)
-        known[entry.sha256] = entry.size
+        blob_uploaded(user_id=user.pk, sha256=entry.sha256, size=entry.size)
+        possessed[entry.sha256] = entry.size
 
 
 @dataclass
@@ -201,14 +263,18 @@ def _base_for_push(*, user, repo: Repository, base_model: str | None) -> Version
 
 
 def version_create(
-    *, user, repo: Repository, files, message: str = "", base_model: str | None = None,
+    *, user, target: PushTarget, files, message: str = "", base_model: str | None = None,
     metadata: dict | None = None, aliases: list[str] | tuple[str, ...] = (), job=None,
+    kind: str | None = None, visibility: str | None = None, description: str | None = None,
 ) -> tuple[Version, bool]:
     """Commit a version from verified blobs. Returns (version, created).
 
-    Identical to the latest version -> (latest, False). With ``job`` (a running Job), the
-    job's first result is returned for every later commit: one result version per job.
+    A target without a repository gets one of ``kind`` (``visibility``, ``description``),
+    made in the transaction that adds its first version. Identical to the latest version
+    -> (latest, False). With ``job`` (a running Job), the job's first result is returned
+    for every later commit: one result version per job.
     """
+    repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description)
     entries = _entries(files)
     if metadata is not None and not isinstance(metadata, dict):
         raise ValidationFailed("metadata must be a JSON object.")
@@ -216,12 +282,14 @@ def version_create(
         check_settable(alias)
     base_version = _base_for_push(user=user, repo=repo, base_model=base_model)
 
-    _verify_blobs(entries)
+    _verify_blobs(user=user, entries=entries)
     inspected = _inspect(repo=repo, entries=entries, base_version=base_version)
     entries = _store_rewrites(entries, inspected.rewrites)
     digest = manifest_digest(entries)
 
     with transaction.atomic():
+        if repo.pk is None:
+            repository_insert(repo)
         locked = Repository.objects.select_for_update().get(pk=repo.pk)
         if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
             return earlier, False

@@ -1,4 +1,9 @@
-"""Repositories: create (in your namespace or a team's), update description and visibility, delete."""
+"""Repositories: create (in your namespace or a team's), update description and visibility, delete.
+
+A push creates a repository too, with its first version (``push.version_create``), from
+the same :func:`repository_new` and :func:`repository_insert`. Names are unique within a
+namespace ignoring case: `acme/Bot` cannot join `acme/bot`.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +31,47 @@ def _check_choice(field: str, value: str, choices) -> None:
         raise ValidationFailed(f"{field} {value!r} is invalid; use one of {', '.join(choices.values)}.")
 
 
+def _name_taken(namespace: Namespace, name: str) -> Conflict | None:
+    """A 409 naming the repository that holds ``name`` in ``namespace`` (in any case), or None."""
+    existing = Repository.objects.filter(namespace=namespace, name__iexact=name).values_list("name", flat=True).first()
+    if existing is None:
+        return None
+    if existing == name:
+        return Conflict(f"Repository `{namespace.name}/{name}` already exists.")
+    return Conflict(f"Repository `{namespace.name}/{existing}` already exists and names may not differ only in case: "
+                    f"use `{namespace.name}/{existing}`, or a name other than `{name}`.")
+
+
+def repository_new(
+    *, user, namespace: Namespace, name: str, kind: str, visibility: str = Repository.Visibility.PRIVATE,
+    description: str = "",
+) -> Repository:
+    """A repository not saved yet, each field checked, its name free in its namespace (in any case)."""
+    check_name(name)
+    _check_choice("kind", kind, Repository.Kind)
+    _check_choice("visibility", visibility, Repository.Visibility)
+    if (taken := _name_taken(namespace, name)) is not None:
+        raise taken
+    return Repository(namespace=namespace, name=name, kind=kind, visibility=visibility, description=description or "",
+                      created_by=user)
+
+
+def repository_insert(repo: Repository) -> Repository:
+    """Save a :func:`repository_new`; one made meanwhile under the same name is a 409 naming it."""
+    try:
+        with transaction.atomic():
+            repo.save(force_insert=True)
+    except IntegrityError:
+        raise (_name_taken(repo.namespace, repo.name) or Conflict(f"Repository `{repo.full_name}` already exists.")) from None
+    return repo
+
+
 def repository_create(
     *, user, namespace: str | None = None, name: str, kind: str, visibility: str = Repository.Visibility.PRIVATE,
     description: str = "", base_model: str | None = None,
 ) -> Repository:
+    """An empty repository (``POST /repos``, ``hub.create_repo``); a push creates one with its first version."""
     check_name(name)
-    _check_choice("kind", kind, Repository.Kind)
-    _check_choice("visibility", visibility, Repository.Visibility)
     ns = Namespace.objects.filter(name=namespace).first() if namespace else user_namespace_ensure(user=user)
     if ns is None:
         raise NotFound(f"Namespace `{namespace}` not found.")
@@ -40,24 +79,17 @@ def repository_create(
         if not Membership.objects.filter(namespace=ns, user=user).exists():
             raise NotFound(f"Namespace `{namespace}` not found (or you are not a member).")
         require_namespace_role(user, ns, Role.WRITE, action=f"create repositories in `{ns.name}`")
-    base = None
+    repo = repository_new(user=user, namespace=ns, name=name, kind=kind, visibility=visibility, description=description)
     if kind == Repository.Kind.ADAPTER:
         if not base_model:
             raise ValidationFailed(
                 "An adapter repository needs a base model: pass base_model=`namespace/name` of a model repository.",
                 code="base_model_required",
             )
-        base, _ = base_resolve(user=user, ref=base_model)
+        repo.base_model, _ = base_resolve(user=user, ref=base_model)
     elif base_model:
         raise ValidationFailed(f"Only adapter repositories name a base model; this one is a {kind}.")
-    try:
-        with transaction.atomic():
-            return Repository.objects.create(
-                namespace=ns, name=name, kind=kind, visibility=visibility, description=description or "",
-                base_model=base, created_by=user,
-            )
-    except IntegrityError:
-        raise Conflict(f"Repository `{ns.name}/{name}` already exists.") from None
+    return repository_insert(repo)
 
 
 def repository_update(*, user, repo: Repository, description: str | None = None, visibility: str | None = None) -> Repository:

@@ -3,13 +3,16 @@
 Keys are made here from the sha256 (``blobs/sha256/ab/cd/<hex>``); no user-supplied
 path ever reaches the filesystem or a bucket. Every write is verified (size and
 sha256) before the blob becomes visible, so a key never holds bytes that do not hash
-to its name. Services pick the backend with :func:`get_blob_store`.
+to its name, and only the server writes a blob's key: a client's upload is bound to
+its user (a signed local PUT, or an S3 staging key of its own) and becomes the blob
+once verified. Services pick the backend with :func:`get_blob_store`.
 """
 
 from __future__ import annotations
 
 import abc
 import base64
+import errno
 import functools
 import hashlib
 import hmac
@@ -18,7 +21,8 @@ import os
 import re
 import tempfile
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -28,10 +32,14 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, FlexibleChecksumError
 
 from pefthub.protocol.refs import is_sha256
-from pefthub_server.core.errors import NotFound, ValidationFailed
+from pefthub_server.core.errors import HubError, NotFound, ValidationFailed
 
 CHUNK = 1024 * 1024
 SPOOL_MAX = 8 * 1024 * 1024
+#: what a filesystem says when it has no room left (space, or the user's quota)
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def blob_key(sha256: str) -> str:
     """The storage key of a blob; refuses anything but 64 lowercase hex digits."""
     if not is_sha256(sha256):
@@ -55,13 +63,28 @@ def _mismatch(code: str, sha256: str, expected: object, got: object, what: str) 
                             detail={"sha256": sha256, "expected": expected, "got": got})
 
 
-def _missing(sha256: str) -> ValidationFailed:
-    return ValidationFailed(f"blob {sha256} was never uploaded; upload it, then commit again",
-                            code="missing_blob", detail={"sha256": sha256})
+def missing_blob(sha256: str) -> ValidationFailed:
+    """What a push citing a blob it may not use gets: the same words whether or not the hub
+    holds those bytes for someone else, so the answer reveals nothing."""
+    return ValidationFailed(
+        f"blob {sha256} is neither in a version you can read nor uploaded by you; upload it "
+        "(POST …/uploads says where), then commit again", code="missing_blob", detail={"sha256": sha256})
 
 
 def _not_found(sha256: str) -> NotFound:
     return NotFound(f"blob {sha256} is not in storage", code="blob_not_found")
+
+
+@contextmanager
+def _room_needed():
+    """A full disk (or quota) is the operator's to fix: a 507 that says so, not a crash."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise HubError("The hub's blob storage is full; ask the operator to free space, then push again.",
+                           code="insufficient_storage", status=507) from exc
+        raise
 
 
 def _drain(stream: IO[bytes], sink: IO[bytes] | None, sha256: str, expected_size: int | None) -> int:
@@ -116,18 +139,27 @@ class BlobStore(abc.ABC):
         self.save_stream(sha256, io.BytesIO(data), len(data))
 
     @abc.abstractmethod
-    def verify(self, sha256: str, size: int) -> None:
-        """Check a blob a client uploaded: ``missing_blob``, ``size_mismatch``, ``digest_mismatch``.
-        Bytes that do not hash to ``sha256`` are deleted; a correct blob is kept even
-        when the announced size is wrong (other versions may share it)."""
+    def accept_upload(self, sha256: str, size: int, *, user_id: int) -> bool:
+        """Make what user ``user_id`` sent to its :meth:`upload_target` the blob, once verified.
+
+        False when that user has no such upload waiting (the caller answers ``missing_blob``);
+        ``size_mismatch`` or ``digest_mismatch`` when it does not match, the upload then discarded.
+        """
 
     @abc.abstractmethod
     def delete(self, sha256: str) -> None:
         """Remove the blob; no error when it is absent."""
 
     @abc.abstractmethod
-    def upload_target(self, sha256: str, size: int, *, base_url: str) -> dict[str, Any]:
-        """Where a client sends the bytes: ``{"method": "PUT", "url": ..., "headers": {...}}``."""
+    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str) -> dict[str, Any]:
+        """Where user ``user_id`` sends the bytes: ``{"method": "PUT", "url": ..., "headers": {...}}``.
+
+        The target is that user's alone: bytes sent there count as that user's upload only.
+        """
+
+    @abc.abstractmethod
+    def purge_stale_uploads(self, *, before: datetime, dry_run: bool = False) -> tuple[int, int]:
+        """Delete partial or never-accepted uploads last written before ``before``: (count, bytes)."""
 
     @abc.abstractmethod
     def download_url(self, sha256: str, *, base_url: str, filename: str | None = None, expires: int = 3600) -> str:
@@ -135,7 +167,11 @@ class BlobStore(abc.ABC):
 
 
 class LocalBlobStore(BlobStore):
-    """Blobs as files under ``root``; the API serves and receives their bytes via signed URLs."""
+    """Blobs as files under ``root``; the API serves and receives their bytes via signed URLs.
+
+    An upload is verified while it streams into ``root/tmp`` and then renamed into place:
+    the signed PUT is the verified upload, and nothing waits for :meth:`accept_upload`.
+    """
 
     serves_bytes = True
 
@@ -170,54 +206,70 @@ class LocalBlobStore(BlobStore):
         final = self.path(sha256)
         if final.exists():
             return _drain(stream, None, sha256, expected_size)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f"{sha256[:16]}-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                size = _drain(stream, f, sha256, expected_size)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp_name, 0o644)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp_name, final)  # atomic: readers see no file or the whole, verified one
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with _room_needed():
+            (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f"{sha256[:16]}-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    size = _drain(stream, f, sha256, expected_size)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp_name, 0o644)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp_name, final)  # atomic: readers see no file or the whole, verified one
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
         return size
 
-    def verify(self, sha256: str, size: int) -> None:
-        # Files only appear through save_stream, which verified their digest.
-        got = self.stat(sha256)
-        if got is None:
-            raise _missing(sha256)
-        if got != size:
-            raise _mismatch("size_mismatch", sha256, size, got, "size")
+    def accept_upload(self, sha256: str, size: int, *, user_id: int) -> bool:
+        return False  # the signed PUT verified and stored the bytes, and recorded who sent them
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 
-    def sign(self, sha256: str, method: str, expires: int) -> str:
-        """HMAC-SHA256 (hex) over ``method\\nsha256\\nexpires``; HEAD signs as GET."""
-        method = "GET" if method.upper() == "HEAD" else method.upper()
-        return hmac.new(self._secret, f"{method}\n{sha256}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    def purge_stale_uploads(self, *, before: datetime, dry_run: bool = False) -> tuple[int, int]:
+        """Temp files of uploads that died mid-stream (a killed server, a power cut)."""
+        count = freed = 0
+        tmp = self.root / "tmp"
+        for entry in tmp.iterdir() if tmp.is_dir() else ():
+            try:
+                stat = entry.lstat()
+                if not entry.is_file() or stat.st_mtime >= before.timestamp():
+                    continue
+                if not dry_run:
+                    entry.unlink()
+            except FileNotFoundError:
+                continue  # renamed into place or removed meanwhile
+            count, freed = count + 1, freed + stat.st_size
+        return count, freed
 
-    def check_signature(self, sha256: str, method: str, expires: str | None, sig: str | None) -> bool:
-        """True when ``sig`` signs this digest and method and ``expires`` is in the future."""
+    def sign(self, sha256: str, method: str, expires: int, user: str = "") -> str:
+        """HMAC-SHA256 (hex) over ``method\\nsha256\\nexpires\\nuser``; HEAD signs as GET.
+
+        ``user`` (an upload's user id) binds a PUT to the user it was handed to.
+        """
+        method = "GET" if method.upper() == "HEAD" else method.upper()
+        return hmac.new(self._secret, f"{method}\n{sha256}\n{expires}\n{user}".encode(), hashlib.sha256).hexdigest()
+
+    def check_signature(self, sha256: str, method: str, expires: str | None, sig: str | None, user: str = "") -> bool:
+        """True when ``sig`` signs this digest, method and user and ``expires`` is in the future."""
         try:
             expires_at = int(expires or "")
         except ValueError:
             return False
         if not sig or not is_sha256(sha256) or expires_at < time.time():
             return False
-        return hmac.compare_digest(self.sign(sha256, method, expires_at), sig)
+        return hmac.compare_digest(self.sign(sha256, method, expires_at, user), sig)
 
-    def _signed_url(self, sha256: str, method: str, base_url: str, expires: int, **extra: str) -> str:
+    def _signed_url(self, sha256: str, method: str, base_url: str, expires: int, *, user: str = "", **extra: str) -> str:
         expires_at = int(time.time()) + expires
-        query = {"expires": str(expires_at), "sig": self.sign(_valid(sha256), method, expires_at), **extra}
+        query = {"expires": str(expires_at), **({"user": user} if user else {}),
+                 "sig": self.sign(_valid(sha256), method, expires_at, user), **extra}
         return f"{base_url.rstrip('/')}/api/v1/blobs/{sha256}?{urlencode(query)}"
 
-    def upload_target(self, sha256: str, size: int, *, base_url: str) -> dict[str, Any]:
-        url = self._signed_url(sha256, "PUT", base_url, self.upload_expires)
+    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str) -> dict[str, Any]:
+        url = self._signed_url(sha256, "PUT", base_url, self.upload_expires, user=str(user_id))
         return {"method": "PUT", "url": url, "headers": {"Content-Type": "application/octet-stream"}}
 
     def download_url(self, sha256: str, *, base_url: str, filename: str | None = None, expires: int = 3600) -> str:
@@ -226,7 +278,12 @@ class LocalBlobStore(BlobStore):
 
 
 class S3BlobStore(BlobStore):
-    """Blobs as objects in an S3 (or S3-compatible) bucket; clients use presigned URLs."""
+    """Blobs as objects in an S3 (or S3-compatible) bucket; clients use presigned URLs.
+
+    A client's presigned PUT goes to a staging key of its user's own
+    (``<prefix>uploads/<user id>/<sha256>``), never to a blob's key: at commit
+    :meth:`accept_upload` verifies it and copies it into place server-side.
+    """
 
     serves_bytes = False
     # Above this size save_stream sends a multipart upload, reading one `part_size`
@@ -261,6 +318,10 @@ class S3BlobStore(BlobStore):
     def key(self, sha256: str) -> str:
         return self.prefix + blob_key(sha256)
 
+    def staging_key(self, sha256: str, user_id: int) -> str:
+        """Where user ``user_id`` uploads the bytes of ``sha256``: its own key, not the blob's."""
+        return f"{self.prefix}uploads/{int(user_id)}/{_valid(sha256)}"
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (set-up commands and tests; never implicit)."""
         try:
@@ -275,23 +336,23 @@ class S3BlobStore(BlobStore):
         else:
             self.client.create_bucket(Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": region})
 
-    def _object(self, operation: str, sha256: str, **extra: Any) -> dict[str, Any] | None:
-        """``head_object``/``get_object`` on the blob's key; ``None`` when it is absent."""
+    def _object(self, operation: str, key: str, **extra: Any) -> dict[str, Any] | None:
+        """``head_object``/``get_object`` on ``key``; ``None`` when it is absent."""
         try:
-            return getattr(self.client, operation)(Bucket=self.bucket, Key=self.key(sha256), **extra)
+            return getattr(self.client, operation)(Bucket=self.bucket, Key=key, **extra)
         except ClientError as exc:
             if _is_404(exc):
                 return None
             raise
 
-    def _body(self, sha256: str, **extra: Any) -> Any:
-        resp = self._object("get_object", sha256, **extra)
+    def _body(self, sha256: str, key: str | None = None, **extra: Any) -> Any:
+        resp = self._object("get_object", key or self.key(sha256), **extra)
         if resp is None:
             raise _not_found(sha256)
         return resp["Body"]
 
     def stat(self, sha256: str) -> int | None:
-        head = self._object("head_object", sha256)
+        head = self._object("head_object", self.key(sha256))
         return None if head is None else int(head["ContentLength"])
 
     def read_range(self, sha256: str, start: int, length: int) -> bytes:
@@ -337,22 +398,38 @@ class S3BlobStore(BlobStore):
             self.client.abort_multipart_upload(**upload)
             raise
 
-    def verify(self, sha256: str, size: int) -> None:
-        head = self._object("head_object", sha256, ChecksumMode="ENABLED")
+    def accept_upload(self, sha256: str, size: int, *, user_id: int) -> bool:
+        staged = self.staging_key(sha256, user_id)
+        head = self._object("head_object", staged, ChecksumMode="ENABLED")
         if head is None:
-            raise _missing(sha256)
+            return False
+        got_size = int(head["ContentLength"])
         # A multipart ChecksumSHA256 ("...-N"), none, or distrust means hashing the object.
         trusted = self.trust_checksums and head.get("ChecksumSHA256") == _b64(sha256)
-        got = sha256 if trusted else self._hash_object(sha256)
-        if got != sha256:
-            self.delete(sha256)
-        if int(head["ContentLength"]) != size:
-            raise _mismatch("size_mismatch", sha256, size, int(head["ContentLength"]), "size")
-        if got != sha256:
+        got = sha256 if trusted or got_size != size else self._hash_object(sha256, staged)
+        if got_size != size or got != sha256:
+            self.client.delete_object(Bucket=self.bucket, Key=staged)
+            if got_size != size:
+                raise _mismatch("size_mismatch", sha256, size, got_size, "size")
             raise _mismatch("digest_mismatch", sha256, sha256, got, "sha256")
+        if self.stat(sha256) is None:
+            # Server-side copy (multipart above 8 MiB, so past S3's 5 GB single-copy limit too).
+            self.client.copy({"Bucket": self.bucket, "Key": staged}, self.bucket, self.key(sha256))
+        self.client.delete_object(Bucket=self.bucket, Key=staged)
+        return True
 
-    def _hash_object(self, sha256: str) -> str:
-        digest, body = hashlib.sha256(), self._body(sha256)
+    def purge_stale_uploads(self, *, before: datetime, dry_run: bool = False) -> tuple[int, int]:
+        """Staged uploads no commit accepted (the client gave up between its PUT and its commit)."""
+        stale = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}uploads/"):
+            stale += [(o["Key"], o["Size"]) for o in page.get("Contents", []) if o["LastModified"] < before]
+        for start in range(0, 0 if dry_run else len(stale), 1000):  # DeleteObjects takes 1000 keys at most
+            batch = [{"Key": key} for key, _ in stale[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(stale), sum(size for _, size in stale)
+
+    def _hash_object(self, sha256: str, key: str) -> str:
+        digest, body = hashlib.sha256(), self._body(sha256, key)
         with closing(body):  # not `with body`: StreamingBody.__enter__ returns the raw stream
             try:
                 for chunk in body.iter_chunks(CHUNK):
@@ -364,8 +441,8 @@ class S3BlobStore(BlobStore):
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
 
-    def upload_target(self, sha256: str, size: int, *, base_url: str) -> dict[str, Any]:
-        params = {"Bucket": self.bucket, "Key": self.key(sha256), "ContentLength": size}
+    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str) -> dict[str, Any]:
+        params = {"Bucket": self.bucket, "Key": self.staging_key(sha256, user_id), "ContentLength": size}
         checksum = _b64(sha256)
         url = self.presigner.generate_presigned_url(
             "put_object", Params={**params, "ChecksumSHA256": checksum}, ExpiresIn=self.upload_expires)

@@ -1,4 +1,8 @@
-"""Namespaces, users and teams: who belongs where, with which role."""
+"""Namespaces, users and teams: who belongs where, with which role.
+
+User and team names share one namespace and are unique ignoring case (`acme` and `ACME`
+cannot both exist); a clash is a 409 naming the holder.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,30 @@ from pefthub_server.registry.selectors import require_namespace_role
 User = get_user_model()
 
 
+def _name_taken(name: str) -> Conflict:
+    """The 409 for a user or team name that clashes (ignoring case) with an existing one, naming it."""
+    holder = Namespace.objects.filter(name__iexact=name).first()
+    if holder is None:
+        return Conflict(f"The name `{name}` is taken.")
+    what = "a user" if holder.kind == Namespace.Kind.USER else "a team"
+    if holder.name == name:
+        return Conflict(f"The name `{name}` is taken by {what}.")
+    return Conflict(f"The name `{name}` differs only in case from {what} named `{holder.name}`; user and team names "
+                    "may not differ only in case: pick another name.")
+
+
 def user_namespace_ensure(*, user) -> Namespace:
-    ns, _ = Namespace.objects.get_or_create(user=user, defaults={"name": user.username, "kind": Namespace.Kind.USER})
-    return ns
+    ns = Namespace.objects.filter(user=user).first()
+    if ns is not None:
+        return ns
+    try:
+        with transaction.atomic():
+            return Namespace.objects.create(user=user, name=user.username, kind=Namespace.Kind.USER)
+    except IntegrityError:
+        ns = Namespace.objects.filter(user=user).first()  # made meanwhile by a concurrent request
+        if ns is None:
+            raise _name_taken(user.username) from None
+        return ns
 
 
 def team_create(*, user, name: str) -> Namespace:
@@ -25,7 +50,7 @@ def team_create(*, user, name: str) -> Namespace:
             team = Namespace.objects.create(name=name, kind=Namespace.Kind.TEAM)
             Membership.objects.create(namespace=team, user=user, role=Role.ADMIN)
     except IntegrityError:
-        raise Conflict(f"The name `{name}` is taken by a user or a team.") from None
+        raise _name_taken(name) from None
     return team
 
 
@@ -99,13 +124,15 @@ def user_ensure(*, username: str, team: str | None = None, role: str = Role.WRIT
         if staff and not (user.is_staff and user.is_superuser):
             user.is_staff = user.is_superuser = True
         user.save()
-        if Namespace.objects.filter(name=username).exclude(user=user).exists():
-            raise Conflict(f"The name `{username}` is already a team.")
+        if Namespace.objects.filter(name__iexact=username).exclude(user=user).exists():
+            raise _name_taken(username)
         user_namespace_ensure(user=user)
         if team:
-            ns = Namespace.objects.filter(name=team).first()
+            ns = Namespace.objects.filter(name__iexact=team).first()
             if ns is None:
                 ns = Namespace.objects.create(name=team, kind=Namespace.Kind.TEAM)
+            elif ns.name != team:
+                raise _name_taken(team)
             elif ns.kind != Namespace.Kind.TEAM:
                 raise Conflict(f"`{team}` is a user, not a team.")
             Membership.objects.update_or_create(namespace=ns, user=user, defaults={"role": role})

@@ -12,6 +12,7 @@ import os
 import time
 import tracemalloc
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -84,7 +85,6 @@ def test_save_stream_then_read_back_identical_bytes(store: BlobStore) -> None:
     assert store.read_range(sha, len(data) + 10, 5) == b""
     with store.open(sha) as f:
         assert f.read() == data
-    store.verify(sha, len(data))
 
 
 def test_save_stream_with_wrong_digest_leaves_nothing(store: BlobStore) -> None:
@@ -135,16 +135,17 @@ def test_save_bytes_verifies_the_hash(store: BlobStore) -> None:
     assert errcode(exc) == "digest_mismatch"
 
 
-def test_verify_refuses_missing_blob_and_wrong_size_without_deleting_a_good_blob(store: BlobStore) -> None:
+def test_a_stored_blob_is_no_upload_of_anyone(store: BlobStore) -> None:
     data, sha = blob(2048)
-    with pytest.raises(ValidationFailed) as exc:
-        store.verify(sha, 2048)
-    assert errcode(exc) == "missing_blob"
+    assert store.accept_upload(sha, 2048, user_id=7) is False
     store.save_bytes(sha, data)
-    with pytest.raises(ValidationFailed) as exc:
-        store.verify(sha, 2047)
-    assert errcode(exc) == "size_mismatch"
-    assert store.stat(sha) == 2048  # correct bytes, wrong claim: the blob is kept
+    # The hub holding the bytes proves nothing about user 7: it must send them itself.
+    assert store.accept_upload(sha, 2048, user_id=7) is False
+    assert store.stat(sha) == 2048
+
+
+def test_purge_stale_uploads_of_an_empty_store(store: BlobStore) -> None:
+    assert store.purge_stale_uploads(before=datetime.now(UTC) + timedelta(days=1)) == (0, 0)
 
 
 def test_reading_a_missing_blob_is_not_found(store: BlobStore) -> None:
@@ -197,27 +198,46 @@ def test_local_files_live_under_their_key_and_temp_files_are_cleaned(local_store
     assert list((local_store.root / "tmp").iterdir()) == []
 
 
+def test_local_purge_removes_only_temp_files_older_than_the_cutoff(local_store: LocalBlobStore) -> None:
+    data, sha = blob(100)
+    local_store.save_bytes(sha, data)
+    tmp = local_store.root / "tmp"
+    old, fresh = tmp / f"{sha[:16]}-dead", tmp / f"{sha[:16]}-streaming"
+    old.write_bytes(b"x" * 300)  # what a killed upload leaves
+    fresh.write_bytes(b"y" * 50)
+    day_ago = time.time() - 86_400
+    os.utime(old, (day_ago, day_ago))
+    cutoff = datetime.now(UTC) - timedelta(hours=1)
+    assert local_store.purge_stale_uploads(before=cutoff, dry_run=True) == (1, 300)
+    assert old.exists()
+    assert local_store.purge_stale_uploads(before=cutoff) == (1, 300)
+    assert sorted(tmp.iterdir()) == [fresh] and local_store.read_range(sha, 0, 100) == data
+
+
 def _query(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     return parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}
 
 
-def test_local_upload_target_is_a_signed_put_that_only_uploads(local_store: LocalBlobStore) -> None:
+def test_local_upload_target_is_a_signed_put_for_one_user_that_only_uploads(local_store: LocalBlobStore) -> None:
     data, sha = blob(500)
-    target = local_store.upload_target(sha, 500, base_url=BASE_URL + "/")
+    target = local_store.upload_target(sha, 500, user_id=7, base_url=BASE_URL + "/")
     assert target["method"] == "PUT"
     assert target["url"].startswith(f"{BASE_URL}/api/v1/blobs/{sha}?")
     path, q = _query(target["url"])
-    assert local_store.check_signature(sha, "PUT", q["expires"], q["sig"])
-    assert not local_store.check_signature(sha, "GET", q["expires"], q["sig"])
-    assert not local_store.check_signature(blob(500, seed=1)[1], "PUT", q["expires"], q["sig"])
-    assert not local_store.check_signature(sha, "PUT", str(int(q["expires"]) + 1), q["sig"])
-    assert not local_store.check_signature(sha, "PUT", q["expires"], None)
-    assert not local_store.check_signature(sha, "PUT", "soon", q["sig"])
-    assert not local_store.check_signature("../etc", "PUT", q["expires"], q["sig"])
+    assert q["user"] == "7"
+    assert local_store.check_signature(sha, "PUT", q["expires"], q["sig"], "7")
+    assert not local_store.check_signature(sha, "PUT", q["expires"], q["sig"], "8")  # another user's
+    assert not local_store.check_signature(sha, "PUT", q["expires"], q["sig"])
+    assert not local_store.check_signature(sha, "GET", q["expires"], q["sig"], "7")
+    assert not local_store.check_signature(blob(500, seed=1)[1], "PUT", q["expires"], q["sig"], "7")
+    assert not local_store.check_signature(sha, "PUT", str(int(q["expires"]) + 1), q["sig"], "7")
+    assert not local_store.check_signature(sha, "PUT", q["expires"], None, "7")
+    assert not local_store.check_signature(sha, "PUT", "soon", q["sig"], "7")
+    assert not local_store.check_signature("../etc", "PUT", q["expires"], q["sig"], "7")
     # What the PUT view does with an accepted request: stream the body into the store.
     local_store.save_stream(path.rsplit("/", 1)[1], io.BytesIO(data), 500)
-    local_store.verify(sha, 500)
+    assert local_store.read_range(sha, 0, 500) == data
 
 
 def test_local_download_url_signature_allows_get_and_head_only(local_store: LocalBlobStore) -> None:
@@ -241,71 +261,92 @@ def test_local_signatures_expire(local_store: LocalBlobStore) -> None:
 
 # --- S3 backend -----------------------------------------------------------------------------
 
-def test_s3_presigned_put_then_verify(s3_store: S3BlobStore) -> None:
+def _keys(s3_store: S3BlobStore) -> list[str]:
+    return [o["Key"] for o in s3_store.client.list_objects_v2(Bucket=s3_store.bucket).get("Contents", [])]
+
+
+def test_s3_presigned_put_goes_to_the_users_staging_key_and_accept_copies_it_into_place(s3_store: S3BlobStore) -> None:
     data, sha = blob(10_000)
-    target = s3_store.upload_target(sha, len(data), base_url=BASE_URL)
+    target = s3_store.upload_target(sha, len(data), user_id=7, base_url=BASE_URL)
     assert target["method"] == "PUT"
+    assert urlsplit(target["url"]).path == f"/{s3_store.bucket}/hub/uploads/7/{sha}"  # never the blob's own key
     assert set(target["headers"]) == {"x-amz-checksum-sha256"}
     signed = parse_qs(urlsplit(target["url"]).query)["X-Amz-SignedHeaders"][0].split(";")
     assert {"content-length", "x-amz-checksum-sha256"} <= set(signed)
     resp = requests.put(target["url"], data=data, headers=target["headers"], timeout=10)
     assert resp.status_code == 200, resp.text
+    assert s3_store.stat(sha) is None and _keys(s3_store) == [f"hub/uploads/7/{sha}"]
     # moto neither stores nor returns the checksum header of a presigned PUT...
-    head = s3_store.client.head_object(Bucket=s3_store.bucket, Key=s3_store.key(sha), ChecksumMode="ENABLED")
+    head = s3_store.client.head_object(Bucket=s3_store.bucket, Key=s3_store.staging_key(sha, 7), ChecksumMode="ENABLED")
     assert "ChecksumSHA256" not in head
-    s3_store.verify(sha, len(data))  # ...so verify hashed the object itself
+    assert s3_store.accept_upload(sha, len(data), user_id=8) is False  # another user's upload proves nothing
+    assert s3_store.accept_upload(sha, len(data), user_id=7) is True  # ...so this hashed the object itself
     assert s3_store.read_range(sha, 0, len(data)) == data
+    assert _keys(s3_store) == [f"hub/{blob_key(sha)}"]  # the staging copy is gone
+
+
+def test_s3_accepting_an_upload_of_a_stored_blob_keeps_the_stored_one(s3_store: S3BlobStore) -> None:
+    data, sha = blob(3000)
+    s3_store.save_bytes(sha, data)
+    target = s3_store.upload_target(sha, len(data), user_id=3, base_url=BASE_URL)
+    assert requests.put(target["url"], data=data, headers=target["headers"], timeout=10).status_code == 200
+    assert s3_store.accept_upload(sha, len(data), user_id=3) is True
+    assert _keys(s3_store) == [f"hub/{blob_key(sha)}"] and s3_store.read_range(sha, 0, len(data)) == data
 
 
 @pytest.mark.parametrize("wrong", ["same_length", "longer"])
-def test_s3_presigned_put_of_wrong_bytes_is_caught_and_deleted(s3_store: S3BlobStore, wrong: str) -> None:
+def test_s3_presigned_put_of_wrong_bytes_is_caught_and_discarded(s3_store: S3BlobStore, wrong: str) -> None:
     data, sha = blob(10_000)
     bad = data[:-1] + b"!" if wrong == "same_length" else data + b"!"
-    target = s3_store.upload_target(sha, len(data), base_url=BASE_URL)
+    target = s3_store.upload_target(sha, len(data), user_id=7, base_url=BASE_URL)
     resp = requests.put(target["url"], data=bad, headers=target["headers"], timeout=10)
     # Real S3 refuses this PUT (BadDigest, and the signed Content-Length differs);
     # moto checks neither signatures nor checksums and stores the bytes.
     assert resp.status_code == 200
-    assert s3_store.stat(sha) == len(bad)
     with pytest.raises(ValidationFailed) as exc:
-        s3_store.verify(sha, len(data))
+        s3_store.accept_upload(sha, len(data), user_id=7)
     assert errcode(exc) == ("digest_mismatch" if wrong == "same_length" else "size_mismatch")
-    assert s3_store.stat(sha) is None
+    assert _keys(s3_store) == []  # neither the blob nor the upload
 
 
-def test_s3_verify_trusts_a_stored_sha256_checksum(s3_store: S3BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_accept_trusts_a_stored_sha256_checksum(s3_store: S3BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
     data, sha = blob(4000)
     # An SDK upload that asks for SHA256 makes moto record the checksum.
-    s3_store.client.put_object(Bucket=s3_store.bucket, Key=s3_store.key(sha), Body=data, ChecksumAlgorithm="SHA256")
+    s3_store.client.put_object(Bucket=s3_store.bucket, Key=s3_store.staging_key(sha, 7), Body=data,
+                               ChecksumAlgorithm="SHA256")
 
-    def no_download(_sha: str) -> str:
-        raise AssertionError("verify downloaded the object despite a matching checksum")
+    def no_download(_sha: str, _key: str) -> str:
+        raise AssertionError("accept_upload downloaded the object despite a matching checksum")
 
     monkeypatch.setattr(s3_store, "_hash_object", no_download)
-    s3_store.verify(sha, len(data))
-
-
-def test_s3_verify_after_save_stream_uses_the_stored_checksum(s3_store: S3BlobStore,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    data, sha = blob(4000)
-    s3_store.save_bytes(sha, data)
-    monkeypatch.setattr(s3_store, "_hash_object", lambda _sha: pytest.fail("downloaded despite a stored checksum"))
-    s3_store.verify(sha, len(data))
+    assert s3_store.accept_upload(sha, len(data), user_id=7) is True
+    assert s3_store.read_range(sha, 0, len(data)) == data
 
 
 def test_s3_moto_keeps_a_claimed_checksum_unchecked_so_trust_can_be_turned_off(s3_store: S3BlobStore) -> None:
     data, sha = blob(4000)
-    target = s3_store.upload_target(sha, len(data), base_url=BASE_URL)
+    target = s3_store.upload_target(sha, len(data), user_id=7, base_url=BASE_URL)
     # Adding x-amz-sdk-checksum-algorithm makes moto store the claimed checksum as-is;
     # AWS S3 would answer 400 BadDigest to this PUT.
     headers = {**target["headers"], "x-amz-sdk-checksum-algorithm": "SHA256"}
     assert requests.put(target["url"], data=b"evil" * 1000, headers=headers, timeout=10).status_code == 200
     s3_store.trust_checksums = False
     with pytest.raises(ValidationFailed) as exc:
-        s3_store.verify(sha, len(data))
+        s3_store.accept_upload(sha, len(data), user_id=7)
     assert errcode(exc) == "digest_mismatch"
     assert hashlib.sha256(b"evil" * 1000).hexdigest() in exc.value.message
-    assert s3_store.stat(sha) is None
+    assert _keys(s3_store) == []
+
+
+def test_s3_purge_removes_only_staged_uploads_older_than_the_cutoff(s3_store: S3BlobStore) -> None:
+    data, sha = blob(1000)
+    s3_store.save_bytes(sha, data)
+    s3_store.client.put_object(Bucket=s3_store.bucket, Key=s3_store.staging_key(sha, 5), Body=data)
+    assert s3_store.purge_stale_uploads(before=datetime.now(UTC) - timedelta(hours=1)) == (0, 0)  # too young
+    assert s3_store.purge_stale_uploads(before=datetime.now(UTC) + timedelta(minutes=1), dry_run=True) == (1, 1000)
+    assert len(_keys(s3_store)) == 2
+    assert s3_store.purge_stale_uploads(before=datetime.now(UTC) + timedelta(minutes=1)) == (1, 1000)
+    assert _keys(s3_store) == [f"hub/{blob_key(sha)}"]  # blobs are gc's to judge, not this
 
 
 def test_s3_download_url_serves_bytes_ranges_and_filename(s3_store: S3BlobStore) -> None:
@@ -325,7 +366,6 @@ def test_s3_multipart_upload_above_threshold(s3_store: S3BlobStore) -> None:
     s3_store.multipart_threshold = s3_store.part_size = 5 * 1024 * 1024
     assert s3_store.save_stream(sha, io.BytesIO(data), len(data)) == len(data)
     assert s3_store.read_range(sha, 6 * 1024 * 1024, 100) == data[6 * 1024 * 1024:][:100]
-    s3_store.verify(sha, len(data))  # composite checksum: verify hashes the object
 
 
 def test_s3_keys_carry_the_prefix(s3_store: S3BlobStore) -> None:
@@ -405,5 +445,5 @@ def test_presigned_urls_use_the_public_endpoint(s3_bucket, monkeypatch):
     store = storage_from_url(f"s3://{bucket}/p", secret="x", s3_public_endpoint="http://s3.example.test:9000")
     sha = "ab" * 32
     assert store.download_url(sha, base_url="").startswith(f"http://s3.example.test:9000/{bucket}/p/blobs/sha256/ab/ab/")
-    assert store.upload_target(sha, 3, base_url="")["url"].startswith("http://s3.example.test:9000/")
+    assert store.upload_target(sha, 3, user_id=1, base_url="")["url"].startswith("http://s3.example.test:9000/")
     assert store.client.meta.endpoint_url == endpoint

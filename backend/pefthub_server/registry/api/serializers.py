@@ -52,7 +52,26 @@ class FileSpecSerializer(serializers.Serializer):
     size = serializers.IntegerField(min_value=0)
 
 
-class UploadRequestSerializer(serializers.Serializer):
+class PushRepoSerializer(serializers.Serializer):
+    """What a push says about its repository; with `kind`, a push may create it with its first version."""
+
+    kind = serializers.ChoiceField(
+        choices=Repository.Kind.choices, required=False,
+        help_text="What this push is. With it, a missing repository is created by the commit (a refused commit "
+                  "creates nothing); an existing repository must be of this kind.")
+    visibility = serializers.ChoiceField(
+        choices=Repository.Visibility.choices, required=False,
+        help_text="Only when the push creates the repository (default private).")
+    description = serializers.CharField(required=False, allow_blank=True,
+                                        help_text="Only when the push creates the repository.")
+
+
+class UploadOptionsSerializer(PushRepoSerializer):
+    base_model = serializers.CharField(required=False, allow_null=True,
+                                       help_text="An adapter's base, checked before any byte moves")
+
+
+class UploadRequestSerializer(UploadOptionsSerializer):
     files = FileSpecSerializer(many=True)
 
 
@@ -73,7 +92,7 @@ class UploadResponseSerializer(serializers.Serializer):
     present = serializers.ListField(child=serializers.CharField())
 
 
-class VersionCreateSerializer(serializers.Serializer):
+class VersionCreateSerializer(PushRepoSerializer):
     files = serializers.ListField(child=serializers.DictField())
     message = serializers.CharField(required=False, allow_blank=True, default="")
     base_model = serializers.CharField(required=False, allow_null=True)

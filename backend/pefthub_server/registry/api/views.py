@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
@@ -15,11 +16,11 @@ from pefthub.protocol.jobs import ACTIVE
 from pefthub.protocol.refs import LATEST, check_alias, is_sha256
 from pefthub_server import __version__
 from pefthub_server.core.auth import require_scope
-from pefthub_server.core.errors import NotFound, PermissionDenied, TooLarge, ValidationFailed
+from pefthub_server.core.errors import AuthenticationFailed, NotFound, PermissionDenied, TooLarge, ValidationFailed
 from pefthub_server.core.http import base_url, bytes_response, validated
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
-from pefthub_server.core.schema import errors
+from pefthub_server.core.schema import ANONYMOUS_OK, errors
 from pefthub_server.registry import aliases, blobs, push, repositories, selectors
 from pefthub_server.registry.api import job_token_rules
 from pefthub_server.registry.api import serializers as s
@@ -36,7 +37,7 @@ def _repo_for_change(request, ns: str, name: str, *, scope: str, role: str, acti
 
 
 class ApiRootView(APIView):
-    @extend_schema(summary="API root: server version and links", responses=s.RootSerializer)
+    @extend_schema(summary="API root: server version and links", responses=s.RootSerializer, auth=ANONYMOUS_OK)
     def get(self, request):
         links = {name: reverse(f"api:{name}", request=request) for name in ("repos", "teams", "tokens", "whoami")}
         links["jobs"] = request.build_absolute_uri("/api/v1/jobs")
@@ -67,7 +68,7 @@ class WhoAmIView(APIView):
 
 class RepoListView(APIView):
     @extend_schema(
-        summary="List repositories the caller can read", operation_id="v1_repos_list",
+        summary="List repositories the caller can read", operation_id="v1_repos_list", auth=ANONYMOUS_OK,
         parameters=[OpenApiParameter("kind", str, enum=Repository.Kind.values)]
         + [OpenApiParameter(name, str) for name in ("namespace", "base_model", "peft_type", "search")]
         + PAGE_PARAMETERS,
@@ -95,7 +96,7 @@ class RepoListView(APIView):
 class RepoDetailView(APIView):
     job_token_rule = staticmethod(job_token_rules.repo_detail)
 
-    @extend_schema(summary="A repository", responses=s.RepoSerializer)
+    @extend_schema(summary="A repository", responses=s.RepoSerializer, auth=ANONYMOUS_OK)
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         return Response(s.RepoSerializer(repo).data)
@@ -122,9 +123,21 @@ class UploadView(APIView):
         request=s.UploadRequestSerializer, responses=s.UploadResponseSerializer,
     )
     def post(self, request, ns, name):
-        repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
+        target = _push_target(request, ns, name)
+        options = validated(s.UploadOptionsSerializer, request.data)
         files = request.data.get("files") if isinstance(request.data, dict) else None
-        return Response(push.upload_negotiate(repo=repo, files=files, base_url=base_url(request)))
+        return Response(push.upload_negotiate(user=request.user, target=target, files=files, base_url=base_url(request),
+                                              **options))
+
+
+def _push_target(request, ns: str, name: str) -> push.PushTarget:
+    """Where a push writes. With `kind` in the body it may be a repository to create; unseen
+    repositories and namespaces are 404 before any scope or role check (no leak)."""
+    create = isinstance(request.data, dict) and request.data.get("kind") is not None
+    target = push.push_target(user=request.user, namespace=ns, name=name, create=create)
+    require_scope(request, "write", "push")
+    selectors.require_namespace_role(request.user, target.namespace, "write", action=f"push to `{target.full_name}`")
+    return target
 
 
 # --- versions ------------------------------------------------------------------------
@@ -151,7 +164,8 @@ def version_detail_data(request, version: Version, *, created: bool | None = Non
 class VersionListView(APIView):
     job_token_rule = staticmethod(job_token_rules.commit)
 
-    @extend_schema(summary="List versions, newest first", operation_id="v1_repos_versions_list", parameters=PAGE_PARAMETERS,
+    @extend_schema(summary="List versions, newest first", operation_id="v1_repos_versions_list", auth=ANONYMOUS_OK,
+                   parameters=PAGE_PARAMETERS,
                    responses={200: paginated(s.VersionSerializer), **errors(404)})
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
@@ -164,11 +178,11 @@ class VersionListView(APIView):
         request=s.VersionCreateSerializer, responses={201: s.VersionDetailSerializer, 200: s.VersionDetailSerializer},
     )
     def post(self, request, ns, name):
-        repo = _repo_for_change(request, ns, name, scope="write", role="write", action="push")
+        target = _push_target(request, ns, name)
         data = validated(s.VersionCreateSerializer, request.data)
         if data.get("job") is not None:
             data["job"] = _job_for_result(request, data["job"])
-        version, created = push.version_create(user=request.user, repo=repo, **data)
+        version, created = push.version_create(user=request.user, target=target, **data)
         return Response(version_detail_data(request, version, created=created), status=201 if created else 200)
 
 
@@ -184,7 +198,8 @@ def _job_for_result(request, job_id):
 class VersionDetailView(APIView):
     job_token_rule = staticmethod(job_token_rules.version_detail)
 
-    @extend_schema(summary="A version's manifest with download URLs", responses=s.VersionDetailSerializer)
+    @extend_schema(summary="A version's manifest with download URLs", responses=s.VersionDetailSerializer,
+                   auth=ANONYMOUS_OK)
     def get(self, request, ns, name, rev):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         version = selectors.version_resolve(repo=repo, revision=rev)
@@ -202,7 +217,7 @@ def _alias_data(alias: Alias) -> dict:
 
 
 class AliasListView(APIView):
-    @extend_schema(summary="Aliases of a repository", responses=s.AliasSerializer(many=True))
+    @extend_schema(summary="Aliases of a repository", responses=s.AliasSerializer(many=True), auth=ANONYMOUS_OK)
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         rows = [_alias_data(a) for a in repo.aliases.select_related("version", "updated_by")]
@@ -219,7 +234,7 @@ class AliasDetailView(APIView):
             raise NotFound(f"`{repo.full_name}` has no alias `{alias}`.")
         return found
 
-    @extend_schema(summary="An alias and its history", responses=s.AliasDetailSerializer)
+    @extend_schema(summary="An alias and its history", responses=s.AliasDetailSerializer, auth=ANONYMOUS_OK)
     def get(self, request, ns, name, alias):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         data = _alias_data(self._alias(repo, alias))
@@ -256,6 +271,7 @@ BLOB_PARAMETERS = [
     OpenApiParameter("expires", int, description="Signed URLs: expiry (Unix time)"),
     OpenApiParameter("sig", str, description="Signed URLs: signature"),
 ]
+UPLOAD_PARAMETERS = [*BLOB_PARAMETERS, OpenApiParameter("user", int, description="Upload URLs: the user they were handed to")]
 
 
 class BlobView(APIView):
@@ -275,7 +291,7 @@ class BlobView(APIView):
         return request.user.is_authenticated and selectors.blob_readable(user=request.user, sha256=sha256)
 
     @extend_schema(
-        summary="Download a blob (local backend; signed URL or token; Range supported)",
+        summary="Download a blob (local backend; signed URL or token; Range supported)", auth=ANONYMOUS_OK,
         parameters=BLOB_PARAMETERS + [OpenApiParameter("filename", str, description="Name to save the download as")],
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
                    (206, "application/octet-stream"): OpenApiTypes.BINARY, **errors(416)},
@@ -292,18 +308,24 @@ class BlobView(APIView):
         return bytes_response(request, size=size, headers=headers, path=store.path(sha256))
 
     @extend_schema(
-        summary="Upload a blob (local backend; signed URL or write token)", parameters=BLOB_PARAMETERS,
-        request={"application/octet-stream": OpenApiTypes.BINARY}, responses={201: s.BlobSerializer},
+        summary="Upload a blob (local backend; only to the signed URL a push negotiation handed out)",
+        parameters=UPLOAD_PARAMETERS,
+        request={"application/octet-stream": OpenApiTypes.BINARY}, responses={201: s.BlobSerializer} auth=ANONYMOUS_OK,
     )
     def put(self, request, sha256):
         store = self._store(sha256)
         q = request.query_params
-        if not (q.get("sig") and store.check_signature(sha256, "PUT", q.get("expires"), q.get("sig"))):
-            require_scope(request, "write", "upload blobs")
+        # The one way in: the URL a negotiation signed for its user; the bytes then count as that user's upload.
+        uploader = q.get("user", "")
+        if not (uploader.isdigit() and store.check_signature(sha256, "PUT", q.get("expires"), q.get("sig"), uploader)
+                and get_user_model().objects.filter(pk=int(uploader), is_active=True).exists()):
+            refused = AuthenticationFailed if not request.user.is_authenticated else PermissionDenied
+            raise refused("This upload URL is not valid (or has expired); a token is no substitute: upload to the "
+                          "URL that POST /api/v1/repos/{namespace}/{name}/uploads answered with.", code="invalid_upload_url")
         length = request.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         if expected is not None and expected > settings.PEFTHUB_MAX_FILE_SIZE:
             raise TooLarge(f"Blob of {expected} bytes exceeds PEFTHUB_MAX_FILE_SIZE ({settings.PEFTHUB_MAX_FILE_SIZE}).")
         size = store.save_stream(sha256, request._request, expected)
-        blobs.blob_register(sha256=sha256, size=size)
+        blobs.blob_uploaded(user_id=int(uploader), sha256=sha256, size=size)
         return Response({"sha256": sha256, "size": size}, status=201)
