@@ -176,11 +176,12 @@ def test_cancel_stops_training_within_a_heartbeat(inputs, start_worker):
     print(json.dumps({"cancel_to_cancelled_seconds": round(took, 2), "heartbeat_seconds": 1.0}))
 
 
-def test_a_job_whose_message_was_lost_is_sent_again_and_runs(inputs, start_worker, settings):
+def test_a_job_whose_message_was_lost_is_sent_again_and_runs(inputs, start_worker, settings, tmp_path):
     settings.PEFTHUB_REDISPATCH_SECONDS = 2
     job = inputs.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/bot", **FAST)
-    redis.Redis.from_url(REDIS_URL).flushdb()  # the broker lost the message: a restart without persistence
-    start_worker()
+    queue = redis.Redis.from_url(REDIS_URL)
+    queue.flushdb()  # the broker lost the message: a restart without persistence
+    worker = start_worker()
     time.sleep(3)
     assert Job.objects.get(pk=job.id).status == "queued"  # a worker is up, but nothing tells it about the job
     _wait_for(lambda: call_command("reap_jobs") or Job.objects.get(pk=job.id).status != "queued", timeout=30,
@@ -189,3 +190,11 @@ def test_a_job_whose_message_was_lost_is_sent_again_and_runs(inputs, start_worke
     assert done.status == "succeeded" and done.attempt == 1
     logs = [e.data["message"] for e in JobEvent.objects.filter(job_id=job.id, type="log")]
     assert any("sent it again" in m for m in logs), logs
+
+    from pefthub_server.jobs.dispatch import job_dispatch
+
+    job_dispatch(job=Job.objects.get(pk=job.id))  # a duplicate, as a re-send of a slow message makes
+    _wait_for(lambda: queue.llen("gpu") == 0 and not queue.hlen("unacked"), timeout=30,
+              what="the worker to take the duplicate and ack it")
+    _wait_for(lambda: "not claimed" in (tmp_path / "worker-w.log").read_text(), timeout=10, what="the worker's log")
+    assert worker.poll() is None and Job.objects.get(pk=job.id).attempt == 1  # it moved on; nothing re-ran
