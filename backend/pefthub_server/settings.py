@@ -194,9 +194,9 @@ SPECTACULAR_SETTINGS = {
         "JobTypeEnum": "pefthub_server.jobs.models.Job.Type",
         "JobEventTypeEnum": "pefthub_server.jobs.models.JobEvent.Type",
         "RepoKindEnum": "pefthub_server.registry.models.Repository.Kind",
-    },
         "TokenScopeEnum": "pefthub_server.core.models.Scope",
         "RequestedScopeEnum": "pefthub_server.core.models.USER_SCOPES",
+    },
 }
 
 LOGGING = {

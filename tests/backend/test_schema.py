@@ -164,6 +164,22 @@ def test_every_read_answers_as_documented(schema, world, api):
         _check_answer(schema, path, "GET", client.get(path.format(**values), {"page": 99}))
 
 
+def test_security_says_which_reads_anonymous_callers_may_make(schema, world, api):
+    """`acme/bot` is public: the operations whose security allows no token answer it anonymously; the others need one."""
+    _, values = world
+    for path, method, operation in _operations(schema):
+        security = operation["security"]
+        assert security in ([{"bearerAuth": []}], [{"bearerAuth": []}, {}]), (method, path, security)
+        if method != "GET" or path == "/api/v1/blobs/{sha256}":
+            continue
+        response = api().get(path.format(**values))
+        _check_answer(schema, path, "GET", response)
+        if {} in security:
+            assert response.status_code == 200, (path, response.content[:200])
+        else:
+            assert response.status_code in (401, 404), (path, response.status_code)
+
+
 def test_writes_and_their_refusals_answer_as_documented(schema, world, api):
     client, values = world
     calls = [

@@ -27,6 +27,11 @@ _DESCRIPTIONS = {
 }
 _WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
+#: ``@extend_schema(auth=ANONYMOUS_OK)``: callers without a token may make this call too (public
+#: repositories, signed blob URLs); other operations need a token (401 without, or 404 for what
+#: an anonymous caller cannot see).
+ANONYMOUS_OK = [{"bearerAuth": []}, {}]
+
 
 class ErrorBodySerializer(serializers.Serializer):
     code = serializers.CharField(help_text="A stable machine code: `not_found`, `validation_error`, `pickle_refused`, …")

@@ -20,7 +20,7 @@ from pefthub_server.core.errors import AuthenticationFailed, NotFound, Permissio
 from pefthub_server.core.http import base_url, bytes_response, validated
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
-from pefthub_server.core.schema import errors
+from pefthub_server.core.schema import ANONYMOUS_OK, errors
 from pefthub_server.registry import aliases, blobs, push, repositories, selectors
 from pefthub_server.registry.api import job_token_rules
 from pefthub_server.registry.api import serializers as s
@@ -37,7 +37,7 @@ def _repo_for_change(request, ns: str, name: str, *, scope: str, role: str, acti
 
 
 class ApiRootView(APIView):
-    @extend_schema(summary="API root: server version and links", responses=s.RootSerializer)
+    @extend_schema(summary="API root: server version and links", responses=s.RootSerializer, auth=ANONYMOUS_OK)
     def get(self, request):
         links = {name: reverse(f"api:{name}", request=request) for name in ("repos", "teams", "tokens", "whoami")}
         links["jobs"] = request.build_absolute_uri("/api/v1/jobs")
@@ -68,7 +68,7 @@ class WhoAmIView(APIView):
 
 class RepoListView(APIView):
     @extend_schema(
-        summary="List repositories the caller can read", operation_id="v1_repos_list",
+        summary="List repositories the caller can read", operation_id="v1_repos_list", auth=ANONYMOUS_OK,
         parameters=[OpenApiParameter("kind", str, enum=Repository.Kind.values)]
         + [OpenApiParameter(name, str) for name in ("namespace", "base_model", "peft_type", "search")]
         + PAGE_PARAMETERS,
@@ -96,7 +96,7 @@ class RepoListView(APIView):
 class RepoDetailView(APIView):
     job_token_rule = staticmethod(job_token_rules.repo_detail)
 
-    @extend_schema(summary="A repository", responses=s.RepoSerializer)
+    @extend_schema(summary="A repository", responses=s.RepoSerializer, auth=ANONYMOUS_OK)
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         return Response(s.RepoSerializer(repo).data)
@@ -164,7 +164,8 @@ def version_detail_data(request, version: Version, *, created: bool | None = Non
 class VersionListView(APIView):
     job_token_rule = staticmethod(job_token_rules.commit)
 
-    @extend_schema(summary="List versions, newest first", operation_id="v1_repos_versions_list", parameters=PAGE_PARAMETERS,
+    @extend_schema(summary="List versions, newest first", operation_id="v1_repos_versions_list", auth=ANONYMOUS_OK,
+                   parameters=PAGE_PARAMETERS,
                    responses={200: paginated(s.VersionSerializer), **errors(404)})
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
@@ -197,7 +198,8 @@ def _job_for_result(request, job_id):
 class VersionDetailView(APIView):
     job_token_rule = staticmethod(job_token_rules.version_detail)
 
-    @extend_schema(summary="A version's manifest with download URLs", responses=s.VersionDetailSerializer)
+    @extend_schema(summary="A version's manifest with download URLs", responses=s.VersionDetailSerializer,
+                   auth=ANONYMOUS_OK)
     def get(self, request, ns, name, rev):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         version = selectors.version_resolve(repo=repo, revision=rev)
@@ -215,7 +217,7 @@ def _alias_data(alias: Alias) -> dict:
 
 
 class AliasListView(APIView):
-    @extend_schema(summary="Aliases of a repository", responses=s.AliasSerializer(many=True))
+    @extend_schema(summary="Aliases of a repository", responses=s.AliasSerializer(many=True), auth=ANONYMOUS_OK)
     def get(self, request, ns, name):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         rows = [_alias_data(a) for a in repo.aliases.select_related("version", "updated_by")]
@@ -232,7 +234,7 @@ class AliasDetailView(APIView):
             raise NotFound(f"`{repo.full_name}` has no alias `{alias}`.")
         return found
 
-    @extend_schema(summary="An alias and its history", responses=s.AliasDetailSerializer)
+    @extend_schema(summary="An alias and its history", responses=s.AliasDetailSerializer, auth=ANONYMOUS_OK)
     def get(self, request, ns, name, alias):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         data = _alias_data(self._alias(repo, alias))
@@ -289,7 +291,7 @@ class BlobView(APIView):
         return request.user.is_authenticated and selectors.blob_readable(user=request.user, sha256=sha256)
 
     @extend_schema(
-        summary="Download a blob (local backend; signed URL or token; Range supported)",
+        summary="Download a blob (local backend; signed URL or token; Range supported)", auth=ANONYMOUS_OK,
         parameters=BLOB_PARAMETERS + [OpenApiParameter("filename", str, description="Name to save the download as")],
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
                    (206, "application/octet-stream"): OpenApiTypes.BINARY, **errors(416)},
@@ -308,7 +310,7 @@ class BlobView(APIView):
     @extend_schema(
         summary="Upload a blob (local backend; only to the signed URL a push negotiation handed out)",
         parameters=UPLOAD_PARAMETERS,
-        request={"application/octet-stream": OpenApiTypes.BINARY}, responses={201: s.BlobSerializer},
+        request={"application/octet-stream": OpenApiTypes.BINARY}, responses={201: s.BlobSerializer}, auth=ANONYMOUS_OK,
     )
     def put(self, request, sha256):
         store = self._store(sha256)
