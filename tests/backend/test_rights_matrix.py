@@ -673,6 +673,43 @@ def test_rights_matrix(world):
     assert not failures, f"{len(failures)} of {len(all_cells)} cells are wrong:\n" + "\n".join(failures)
 
 
+@pytest.mark.parametrize(("who", "repo", "body"), [
+    ("outsider", "carol/diary", {}),
+    # J2's output does not exist yet: its first push creates it
+    ("job token of another job", "acme/other", {"kind": "adapter", "base_model": "acme/llama-tiny"}),
+])
+def test_citing_the_private_blob_proves_nothing(world, who, repo, body):
+    """Knowing a sha256 is not access: carol in her own repository, or a job token in its own
+    output, cites the private blob by hash and size. Negotiation says it is missing; a commit is
+    refused exactly as for a blob that was never uploaded, and no answer carries the blob's size."""
+    client = _clients(world)[who]
+    ghost_sha = hashlib.sha256(b"a blob nobody ever uploaded").hexdigest()
+    job = {"job": world.jobs["J2"]} if who.startswith("job") else {}
+
+    def post(what: str, sha: str, size: int) -> tuple[Answer, dict]:
+        files = [{"path": "data/cited.jsonl", "sha256": sha, "size": size}]
+        route = f"api/v1/repos/{{ns}}/{{name}}/{what}"
+        ns, name = repo.split("/")
+        cell = Cell(route, "POST", CALLERS[0], None, (("name", name), ("ns", ns)))
+        payload = json.dumps({"files": files, **body, **(job if what == "versions" else {})}).encode()
+        with transaction.atomic():
+            response = client.generic("POST", cell.path, payload, content_type="application/json")
+            transaction.set_rollback(True)
+        data = response.json()
+        error = data.get("error") if isinstance(data, dict) else None
+        return Answer(response.status_code, error.get("code") if error else None, response.content), data
+
+    negotiated, plan = post("uploads", SECRET_SHA, SECRET_SIZE)
+    assert negotiated.status == 200, negotiated.text
+    assert SECRET_SHA not in plan["present"] and [m["sha256"] for m in plan["missing"]] == [SECRET_SHA], plan
+    for size in (SECRET_SIZE, 1):  # the right size, and a wrong one that must not draw the real one out
+        cited, _ = post("versions", SECRET_SHA, size)
+        never, _ = post("versions", ghost_sha, size)
+        assert 400 <= cited.status < 500 and (cited.status, cited.code) == (never.status, never.code), \
+            (size, cited.status, cited.code, cited.text[:300], never.status, never.code)
+        assert not SIZE_RE.search(cited.text) or size == SECRET_SIZE, cited.text[:300]
+
+
 def test_undeclared_methods_are_405(world):
     """A method a route does not serve is a 405 (so a method added to a view cannot hide from RULES)."""
     client = _clients(world)["owner"]
