@@ -1,7 +1,13 @@
-"""Hugging Face tools load from the hub with only HF_ENDPOINT and HF_TOKEN set, in fresh processes."""
+"""Hugging Face tools load from the hub with only HF_ENDPOINT and HF_TOKEN set, in fresh processes.
+
+Against a live test server (where settings and storage backends can be switched per test) and
+against `pefthub-server up`, the server users run: test servers strip HEAD bodies, which hid a
+keep-alive fault that broke transformers, peft and datasets through /hf.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +20,7 @@ import torch
 
 from examples import tiny
 from pefthub_server.core import http as hub_http
+from tests.e2e.conftest import running_hub
 
 SCRIPT = Path(__file__).with_name("hf_client_script.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,10 +57,11 @@ def published(alice, hub_for, tiny_base, tmp_path):
     return hub, expected
 
 
-def _run(env_extra, out, revisions, hf_home):
+def _run(env_extra, out, args, hf_home):
+    """hf_client_script.py ARGS in a fresh process with only HF_* settings; what it found."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "DJANGO_"))}
     env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1", **env_extra})
-    result = subprocess.run([sys.executable, str(SCRIPT), str(out), *revisions], env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(SCRIPT), str(out), *args], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return torch.load(out)
@@ -79,7 +87,7 @@ def test_hf_tools_load_everything_and_then_offline(backend, published, alice, li
     commit = hub.version("acme/x@2").digest.removeprefix("sha256:")[:40]
     revisions = ["main", "prod", "3", commit]
     env = {"HF_ENDPOINT": f"{live_server.url}/hf", "HF_TOKEN": alice.token}
-    online = _run(env, tmp_path / "online.pt", revisions, tmp_path / "hf-home")
+    online = _run(env, tmp_path / "online.pt", ["revisions", *revisions], tmp_path / "hf-home")
     for rev, version in (("main", 3), ("prod", 3), ("3", 3), (commit, 2)):
         facts = online[rev]
         assert torch.equal(facts["peft"], expected[version]), rev
@@ -95,7 +103,7 @@ def test_hf_tools_load_everything_and_then_offline(backend, published, alice, li
 
     dead = "http://127.0.0.1:9"  # nothing listens: the hub is gone
     offline = _run({"HF_ENDPOINT": dead, "HF_TOKEN": alice.token, "HF_HUB_OFFLINE": "1"}, tmp_path / "offline.pt",
-                   revisions, tmp_path / "hf-home")
+                   ["revisions", *revisions], tmp_path / "hf-home")
     for rev, version in (("main", 3), ("prod", 3), ("3", 3), (commit, 2)):
         assert torch.equal(offline[rev]["peft"], expected[version]), rev
     assert offline["tokenizer"] == online["tokenizer"]
@@ -114,7 +122,8 @@ def test_public_repo_loads_anonymously(published, alice, live_server, tmp_path):
     hub, expected = published
     for repo in ("acme/x", "acme/llama-tiny", "acme/merged"):
         hub.update_repo(repo, visibility="public")
-    result = _run({"HF_ENDPOINT": f"{live_server.url}/hf"}, tmp_path / "anon.pt", ["prod"], tmp_path / "anon-home")
+    result = _run({"HF_ENDPOINT": f"{live_server.url}/hf"}, tmp_path / "anon.pt", ["revisions", "prod"],
+                  tmp_path / "anon-home")
     assert torch.equal(result["prod"]["peft"], expected[3])
 
 
@@ -185,3 +194,60 @@ def test_revision_suffix_serves_a_config_an_older_peft_loads(alice, live_server,
     assert json.loads((Path(snap) / "adapter_config.json").read_text()) == adjusted
     bad = requests.get(f"{url}/api/models/acme/x/revision/prod%2Bpeft-0.1", headers=h)
     assert bad.status_code == 404 and bad.headers["X-Error-Code"] == "RevisionNotFound"
+
+
+# --- through `pefthub-server up`, the server users run ------------------------------------
+
+RUNS = 3  # fresh processes (and caches) per check: one keep-alive fault in any of them fails the test
+
+
+@pytest.fixture(scope="module")
+def up_hub(tmp_path_factory, tiny_base):
+    """`pefthub-server up` with acme/llama-tiny, acme/adapter (no tokenizer files), acme/merged (with its tokenizer)
+    and the dataset acme/data, pushed with the SDK by alice (made with `pefthub-server adduser`); what loading
+    them locally gives."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, pipeline
+
+    from pefthub import Hub
+
+    work = tmp_path_factory.mktemp("up-hub")
+    adapter, merged, data = work / "adapter", work / "merged", work / "data"
+    tiny.train_lora(tiny_base, adapter, steps=4, seed=5)
+    assert not list(adapter.glob("tokenizer*"))  # AutoPeftModel probes for one: the hub must say EntryNotFound
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), adapter).merge_and_unload()
+    model.save_pretrained(merged)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_base / name, merged / name)
+    data.mkdir()
+    tiny.make_dataset(data / "train.jsonl", rows=24)
+    x = tiny.sample_input()
+    with torch.no_grad():
+        expected = {
+            "merged": model.eval()(input_ids=x).logits,
+            "adapter": tiny.load_adapter_logits(tiny_base, adapter),
+            "generated": pipeline("text-generation", model=str(merged))("the hub", max_new_tokens=8,
+                                                                           do_sample=False)[0]["generated_text"],
+            "rows": [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()],
+        }
+    with running_hub(work / "server", "--no-worker") as server:
+        token = server.adduser("alice", "--team", "acme", "--role", "admin")
+        with Hub(url=server.url, token=token, cache_dir=work / "cache", progress=False) as hub:
+            hub.push(tiny_base, "acme/llama-tiny")
+            hub.push(adapter, "acme/adapter", base_model="acme/llama-tiny")
+            hub.push(merged, "acme/merged")
+            hub.push(data, "acme/data", kind="dataset")
+        yield server, token, expected
+
+
+def test_pipeline_auto_peft_and_load_dataset_through_pefthub_server_up(up_hub, tmp_path):
+    server, token, expected = up_hub
+    env = {"HF_ENDPOINT": f"{server.url}/hf", "HF_TOKEN": token}
+    for run in range(RUNS):
+        found = _run(env, tmp_path / f"tools-{run}.pt", ["tools"], tmp_path / f"hf-home-{run}")
+        assert found["generated"] == expected["generated"], run
+        assert torch.equal(found["pipeline"], expected["merged"]), run
+        assert torch.equal(found["auto_peft"], expected["adapter"]) and torch.equal(found["peft"], expected["adapter"])
+        assert found["rows"] == expected["rows"], run
+        assert found["snapshot"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        assert '"base_model_name_or_path": "acme/llama-tiny"' in found["config"]

@@ -119,3 +119,14 @@ def test_head_drops_a_streamed_file_unread(db, tmp_path, rf):  # db: closing a r
     assert b"".join(response) == b"" and response["Content-Length"] == "100" and handle.tell() == 0
     response.close()
     assert handle.closed
+
+
+def test_a_crash_is_a_json_500_under_api_and_hf_and_a_page_elsewhere(rf):
+    """The handler Django calls for an unhandled exception (handler500)."""
+    from pefthub_server.core.errors import server_error
+
+    for path in ("/api/v1/repos", "/hf/api/models/acme/x"):
+        response = server_error(rf.get(path))
+        assert response.status_code == 500 and json.loads(response.content)["error"]["code"] == "server_error"
+    page = server_error(rf.get("/acme"))
+    assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
