@@ -49,7 +49,13 @@ from tests.fixtures.services import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # These tests bring their own PostgreSQL and Redis and ignore the test database, so the
+    # PostgreSQL pass of `.ci/run` would only repeat the SQLite pass's four minutes.
+    pytest.mark.skipif(os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                       reason="run once, in the SQLite pass: they start their own PostgreSQL"),
+]
 
 #: short leases, a fast reaper and a short grace before a lost message is sent again
 HUB_ENV = {"PEFTHUB_JOB_LEASE_SECONDS": "4", "PEFTHUB_REAP_INTERVAL": "1", "PEFTHUB_REDISPATCH_SECONDS": "3"}
