@@ -127,12 +127,18 @@ def waitress_options(*, host: str, port: int, threads: int) -> dict:
     return options
 
 
-def serve(application, *, host: str, port: int, threads: int) -> None:
-    """Serve ``application`` until interrupted."""
+def make_server(application, *, host: str, port: int, threads: int):
+    """The server, listening but not yet serving: ``.run()`` serves until interrupted."""
     listeners: dict = {}
     server = create_server(application, map=listeners, **waitress_options(host=host, port=port, threads=threads))
     for dispatcher in listeners.values():
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = HubChannel
+    return server
+
+
+def serve(application, *, host: str, port: int, threads: int) -> None:
+    """Serve ``application`` until interrupted."""
+    server = make_server(application, host=host, port=port, threads=threads)
     server.print_listen("Serving on http://{}:{}")
     server.run()

@@ -189,3 +189,48 @@ def test_secure_without_a_trusted_proxy_refuses_to_start(tmp_path):
     with pytest.raises(RuntimeError, match="PEFTHUB_SECURE=1 needs PEFTHUB_TRUSTED_PROXY"), \
             running_hub(tmp_path / "hub", "--no-worker", env=SECURE):
         pass
+
+
+# --- the waitress layer alone: no body on HEAD whatever the application sends ---------------
+
+
+@pytest.fixture
+def bare_server(settings, tmp_path):
+    """pefthub_server.server around a plain WSGI app that streams without a length, or hands waitress a file."""
+    import threading
+
+    from pefthub_server.server import make_server
+
+    data = tmp_path / "file.bin"
+    data.write_bytes(b"file bytes " * 1000)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        if environ["PATH_INFO"] == "/file":
+            wrapper = environ.get("wsgi.file_wrapper")
+            handle = data.open("rb")
+            return wrapper(handle) if wrapper else iter(lambda: handle.read(4096), b"")
+        return (chunk for chunk in (b"streamed ", b"without a length"))  # waitress cannot know the length
+
+    server = make_server(app, host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield server.effective_port
+    server.close()
+
+
+@pytest.mark.parametrize("path", ["/stream", "/file"])
+def test_head_sends_headers_only_whatever_the_application_returns(bare_server, path):
+    with socket.create_connection(("127.0.0.1", bare_server), timeout=10) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        wire = _read_until_closed(sock)
+    head, rest = wire.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 OK") and rest == b"", rest[:100]
+
+
+def test_an_error_answer_to_head_has_no_body_either(bare_server):
+    with socket.create_connection(("127.0.0.1", bare_server), timeout=10) as sock:
+        sock.sendall(f"HEAD /stream HTTP/1.1\r\nHost: x\r\nContent-Length: {100 * 1024**2}\r\n\r\n".encode())
+        wire = _read_until_closed(sock)
+    head, rest = wire.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 413 ") and rest == b""
