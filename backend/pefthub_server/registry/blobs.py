@@ -5,12 +5,15 @@ Knowing a sha256 is not access. A user *possesses* a blob when it can read a ver
 holding it, or when it sent the hub those exact bytes within :data:`UPLOAD_GRACE`
 (a :class:`BlobUpload`). Only possessed blobs are ``present`` to a push; anything else
 must be uploaded, whatever the store already holds, so no answer reveals a blob the
-caller cannot read.
+caller cannot read. A push with a job token possesses only what its job may read (the
+versions it pinned, its output repository's) and what was uploaded since it started.
 """
 
 from __future__ import annotations
 
+import operator
 from datetime import timedelta
+from functools import reduce
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
@@ -40,12 +43,29 @@ def blob_uploaded(*, user_id: int, sha256: str, size: int) -> Blob:
     return blob
 
 
-def blobs_possessed(*, user, sha256s) -> dict[str, int]:
-    """sha256 -> size of the blobs among ``sha256s`` that ``user`` may cite in a push (one query)."""
+def _job_versions(job) -> Q:
+    """The versions a job token reads: its job's pinned inputs and its output repository (``job`` duck-typed)."""
+    def repo(full_name: str) -> Q:
+        ns, _, name = full_name.partition("/")
+        return Q(version__repository__namespace__name=ns, version__repository__name=name)
+
+    pins = [repo(pin["repo"]) & Q(version__number=pin["number"]) for pin in job.pinned_inputs()]
+    return reduce(operator.or_, pins, repo(job.output))
+
+
+def blobs_possessed(*, user, sha256s, job=None) -> dict[str, int]:
+    """sha256 -> size of the blobs among ``sha256s`` that ``user`` may cite in a push (one query).
+
+    ``job``: the push is a job token's, which possesses only what its job reads, and what
+    its user uploaded since the attempt started (uploads record the user, not the token).
+    """
     in_readable_version = VersionFile.objects.filter(
         blob=OuterRef("pk"), version__repository__in=readable_repositories(user))
     uploaded = BlobUpload.objects.filter(blob=OuterRef("pk"), user=user,
                                          created_at__gte=timezone.now() - UPLOAD_GRACE)
+    if job is not None:
+        in_readable_version = in_readable_version.filter(_job_versions(job))
+        uploaded = uploaded.filter(created_at__gte=job.started_at)
     return dict(
         Blob.objects.filter(Q(Exists(in_readable_version)) | Q(Exists(uploaded)), sha256__in=set(sha256s))
         .values_list("sha256", "size")

@@ -100,12 +100,14 @@ def _repository(*, user, target: PushTarget, kind: str | None, visibility: str |
 
 
 def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_model: str | None = None,
-                     kind: str | None = None, visibility: str | None = None, description: str | None = None) -> dict:
+                     kind: str | None = None, visibility: str | None = None, description: str | None = None,
+                     job=None) -> dict:
     """Which blobs the client must upload, and where. Bad paths, file types, a new repository's
     name and kind and an adapter's base fail here, before any byte moves.
 
     ``present`` lists only blobs ``user`` possesses, with the declared size; every other
     blob is ``missing``, with a target bound to ``user``, even if the hub holds its bytes.
+    ``job``: the push is that job's token's (see :func:`blobs.blobs_possessed`).
     """
     repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description)
     sizes: dict[str, int] = {}
@@ -113,7 +115,7 @@ def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_mod
         if sizes.setdefault(entry.sha256, entry.size) != entry.size:
             raise ValidationFailed(f"Blob {entry.sha256} is declared with two sizes.", code="size_mismatch")
     _base_for_push(user=user, repo=repo, base_model=base_model)
-    possessed = blobs_possessed(user=user, sha256s=sizes)
+    possessed = blobs_possessed(user=user, sha256s=sizes, job=job)
     store = get_blob_store()
     missing = [
         {"sha256": sha, "size": size, "upload": store.upload_target(sha, size, user_id=user.pk, base_url=base_url)}
@@ -122,13 +124,13 @@ def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_mod
     return {"missing": missing, "present": sorted(sha for sha, size in sizes.items() if possessed.get(sha) == size)}
 
 
-def _verify_blobs(*, user, entries: list[Entry]) -> None:
+def _verify_blobs(*, user, entries: list[Entry], job=None) -> None:
     """Every blob is one ``user`` possesses, or its own upload, verified now; else `missing_blob`.
 
     A blob ``user`` cannot read gets the same `missing_blob` whether or not the hub holds
     it, whatever size was declared: only a readable blob's size may be told.
     """
-    possessed = blobs_possessed(user=user, sha256s={e.sha256 for e in entries})
+    possessed = blobs_possessed(user=user, sha256s={e.sha256 for e in entries}, job=job)
     store = get_blob_store()
     for entry in entries:
         if entry.sha256 in possessed:
@@ -282,7 +284,7 @@ def version_create(
         check_settable(alias)
     base_version = _base_for_push(user=user, repo=repo, base_model=base_model)
 
-    _verify_blobs(user=user, entries=entries)
+    _verify_blobs(user=user, entries=entries, job=job)
     inspected = _inspect(repo=repo, entries=entries, base_version=base_version)
     entries = _store_rewrites(entries, inspected.rewrites)
     digest = manifest_digest(entries)

@@ -166,3 +166,18 @@ def test_job_token_expires_with_a_lapsed_lease(claimed, api):
     ApiToken.objects.filter(job__pk=job["id"]).update(expires_at=timezone.now())
     response = api(c["token"]).post(f"/api/v1/jobs/{job['id']}/heartbeat", {"attempt": 1}, format="json")
     assert response.status_code == 401 and "expired" in response.json()["error"]["message"]
+
+
+def test_a_job_token_cannot_cite_its_owners_other_blobs_by_hash(claimed, api, alice):
+    """Knowing a sha256 is not access: the owner's private blob is not present to her job's push."""
+    job, c = claimed
+    token = api(c["token"])
+    secret = api(alice.token).get("/api/v1/repos/acme/secret/versions/1").json()["files"][0]
+    pinned = api(alice.token).get(f"/api/v1/repos/acme/data/versions/{job['inputs']['dataset']['number']}").json()
+    files = [{"path": "cited.jsonl", "sha256": secret["sha256"], "size": secret["size"]},
+             {"path": "pinned.jsonl", "sha256": pinned["files"][0]["sha256"], "size": pinned["files"][0]["size"]}]
+    plan = token.post("/api/v1/repos/acme/bot/uploads", {"files": files}, format="json").json()
+    assert plan["present"] == [pinned["files"][0]["sha256"]]  # an input it reads: present
+    assert [m["sha256"] for m in plan["missing"]] == [secret["sha256"]]
+    commit = token.post("/api/v1/repos/acme/bot/versions", {"files": files, "job": job["id"]}, format="json")
+    assert commit.status_code == 400 and commit.json()["error"]["code"] == "missing_blob", commit.json()

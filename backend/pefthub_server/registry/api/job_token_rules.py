@@ -12,8 +12,15 @@ from __future__ import annotations
 import uuid
 
 from pefthub.protocol.repos import PRIVATE
+from pefthub_server.core.auth import job_token
 from pefthub_server.core.errors import PermissionDenied
 from pefthub_server.registry.storage import get_blob_store
+
+
+def job_of(request):
+    """The job whose token signs the request, if one does: its push possesses only what the job reads."""
+    token = job_token(request)
+    return token.job if token is not None else None
 
 
 def _pins_of(job, ns: str, name: str) -> list[dict]:
@@ -78,8 +85,8 @@ def signed_blob(request, job, sha256: str) -> bool:
     """A blob URL the hub signed: the signature grants it, never the token (local backend only).
 
     A download's signature is checked here, since without one the view would fall back to
-    what the owner may read. An upload only needs to carry one: the view checks it, and
-    without a valid one asks for a `write` scope, which a job token lacks.
+    what the owner may read. An upload only needs to carry one: the view accepts nothing
+    but a valid upload URL.
     """
     q = request.query_params
     if request.method == "PUT":

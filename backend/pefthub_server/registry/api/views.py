@@ -127,7 +127,7 @@ class UploadView(APIView):
         options = validated(s.UploadOptionsSerializer, request.data)
         files = request.data.get("files") if isinstance(request.data, dict) else None
         return Response(push.upload_negotiate(user=request.user, target=target, files=files, base_url=base_url(request),
-                                              **options))
+                                              job=job_token_rules.job_of(request), **options))
 
 
 def _push_target(request, ns: str, name: str) -> push.PushTarget:
