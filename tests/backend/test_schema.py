@@ -139,6 +139,11 @@ def test_path_parameter_patterns_match_whole_values_only(schema):
     assert not re.search(pattern, "0" * 32 + "z") and not re.search(pattern, "z" + "0" * 32)
 
 
+def test_path_parameters_show_the_readme_example(schema):
+    parameters = schema["paths"]["/api/v1/repos/{ns}/{name}/aliases/{alias}"]["get"]["parameters"]
+    assert {p["name"]: p.get("example") for p in parameters} == {"ns": "acme", "name": "support-bot", "alias": "prod"}
+
+
 @pytest.fixture
 def world(catalogue, alice, api):
     """The catalogue (acme/llama-tiny, public adapter acme/bot@1 with alias prod), a merge job, the path values to reach them."""

@@ -8,14 +8,16 @@
 2. Create alice (admin of team ``acme``, an admin-scope token), bob (``acme`` writer), carol
    (no team) and a worker (staff, worker-scope token) with ``pefthub-server adduser``; with
    alice's token push a base model, an adapter (alias ``prod``) and a dataset through the
-   SDK and submit two train jobs (no worker runs, so they stay queued); the worker claims
-   the first, which mints that job's token.
+   SDK and submit three train jobs (no worker runs, so they stay queued); the worker claims
+   the first two, which mints each its job token; a push negotiation hands out a signed
+   upload URL for a blob the hub lacks.
 3. Run ``st run``: the examples, coverage, fuzzing and stateful phases, a fixed seed and a
    bounded number of cases per operation. Every call carries alice's token, except the
    worker's: ``claim`` carries the worker token, a job's ``heartbeat``/``events``/
-   ``complete``/``fail`` the claimed job's token (no other token may make them). Path
-   parameters are drawn most of the time from the seeded objects, so cases reach real
-   repositories, versions, aliases, blobs, teams and jobs.
+   ``complete``/``fail`` a claimed job's token (no other token may make them), and the blob
+   ``PUT`` the signed upload URL's parameters. Path parameters are drawn most of the time
+   from the seeded objects, so cases reach real repositories, versions, aliases, blobs,
+   teams and jobs.
 4. Print a table (operation, cases, 5xx, failures by check) and exit 1 on any 5xx, any
    failure not in ``ACCEPTED``, or if alice's token did not survive the run.
 """
@@ -23,6 +25,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +37,7 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 BIN = Path(sys.executable).parent
 
@@ -119,14 +122,22 @@ def seed(url: str, *, alice: str, worker: str, folders: tuple[Path, Path, Path],
     base, adapter_dir, data = folders
     with Hub(url=url, token=alice, cache_dir=cache, progress=False) as hub:
         hub.push(base, "acme/llama-tiny")
-        adapter = hub.push(adapter_dir, "acme/support-bot", base_model="acme/llama-tiny", aliases=["prod"])
+        adapter = hub.push(adapter_dir, "acme/support-bot", base_model="acme/llama-tiny", aliases=["prod", "old"])
         hub.push(data, "acme/support-data")
         jobs = [hub.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/support-bot",
-                          method="lora", r=4, max_steps=2) for _ in range(2)]
+                          method="lora", r=4, max_steps=2) for _ in range(3)]
         victim = hub.request("POST", "tokens", json={"name": "fuzz-victim", "scope": "read"})
         hub.create_repo("acme/doomed", kind="dataset")
+        # A signed upload URL for a blob the hub lacks: PUT /blobs/{sha256} gets past its signature check.
+        blob = b'{"text": "one more row"}\n'
+        sha = hashlib.sha256(blob).hexdigest()
+        negotiated = hub.request("POST", "repos/acme/support-data/uploads",
+                                 json={"files": [{"path": "more.jsonl", "sha256": sha, "size": len(blob)}]})
+        upload = dict(parse_qsl(urlsplit(negotiated["missing"][0]["upload"]["url"]).query))
     with Hub(url=url, token=worker, cache_dir=cache, progress=False) as hub:
-        claim = hub.request("POST", f"jobs/{jobs[0].id}/claim", json={"worker": "fuzz-worker"})
+        # The first job's token heartbeats and reports events, the second's completes and fails: failing its
+        # job ends the second token, not the first.
+        claims = [hub.request("POST", f"jobs/{job.id}/claim", json={"worker": "fuzz-worker"}) for job in jobs[:2]]
     return {
         "path": {
             "ns": ["acme"],
@@ -137,12 +148,21 @@ def seed(url: str, *, alice: str, worker: str, folders: tuple[Path, Path, Path],
             "username": ["bob", "carol"],  # never alice: she stays acme's admin for the whole run
             "job_id": [job.id for job in jobs],
             "sha256": [f.sha256 for f in adapter.files],
-            "doomed": ["doomed"],  # DELETE /repos/{ns}/{name} deletes this one: the others serve the whole run
         },
-        # alice's own token must outlive the run: DELETE /tokens/{id} only ever revokes this one.
+        # Request body fields, so job submissions and pushes name real repositories.
+        "body": {
+            "base_model": ["acme/llama-tiny"],
+            "dataset": ["acme/support-data"],
+            "output": ["acme/support-bot", "acme/support-bot-2"],
+            "adapters[*].ref": ["acme/support-bot@1"],
+        },
+        # What the deletes delete, in every phase, so the rest serves the whole run: alice's own token
+        # must outlive it, and the coverage phase would delete the schema's example repository first.
         "fixed": {"token_id": victim["id"]},
-        "claimed_job": jobs[0].id,
-        "job_token": claim["token"],
+        "doomed": {"DELETE /api/v1/repos/{ns}/{name}": {"name": "doomed"},
+                   "DELETE /api/v1/repos/{ns}/{name}/aliases/{alias}": {"alias": "old"}},
+        "claimed": [(job.id, claim["token"]) for job, claim in zip(jobs, claims)],
+        "upload": {"sha256": sha, **upload},
     }
 
 
@@ -165,24 +185,33 @@ def write_config(path: Path, *, url: str, alice: str, worker: str, seeded: dict,
         f'directory = "{report_dir}"',
         "ndjson.enabled = true",
         "[dictionaries]",
-        *[f"{name} = {{ values = {json.dumps(values)} }}" for name, values in seeded["path"].items()],
+        *[f'"{where}.{name}" = {{ values = {json.dumps(values)} }}'
+          for where in ("path", "body") for name, values in seeded[where].items()],
         "[parameters]",
         # Mostly seeded values, so cases get past "not found"; sometimes generated ones.
-        *[f'"path.{name}" = {{ dictionary = "{name}", probability = 0.8 }}' for name in seeded["path"] if name != "doomed"],
+        *[f'"{where}.{name}" = {{ dictionary = "{where}.{name}", probability = 0.8 }}'
+          for where in ("path", "body") for name in seeded[where]],
         *[f'"path.{name}" = {json.dumps(value)}' for name, value in seeded["fixed"].items()],
+        # One filter per block: schemathesis ORs the include-* filters of a block.
+        *[line for operation, values in seeded["doomed"].items() for line in (
+            "[[operations]]",
+            f'include-name = "{operation}"',
+            "parameters = { " + ", ".join(f'"path.{k}" = "{v}"' for k, v in values.items()) + " }")],
         "[[operations]]",
-        'include-method = "DELETE"',
-        'include-path-regex = "^/api/v1/repos/[{]ns[}]/[{]name[}]$"',
-        'parameters = { "path.name" = { dictionary = "doomed", probability = 0.8 } }',
-        "[[operations]]",
-        'include-path-regex = "/claim$"',
+        "include-name-regex = '^POST /api/v1/jobs/[{]job_id[}]/claim$'",
         f'headers = {{ Authorization = "Bearer {worker}" }}',
         "[[operations]]",
-        'include-method = "POST"',
-        'include-path-regex = "/(heartbeat|events|complete|fail)$"',
-        f'headers = {{ Authorization = "Bearer {seeded["job_token"]}" }}',
-        f'parameters = {{ "path.job_id" = "{seeded["claimed_job"]}" }}',
+        "include-name-regex = '^PUT /api/v1/blobs/'",
+        "parameters = { " + ", ".join(f'"{"path" if name == "sha256" else "query"}.{name}" = {json.dumps(value)}'
+                                      for name, value in seeded["upload"].items()) + " }",
     ]
+    for calls, (job_id, token) in zip(("heartbeat|events", "complete|fail"), seeded["claimed"]):
+        lines += [
+            "[[operations]]",
+            f"include-name-regex = '^POST /api/v1/jobs/[{{]job_id[}}]/({calls})$'",
+            f'headers = {{ Authorization = "Bearer {token}" }}',
+            f'parameters = {{ "path.job_id" = "{job_id}" }}',
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -51,8 +51,19 @@ def errors(*codes: int) -> dict[int, OpenApiResponse]:
     return {code: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[code]) for code in codes}
 
 
+#: Example values of path parameters: the README's running example (tests/fuzz seeds these very objects).
+PATH_EXAMPLES = {"ns": "acme", "name": "support-bot", "rev": "prod", "alias": "prod", "team": "acme", "username": "bob"}
+
+
 class HubAutoSchema(AutoSchema):
-    """drf-spectacular's schema, plus the error responses each operation can answer."""
+    """drf-spectacular's schema, plus the error responses each operation can answer and path examples."""
+
+    def _resolve_path_parameters(self, variables):
+        parameters = super()._resolve_path_parameters(variables)
+        for parameter in parameters:
+            if parameter["name"] in PATH_EXAMPLES:
+                parameter["example"] = PATH_EXAMPLES[parameter["name"]]
+        return parameters
 
     def _implied_error_codes(self) -> list[int]:
         has_body = self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None
