@@ -12,12 +12,14 @@ HTML error pages.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, JsonResponse
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
@@ -129,6 +131,9 @@ def exception_handler(exc, context):
         body = error_body(code, message, detail)
         if isinstance(exc, drf.Throttled) and exc.wait:
             headers["Retry-After"] = str(int(exc.wait))
+    elif isinstance(exc, (OperationalError, InterfaceError)):
+        status, body = 503, _database_unavailable()
+        headers["Retry-After"] = str(_DATABASE_RETRY_AFTER)
     else:
         return None  # a bug: Django's 500 handler answers and logs it
     if status == 401:
@@ -159,7 +164,23 @@ def bad_request(request, exception):
     return JsonResponse(error_body("bad_request", f"Bad request: {exception}"), status=400)
 
 
+_DATABASE_RETRY_AFTER = 5
+
+
+def _database_unavailable() -> dict:
+    return error_body("database_unavailable", "The hub cannot reach its database right now (restarting or down); "
+                      f"retry in {_DATABASE_RETRY_AFTER} seconds.")
+
+
 def server_error(request):
+    # Django calls this inside its except block: a lost database connection is a 503 that says so.
+    exc = sys.exc_info()[1]
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        response = (JsonResponse(_database_unavailable(), status=503) if _is_api(request)
+                    else HttpResponse("The hub cannot reach its database right now; retry in a few seconds.",
+                                      status=503, content_type="text/plain"))
+        response["Retry-After"] = str(_DATABASE_RETRY_AFTER)
+        return response
     if _is_api(request):
         return JsonResponse(
             error_body("server_error", "Internal server error; the request id is in X-Request-ID."), status=500

@@ -130,3 +130,22 @@ def test_a_crash_is_a_json_500_under_api_and_hf_and_a_page_elsewhere(rf):
         assert response.status_code == 500 and json.loads(response.content)["error"]["code"] == "server_error"
     page = server_error(rf.get("/acme"))
     assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/repos", "/hf/api/models/acme/x", "/api/v1/whoami"])
+def test_a_lost_database_is_a_503_that_says_so(alice, path):
+    """Every query fails as when PostgreSQL restarts under the hub (Django's own execute hook)."""
+    from django.db import OperationalError, connection
+
+    def refuse(execute, sql, params, many, context):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    client = Client(raise_request_exception=False)
+    with connection.execute_wrapper(refuse):
+        response = client.get(path, HTTP_AUTHORIZATION=f"Bearer {alice.token}")
+    body = json.loads(response.content)
+    assert response.status_code == 503 and body["error"]["code"] == "database_unavailable", body
+    assert "database" in body["error"]["message"] and response["Retry-After"] == "5"
+    with connection.execute_wrapper(refuse):
+        page = client.get("/")
+    assert page.status_code == 503 and b"database" in page.content
