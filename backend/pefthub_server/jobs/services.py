@@ -60,8 +60,12 @@ def _output_namespace(*, user, output: str, kind: str, base: Repository | None) 
         raise ValidationFailed(f"output: namespace `{ns_name}` not found (or you are not a member).",
                                code="invalid_spec", detail={"field": "output"})
     require_namespace_role(user, ns, Role.WRITE, action=f"write `{output}`")
-    existing = Repository.objects.filter(namespace=ns, name=name).select_related("base_model__namespace").first()
+    existing = Repository.objects.filter(namespace=ns, name__iexact=name).select_related("base_model__namespace").first()
     if existing is not None:
+        if existing.name != name:
+            raise ValidationFailed(
+                f"output `{output}`: repository `{existing.full_name}` exists and names may not differ only in case; "
+                f"use `{existing.full_name}` or another name.", code="invalid_spec", detail={"field": "output"})
         if existing.kind != kind:
             raise ValidationFailed(f"output `{output}` is a {existing.kind} repository; this job writes a {kind}.",
                                    code="invalid_spec", detail={"field": "output"})

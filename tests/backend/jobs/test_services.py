@@ -50,6 +50,7 @@ def test_submit_pins_inputs_and_enqueues_only_the_id(alice, api, acme_base, acme
         (_train_spec(dataset="acme/nope"), "dataset", "acme/nope"),
         (_train_spec(base_model="acme/data"), "base_model", "dataset repository"),
         (_train_spec(output="elsewhere/bot"), "output", "elsewhere"),
+        (_train_spec(output="acme/DATA"), "output", "acme/data"),
     ],
 )
 def test_bad_specs_are_400s_naming_the_field(alice, api, acme_base, acme_data, spec, field, words):
