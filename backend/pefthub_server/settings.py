@@ -59,6 +59,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "pefthub_server.core.middleware.RequestIdMiddleware",
+    "pefthub_server.core.guards.ControlCharacterGuard",  # NUL in a URL: a 400, never a database error
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -157,7 +158,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["pefthub_server.core.auth.TokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["pefthub_server.core.auth.JobTokenPolicy"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["pefthub_server.core.parsers.JSONParser"],  # bounded size and depth, storable strings
     "EXCEPTION_HANDLER": "pefthub_server.core.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "pefthub_server.core.schema.HubAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

@@ -43,6 +43,23 @@ def test_check_path_refuses(path: str, rule: str) -> None:
     assert "path `" in err.message
 
 
+@pytest.mark.parametrize(("path", "named"), [
+    ("evil\u202egpj.safetensors", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    ("a\u2066b/c.json", "U+2066 LEFT-TO-RIGHT ISOLATE"),
+    ("a\u200bb.json", "U+200B ZERO WIDTH SPACE"),
+    ("\ufeffREADME.md", "U+FEFF ZERO WIDTH NO-BREAK SPACE"),
+    ("a\u2028b.md", "U+2028 LINE SEPARATOR"),
+    ("a\u2029b.md", "U+2029 PARAGRAPH SEPARATOR"),
+    ("a\x00b.json", "U+0000"),
+    ("a\x85b.json", "U+0085"),
+    ("a\ud800b.json", "U+D800"),
+])
+def test_check_path_names_the_invisible_character(path: str, named: str) -> None:
+    """Characters that hide or reorder what a reader sees, break lines, or cannot be stored are refused by name."""
+    err = refused("invalid_path", check_path, path)
+    assert named in err.message, err.message
+
+
 def test_manifest_digest_is_the_documented_canonical_form():
     files = [
         {"path": "b.json", "sha256": "2" * 64, "size": 2},

@@ -19,6 +19,7 @@ from pefthub_server.core.errors import HubError
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 1024 * 1024
+_PAST_ANY_FILE = 10**18
 
 
 def base_url(request) -> str:
@@ -33,8 +34,21 @@ def validated(serializer_class, data: Any) -> dict:
     return serializer.validated_data
 
 
+def _position(digits: str) -> int:
+    """A byte position as written in a Range header; any number past every file is the same one.
+
+    Python's ``int`` refuses a string of more than 4,300 digits, and no file reaches 10**18 bytes.
+    """
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else _PAST_ANY_FILE
+
+
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """(start, end inclusive) of a single `bytes=` range, or None for the whole file; 416 if outside it."""
+    """(start, end inclusive) of a single `bytes=` range, or None for the whole file; 416 if outside it.
+
+    As RFC 9110 14.1.2 reads: a last position past the end means the end, and a suffix longer
+    than the file the whole file, however many digits they have.
+    """
     match = _RANGE_RE.match(header.strip()) if header else None
     if match is None:
         return None
@@ -42,13 +56,14 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     if first == "" and last == "":
         return None
     if first == "":
-        length = int(last)
+        length = _position(last)
         start, end = max(size - length, 0), size - 1
     else:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
+        start = _position(first)
+        end = min(_position(last), size - 1) if last else size - 1
     if start >= size or start > end:
-        raise HubError(f"Range {header!r} is outside the file's {size} bytes.", code="range_not_satisfiable", status=416)
+        shown = header if len(header) <= 80 else header[:79] + "…"
+        raise HubError(f"Range {shown!r} is outside the file's {size} bytes.", code="range_not_satisfiable", status=416)
     return start, end
 
 

@@ -1,22 +1,32 @@
-"""Which files a version may hold: accepted types, pickle refused, safetensors headers, JSON, adapter configs.
+"""Which files a version may hold: accepted types, pickle refused, safetensors headers, JSON, text, adapter configs.
 
-Standard library only: the backend never imports torch and never loads tensors.
-Pickle-based weights are refused by name (``*.bin``, ``*.pt``, ...) and by content
-(pickle or zip magic bytes under any name); safetensors headers are read with the
-protocol's strict reader (:mod:`pefthub.protocol.safetensors`).
+The backend never imports torch and never loads tensors. Pickle-based weights are refused
+by name (``*.bin``, ``*.pt``, ...) and by content (pickle or zip magic bytes under any
+name); safetensors headers are read with the protocol's strict reader
+(:mod:`pefthub.protocol.safetensors`). JSON and text files are checked in bounded time and
+memory (:func:`read_document`): a size cap per kind before a byte is read, the configs the
+hub keeps parsed, every other JSON file checked by a streaming parser, text checked to be UTF-8.
 """
 
 from __future__ import annotations
 
+import codecs
+import collections
+import io
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
+import ijson.backends.yajl2_c as yajl
+from ijson.common import JSONError
+
 from pefthub.protocol.errors import HeaderError
-from pefthub.protocol.peft import PEFT_TYPES, PROMPT_LEARNING_TYPES, RANKED_TYPES
+from pefthub.protocol.limits import MAX_CONFIG_JSON_SIZE, MAX_JSON_SIZE, MAX_TEXT_SIZE
+from pefthub.protocol.manifest import ADAPTER_CONFIG, MODEL_CONFIG, Entry
+from pefthub.protocol.peft import ALL_LINEAR, PEFT_TYPES, PROMPT_LEARNING_TYPES, RANKED_TYPES, target_regex_problem
 from pefthub.protocol.safetensors import looks_like_safetensors, read_header
-from pefthub_server.core.errors import ValidationFailed, from_protocol
+from pefthub_server.core import parsers
+from pefthub_server.core.errors import TooLarge, ValidationFailed, from_protocol
 
 _SAFE_ADVICE = (
     "PEFT Hub only accepts safetensors. Re-save it with "
@@ -36,6 +46,9 @@ _CATEGORIES = {".safetensors": "safetensors", ".json": "json", ".jsonl": "jsonl"
 ACCEPTED_FILES = ("*.safetensors, *.json, *.jsonl, *.txt, *.md, README, LICENSE, .gitattributes and tokenizer "
                   "files (tokenizer.model, *.tiktoken, vocab.txt, merges.txt, spiece.model, sentencepiece.bpe.model)")
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+#: the JSON files the hub reads and keeps values from: an adapter's and a model's config (top level)
+CONFIGS = frozenset({ADAPTER_CONFIG, MODEL_CONFIG})
+_DECODE_CHUNK = 1024 * 1024
 
 def _show(value: str, limit: int = 160) -> str:
     text = repr(value)[1:-1]
@@ -80,37 +93,131 @@ def check_magic(path: str, head: bytes) -> None:
 
 
 def parse_safetensors_header(path: str, size: int, read_range: Callable[[int, int], bytes]) -> dict[str, dict]:
-    """Bounds-check a safetensors header (the protocol's reader); return ``{tensor: {"dtype", "shape"}}``."""
+    """Bounds-check a safetensors header (the protocol's reader); return ``{tensor: {"dtype", "shape"}}``.
+
+    A tensor name a database cannot store is refused too: a base's names become its fingerprint.
+    """
     try:
         header = read_header(size, read_range, path=path)
     except HeaderError as exc:
         raise from_protocol(exc) from None
+    for name in header.tensors:
+        if char := parsers.unstorable_char(name):
+            shown = name.encode("unicode_escape").decode()
+            raise ValidationFailed(f"`{path}` is not a valid safetensors file: tensor `{_show(name)}` holds {char}, "
+                                   "which a database cannot store; rename it", code="invalid_safetensors",
+                                   detail={"path": path, "tensor": shown})
     return {name: {"dtype": t.dtype, "shape": list(t.shape)} for name, t in header.tensors.items()}
 
 
 def parse_json(path: str, data: bytes) -> dict:
-    """Parse a JSON object (UTF-8, no NaN/Infinity, which databases' JSON refuses)."""
+    """Parse a config the hub reads and keeps: a JSON object, checked by :func:`pefthub_server.core.parsers.loads`."""
+    try:
+        value = parsers.loads(data)
+    except parsers.JSONProblem as exc:
+        where = f"`{path}`: {exc.message}" if exc.field is not None else f"`{path}` is not valid JSON: {exc.message}"
+        detail = {"path": path, **exc.detail, **({"field": exc.field} if exc.field is not None else {})}
+        raise ValidationFailed(where, code="invalid_json", detail=detail) from None
+    if not isinstance(value, dict):
+        raise ValidationFailed(f"`{path}` is not valid JSON: it holds a JSON {type(value).__name__}, not an object",
+                               code="invalid_json", detail={"path": path})
+    return value
+
+
+def _not_utf8_at(data: bytes) -> int | None:
+    """The offset of the first byte of ``data`` that is not UTF-8, or None; decoded a chunk at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    offset = 0
+    try:
+        for offset in range(0, len(data), _DECODE_CHUNK):
+            decoder.decode(view[offset:offset + _DECODE_CHUNK])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        return offset + exc.start
+    return None
+
+
+def check_json(path: str, data: bytes) -> None:
+    """Check any JSON file without building its values: memory stays near the file's size, whatever it holds.
+
+    The rules of :func:`parse_json` that matter for a file the hub only stores and serves
+    (no byte-order mark, nesting, UTF-8, syntax, one value) are checked on the bytes and by
+    yajl's streaming parser. Numbers keep their digits (``int(1e30)`` in tokenizer configs is valid).
+    """
 
     def bad(message: str, **detail: Any) -> None:
         raise ValidationFailed(f"`{path}` is not valid JSON: {message}", code="invalid_json",
                                detail={"path": path, **detail})
 
-    def no_constant(name: str) -> None:
-        raise ValueError(f"{name} is not allowed in JSON")
+    try:
+        parsers.precheck(data)
+    except parsers.JSONProblem as exc:
+        bad(exc.message, **exc.detail)
+    if (byte := _not_utf8_at(data)) is not None:
+        bad(f"it is not UTF-8 (byte {byte})", byte=byte)
+    try:
+        collections.deque(yajl.basic_parse(io.BytesIO(data), use_float=False), maxlen=0)
+    except JSONError as exc:
+        bad(str(exc).split("\n")[0].rstrip("."))
 
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad(f"it is not UTF-8 (byte {exc.start})", byte=exc.start)
-    try:
-        value = json.loads(text, parse_constant=no_constant)
-    except json.JSONDecodeError as exc:
-        bad(f"{exc.msg} at line {exc.lineno}, column {exc.colno}", line=exc.lineno, column=exc.colno)
-    except (ValueError, RecursionError) as exc:
-        bad(str(exc) or "nested too deeply")
-    if not isinstance(value, dict):
-        bad(f"it holds a JSON {type(value).__name__}, not an object")
-    return value
+
+def check_text(path: str, data: bytes) -> None:
+    """Text is UTF-8 (a byte-order mark allowed)."""
+    if (byte := _not_utf8_at(data)) is not None:
+        raise ValidationFailed(f"`{path}` is not UTF-8 text: byte {byte} is not part of a UTF-8 character; save it "
+                               "as UTF-8", code="invalid_text", detail={"path": path, "byte": byte})
+
+
+def _cap(path: str, category: str) -> tuple[int, str]:
+    if category == "json" and path in CONFIGS:
+        return MAX_CONFIG_JSON_SIZE, f"for {' and '.join(sorted(CONFIGS))}, which the hub reads into memory"
+    if category == "json":
+        return MAX_JSON_SIZE, "for a JSON file"
+    return MAX_TEXT_SIZE, "for a text file (keep data as *.jsonl)"
+
+
+def read_document(path: str, category: str, size: int, read_range: Callable[[int, int], bytes]) -> dict | None:
+    """Check a JSON or text file's content; the parsed object of a config the hub reads, else None.
+
+    Each kind has a size cap, checked from the declared size before a byte is read (a 413
+    naming the file and the limit): :data:`CONFIGS` are parsed (:func:`parse_json`), other
+    JSON is checked without being built (:func:`check_json`), text must be UTF-8
+    (:func:`check_text`). Safetensors, JSON Lines and tokenizer files are not read here.
+    """
+    if category not in ("json", "text"):
+        return None
+    limit, which = _cap(path, category)
+    if size > limit:
+        raise TooLarge(f"`{path}` is {size} bytes; the limit {which} is {limit} bytes ({limit // 1024**2} MiB).",
+                       detail={"path": path, "size": size, "limit": limit})
+    data = read_range(0, size)
+    if category == "text":
+        check_text(path, data)
+        return None
+    if path in CONFIGS:
+        return parse_json(path, data)
+    check_json(path, data)
+    return None
+
+
+class Documents:
+    """The JSON and text files of one push: each blob's content checked once per kind, however
+    many paths hold it (a manifest may name one 64 MiB blob 10,000 times), and the configs read."""
+
+    def __init__(self) -> None:
+        self.configs: dict[str, dict] = {}
+        self._checked: set[tuple[str, str]] = set()
+
+    def check(self, entry: Entry, category: str, read_range: Callable[[int, int], bytes]) -> None:
+        """:func:`read_document` for ``entry``, unless its blob was checked as this kind already."""
+        if entry.path not in CONFIGS and (entry.sha256, category) in self._checked:
+            return
+        config = read_document(entry.path, category, entry.size, read_range)
+        if config is not None:
+            self.configs[entry.path] = config
+        else:
+            self._checked.add((entry.sha256, category))
 
 
 def parse_adapter_config(data: bytes) -> dict:
@@ -150,11 +257,8 @@ def adapter_fields(cfg: dict) -> dict:
         bad("num_virtual_tokens", f"must be a positive integer for {peft_type}")
     targets = typed("target_modules", lambda v: isinstance(v, str) or (
         isinstance(v, list) and all(isinstance(x, str) and x for x in v)), "a list of module names or a regex")
-    if isinstance(targets, str) and targets != "all-linear":
-        try:
-            re.compile(targets)
-        except re.error as exc:
-            bad("target_modules", f"is not a valid regular expression ({exc})")
+    if isinstance(targets, str) and targets != ALL_LINEAR and (why := target_regex_problem(targets)):
+        bad("target_modules", why)
     return {
         "peft_type": peft_type,
         "task_type": typed("task_type", lambda v: isinstance(v, str), "a string"),

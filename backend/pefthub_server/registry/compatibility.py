@@ -14,11 +14,18 @@ base lacks it). No match, or several, is ``unknown_module``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from pefthub.protocol.peft import PROMPT_LEARNING_TYPES, unmatched_target
+import regex
+
+from pefthub.protocol.peft import ALL_LINEAR, PROMPT_LEARNING_TYPES, target_regex_problem, unmatched_target
 from pefthub_server.core.errors import ValidationFailed
+
+#: CPU seconds a ``target_modules`` regex may take to match one base's module names; usual
+#: patterns take microseconds per name
+REGEX_SECONDS = 0.1
 
 # transformers models whose c_attn/c_proj/c_fc are Conv1D, weight stored [in, out].
 _CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "decision_transformer", "imagegpt", "clvp", "clvp_decoder"})
@@ -103,11 +110,34 @@ def _resolve(name: str, known: dict[str, list[int]]) -> list[str]:
     return [k for k in known if k.endswith("." + name) or name.endswith("." + k)]
 
 
+def _bounded_fullmatch() -> Callable[[str, str], object]:
+    """peft's ``re.fullmatch``, stopped after :data:`REGEX_SECONDS` of CPU over all the calls of one check.
+
+    The ``regex`` module takes a timeout (it counts the process's CPU time, and raises
+    ``TimeoutError``) and, with ``concurrent``, lets other threads run while it matches.
+    """
+    deadline = time.thread_time() + REGEX_SECONDS
+
+    def fullmatch(pattern: str, name: str) -> object:
+        left = deadline - time.thread_time()
+        if left <= 0:
+            raise TimeoutError(pattern)
+        return regex.fullmatch(pattern, name, timeout=left, concurrent=True)
+
+    return fullmatch
+
+
 def check_adapter_against_base(adapter: dict, tensors: dict[str, dict], fingerprint: dict, *, base_label: str) -> None:
     """Every targeted module must exist in the base and every adapter tensor fit it.
 
-    A fingerprint without ``modules`` (none was computed for the base) checks nothing.
+    A ``target_modules`` regex is refused when it is too long or takes more than
+    :data:`REGEX_SECONDS` to match. A fingerprint without ``modules`` (none was computed for
+    the base) checks nothing more.
     """
+    targets = adapter.get("target_modules")
+    if isinstance(targets, str) and targets != ALL_LINEAR and (why := target_regex_problem(targets)):
+        raise ValidationFailed(f"`target_modules` {why}", code="invalid_adapter_config",
+                               detail={"target_modules": targets[:200], "base": base_label})
     if "modules" not in fingerprint:
         return
     linear: dict[str, list[int]] = fingerprint["modules"] or {}
@@ -124,8 +154,14 @@ def check_adapter_against_base(adapter: dict, tensors: dict[str, dict], fingerpr
         raise ValidationFailed(message, code="shape_mismatch", detail={
             "tensor": tensor, "module": module, "got": got, "expected": expected, "base": base_label})
 
-    targets = adapter.get("target_modules")
-    missing = unmatched_target(targets, names)
+    try:
+        missing = unmatched_target(targets, names, fullmatch=_bounded_fullmatch())
+    except TimeoutError:
+        raise ValidationFailed(
+            f"`target_modules` regex took longer than {REGEX_SECONDS} CPU seconds to match the {len(names)} module names of base "
+            f"`{base_label}`: nested repeats such as `(.*)*` backtrack exponentially. List the module names "
+            "(`[\"q_proj\", \"v_proj\"]`) or use a simple regex such as `.*\\.(q_proj|v_proj)`.",
+            code="invalid_adapter_config", detail={"target_modules": targets, "base": base_label}) from None
     if missing is not None and isinstance(targets, str):
         unknown(f"targets `{targets}` (a regex)", targets, why="has no module it matches")
     if missing is not None:

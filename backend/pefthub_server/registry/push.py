@@ -43,7 +43,6 @@ from pefthub_server.registry.storage import BlobStore, get_blob_store, missing_b
 
 #: the prefix read of every file: its magic bytes and (mostly) its whole safetensors header
 _PREFIX = 64 * 1024
-_MAX_CONFIG_SIZE = 64 * 1024 * 1024
 
 
 def _entries(files) -> list[Entry]:
@@ -175,23 +174,20 @@ def _prefix_reader(store: BlobStore, entry: Entry):
     return head, read_range
 
 
-def _read_json(store: BlobStore, entry: Entry) -> dict:
-    if entry.size > _MAX_CONFIG_SIZE:
-        raise ValidationFailed(f"`{entry.path}` is too large for a config file ({entry.size} bytes).", code="invalid_json")
-    return acceptance.parse_json(entry.path, store.read_range(entry.sha256, 0, entry.size))
-
-
 def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | None) -> _Inspection:
     """Check every file's content and compute what the version records; reads blobs, writes nothing."""
     store = get_blob_store()
     by_path = {e.path: e for e in entries}
     headers: dict[str, dict] = {}
+    documents = acceptance.Documents()
     for entry in entries:
         category = acceptance.check_file_type(entry.path)
         head, read_range = _prefix_reader(store, entry)
         acceptance.check_magic(entry.path, head[:16])
         if category == "safetensors":
             headers[entry.path] = acceptance.parse_safetensors_header(entry.path, entry.size, read_range)
+        else:
+            documents.check(entry, category, read_range)
     result = _Inspection()
     if repo.kind == Repository.Kind.MODEL:
         if MODEL_CONFIG not in by_path or not headers:
@@ -200,14 +196,14 @@ def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | 
                 code="validation_error",
             )
         tensors = {name: info for header in headers.values() for name, info in header.items()}
-        result.fingerprint = compatibility.compute_fingerprint(_read_json(store, by_path[MODEL_CONFIG]), tensors)
+        result.fingerprint = compatibility.compute_fingerprint(documents.configs[MODEL_CONFIG], tensors)
     elif repo.kind == Repository.Kind.ADAPTER:
         if ADAPTER_CONFIG not in by_path:
             raise ValidationFailed(
                 f"An adapter version needs `{ADAPTER_CONFIG}` at the top level (what peft's save_pretrained writes).",
                 code="invalid_adapter_config",
             )
-        config = _read_json(store, by_path[ADAPTER_CONFIG])
+        config = documents.configs[ADAPTER_CONFIG]
         adapter = acceptance.adapter_fields(config)
         weights = headers.get(ADAPTER_WEIGHTS)
         if weights is None:

@@ -4,9 +4,10 @@ A version's digest is the sha256 of its canonical manifest: the JSON list of
 ``{"path", "sha256", "size"}`` sorted by path, dumped with ``sort_keys=True`` and
 ``(",", ":")`` separators. The server computes it on commit and the SDK checks it on pull.
 
-Paths are relative and ``/``-separated, at most 512 characters, without control
-characters, backslashes, absolute or drive parts, empty, ``.``, ``..`` or ``.git``
-components; no path is both a file and a folder.
+Paths are relative and ``/``-separated, at most 512 characters, without backslashes,
+absolute or drive parts, empty, ``.``, ``..`` or ``.git`` components, control or
+invisible formatting characters (bidi controls, zero-width characters), line or
+paragraph separators or lone surrogates; no path is both a file and a folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,12 @@ MODEL_CONFIG = "config.json"
 MODEL_CARD = "README.md"
 
 _DRIVE = re.compile(r"[A-Za-z]:")
+#: Unicode categories refused in paths, and why: they hide or reorder what a reader sees
+#: (after U+202E RIGHT-TO-LEFT OVERRIDE, `a<U+202E>gpj.exe` reads `aexe.jpg`), break a line, or cannot be stored
+_INVISIBLE = {
+    "Cc": "a control character", "Cf": "an invisible formatting character (bidi controls, zero-width characters)",
+    "Zl": "a line separator", "Zp": "a paragraph separator", "Cs": "a lone surrogate, which is not a character",
+}
 
 
 def dump_json(value: Mapping[str, Any]) -> bytes:
@@ -41,14 +49,20 @@ def _show(value: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _code_point(char: str) -> str:
+    """``U+202E RIGHT-TO-LEFT OVERRIDE``; control characters have no name, only a number."""
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X} {name}" if name else f"U+{ord(char):04X}"
+
+
 def path_problem(path: str) -> str | None:
     """Why ``path`` is not a safe relative path, or None when it is one."""
     if not path:
         return "it is empty"
     if len(path) > MAX_PATH_LENGTH:
         return f"it is {len(path)} characters long, over the limit of {MAX_PATH_LENGTH}"
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        return "it contains a NUL or control character"
+    if bad := next((c for c in path if unicodedata.category(c) in _INVISIBLE), None):
+        return f"it contains {_code_point(bad)}, {_INVISIBLE[unicodedata.category(bad)]}"
     if "\\" in path:
         return "it contains a backslash"
     if path.startswith("/") or _DRIVE.match(path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+from .limits import MAX_TARGET_REGEX_LENGTH
 
 #: ``peft_type`` values of peft 0.21's ``PeftType``, as written in adapter_config.json
 PEFT_TYPES = frozenset({
@@ -40,21 +42,39 @@ VIRTUAL_TOKEN_METHODS = frozenset({"prefix_tuning", "prompt_tuning"})
 ALL_LINEAR = "all-linear"
 
 
-def target_matches(target: str, module: str) -> bool:
-    """peft's rule for one listed target: the module's name is it, or ends with ``.`` + it."""
-    return module == target or module.endswith("." + target)
+def target_regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be a ``target_modules`` regex (too long, or not one), or None when it can."""
+    if len(pattern) > MAX_TARGET_REGEX_LENGTH:
+        return f"is {len(pattern)} characters long; the limit is {MAX_TARGET_REGEX_LENGTH}"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"is not a valid regular expression ({exc})"
+    return None
 
 
-def unmatched_target(targets: str | Iterable[str] | None, modules: Iterable[str]) -> str | None:
+def unmatched_target(targets: str | Iterable[str] | None, modules: Iterable[str], *,
+                     fullmatch: Callable[[str, str], object] = re.fullmatch) -> str | None:
     """The first of ``targets`` that names none of ``modules`` (peft's matching), or None when all match.
 
     A list entry matches a module whose name is it or ends with ``.`` + it; a string is a
-    regex that must fully match some module's full name; ``all-linear`` and None match.
+    regex that must fully match some module's full name (``fullmatch(pattern, name)``, which
+    a caller may bound in time; whatever it raises passes through); ``all-linear`` and None
+    match. A list costs one set lookup per dotted tail of each module name.
     """
     if targets is None or targets == ALL_LINEAR:
         return None
-    names = list(modules)
     if isinstance(targets, str):
-        pattern = re.compile(targets)
-        return None if any(pattern.fullmatch(name) for name in names) else targets
-    return next((t for t in targets if not any(target_matches(t, name) for name in names)), None)
+        return None if any(fullmatch(targets, name) for name in modules) else targets
+    wanted = dict.fromkeys(targets)
+    longest = max(map(len, wanted), default=0)
+    found = set()
+    for name in modules:
+        if name in wanted:
+            found.add(name)
+        dot = name.rfind(".")
+        while dot >= 0 and len(name) - dot - 1 <= longest:
+            if (tail := name[dot + 1:]) in wanted:
+                found.add(tail)
+            dot = name.rfind(".", 0, dot)
+    return next((t for t in wanted if t not in found), None)
