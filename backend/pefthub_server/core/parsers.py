@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import parsers
 
-from pefthub.protocol.limits import MAX_JSON_DEPTH
+from pefthub.protocol.limits import MAX_JSON_DEPTH, MAX_REQUEST_CONTAINERS
 from pefthub_server.core.errors import ValidationFailed
 
 _BOM = b"\xef\xbb\xbf"
@@ -181,6 +181,12 @@ class JSONParser(parsers.JSONParser):
         data = stream.read() if limit is None else stream.read(limit + 1)
         if limit is not None and len(data) > limit:
             raise RequestDataTooBig(f"The request body is larger than {limit} bytes.")
+        # Parsed, every `[]` costs ~60 bytes: 16 MiB of them would be ~400 MB. Brackets inside
+        # strings count too (an upper bound, counted at C speed); no real body comes close.
+        if data.count(b"[") + data.count(b"{") > MAX_REQUEST_CONTAINERS:
+            raise ValidationFailed(f"Request body holds more than {MAX_REQUEST_CONTAINERS} arrays and objects; "
+                                   "send fewer items per request.", code="too_large", status=413,
+                                   detail={"limit": MAX_REQUEST_CONTAINERS})
         try:
             return loads(data)
         except JSONProblem as exc:

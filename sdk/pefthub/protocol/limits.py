@@ -28,6 +28,8 @@ MAX_TEXT_SIZE = 64 * 1024 * 1024
 #: nesting of JSON objects and arrays, in request bodies and pushed JSON files
 #: (real configs nest 3 or 4 deep; Python's parser recurses once per level)
 MAX_JSON_DEPTH = 64
+#: arrays and objects in one API request body: a commit of MAX_FILES files holds MAX_FILES + 2
+MAX_REQUEST_CONTAINERS = 4 * MAX_FILES
 #: a ``target_modules`` regex: peft matches it against every module name of the base
 MAX_TARGET_REGEX_LENGTH = 1024
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from pefthub.protocol.limits import MAX_JSON_DEPTH, MAX_TARGET_REGEX_LENGTH
+from pefthub.protocol.limits import MAX_JSON_DEPTH, MAX_REQUEST_CONTAINERS, MAX_TARGET_REGEX_LENGTH
 from pefthub_server.core.http import parse_range
 from pefthub_server.registry.models import Repository, Version
 from tests.conftest import api_push, file_specs
@@ -106,13 +106,22 @@ def _post(client, body: bytes, path: str = "/api/v1/repos"):
     return client.generic("POST", path, body, content_type="application/json")
 
 
-@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000, 100_000])
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000, 30_000])
 def test_a_deeply_nested_body_is_a_400(alice, api, depth):
     body = b'{"namespace": "acme", "name": "x", "kind": "model", "extra": ' + b"[" * depth + b"]" * depth + b"}"
     response = _post(api(alice.token), body)
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["code"] == "invalid_json" and f"nested more than {MAX_JSON_DEPTH} levels deep" in error["message"]
+    assert not Repository.objects.filter(name="x").exists()
+
+
+def test_a_body_of_countless_empty_arrays_is_a_413_before_parsing(alice, api):
+    """Flat, shallow and within the byte limit, but millions of objects once parsed."""
+    body = b'{"namespace": "acme", "name": "x", "kind": "model", "extra": [' + b"[]," * 2_000_000 + b"[]]}"
+    response = _post(api(alice.token), body)
+    assert response.status_code == 413, response.content
+    assert response.json()["error"]["detail"] == {"limit": MAX_REQUEST_CONTAINERS}
     assert not Repository.objects.filter(name="x").exists()
 
 
