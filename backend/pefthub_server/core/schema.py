@@ -1,12 +1,13 @@
-"""The OpenAPI schema's account of errors: one error shape, and the 4xx every operation can answer.
+"""The OpenAPI schema's account of errors: one error shape, and the errors every operation can answer.
 
 Every error is ``{"error": {"code", "message", "detail"}}`` (:mod:`pefthub_server.core.errors`).
 :class:`HubAutoSchema` adds to each operation the error responses its shape implies: any
-operation may answer 401 (a token that is sent must be valid) and 429 (too many failed
-authentications, :mod:`pefthub_server.core.throttling`); one that takes parameters or
-a body, 400; a change (POST, PUT, PATCH, DELETE), 403 (token scope or namespace role); one
-addressed by path parameters, 404; one with a request body, 413. A view lists the others it
-can answer (a 409 on create, a 404 on a list past its last page) with :func:`errors`.
+operation may answer 401 (a token that is sent must be valid), 429 (too many failed
+authentications, :mod:`pefthub_server.core.throttling`) and 503 (the database is out of
+reach); one that takes parameters or a body, 400; a change (POST, PUT, PATCH, DELETE), 403
+(token scope or namespace role); one addressed by path parameters, 404; one with a request
+body, 413. A view lists the others it can answer (a 409 on create, a 404 on a list past its
+last page) with :func:`errors`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _DESCRIPTIONS = {
     413: "The request body is too large.",
     416: "The requested byte range lies outside the file.",
     429: "Too many failed authentications from this address or for this token: wait `Retry-After` seconds.",
+    503: "The hub cannot reach its database (restarting or down): retry after `Retry-After` seconds.",
 }
 _WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -68,7 +70,7 @@ class HubAutoSchema(AutoSchema):
     def _implied_error_codes(self) -> list[int]:
         has_body = self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None
         by_path = "{" in self.path
-        codes = [401, 429]
+        codes = [401, 429, 503]
         if has_body or by_path or self.get_override_parameters():
             codes.append(400)
         if self.method in _WRITES:
