@@ -258,8 +258,8 @@ class LocalBlobStore(BlobStore):
             expires_at = int(expires or "")
         except ValueError:
             return False
-        if not sig or not is_sha256(sha256) or expires_at < time.time():
-            return False
+        if not sig or not sig.isascii() or not is_sha256(sha256) or expires_at < time.time():
+            return False  # compare_digest raises on a str that is not ASCII
         return hmac.compare_digest(self.sign(sha256, method, expires_at, user), sig)
 
     def _signed_url(self, sha256: str, method: str, base_url: str, expires: int, *, user: str = "", **extra: str) -> str:
