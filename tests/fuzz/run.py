@@ -162,6 +162,8 @@ def seed(url: str, *, alice: str, worker: str, folders: tuple[Path, Path, Path],
             "job_id": [job.id for job in jobs],
             "sha256": [f.sha256 for f in adapter.files],
         },
+        # A future expiry, so signatures of blob URLs get checked (a blob PUT has its own, real ones).
+        "query": {"expires": [int(time.time()) + 86400]},
         # Request body fields, so job submissions and pushes name real repositories.
         "body": {
             "base_model": ["acme/llama-tiny"],
@@ -199,11 +201,11 @@ def write_config(path: Path, *, url: str, alice: str, worker: str, seeded: dict,
         "ndjson.enabled = true",
         "[dictionaries]",
         *[f'"{where}.{name}" = {{ values = {json.dumps(values)} }}'
-          for where in ("path", "body") for name, values in seeded[where].items()],
+          for where in ("path", "query", "body") for name, values in seeded[where].items()],
         "[parameters]",
         # Mostly seeded values, so cases get past "not found"; sometimes generated ones.
         *[f'"{where}.{name}" = {{ dictionary = "{where}.{name}", probability = 0.8 }}'
-          for where in ("path", "body") for name in seeded[where]],
+          for where in ("path", "query", "body") for name in seeded[where]],
         *[f'"path.{name}" = {json.dumps(value)}' for name, value in seeded["fixed"].items()],
         # One filter per block: schemathesis ORs the include-* filters of a block.
         *[line for operation, values in seeded["doomed"].items() for line in (
