@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 
-from pefthub_server.core.errors import HubError
+from pefthub_server.core.errors import HubError, ValidationFailed
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 1024 * 1024
@@ -25,6 +25,17 @@ _PAST_ANY_FILE = 10**18
 def base_url(request) -> str:
     """Where clients reach this hub: PEFTHUB_PUBLIC_URL, else the request's own host."""
     return settings.PUBLIC_URL or request.build_absolute_uri("/").rstrip("/")
+
+
+def choice_param(request, name: str, values) -> str | None:
+    """A query filter that must be one of ``values`` (None when absent); a 400 naming the choices otherwise.
+
+    An unknown value is a typo to point out, not a filter that silently matches nothing.
+    """
+    value = request.query_params.get(name)
+    if value and value not in values:
+        raise ValidationFailed(f"`{name}={value[:64]}` is not one of {', '.join(values)}.", detail={"field": name})
+    return value or None
 
 
 def validated(serializer_class, data: Any) -> dict:

@@ -149,3 +149,14 @@ def test_a_lost_database_is_a_503_that_says_so(alice, path):
     with connection.execute_wrapper(refuse):
         page = client.get("/")
     assert page.status_code == 503 and b"database" in page.content
+
+
+@pytest.mark.parametrize(("url", "field"), [
+    ("/api/v1/jobs?status=AAA", "status"), ("/api/v1/jobs?type=finetune", "type"), ("/api/v1/repos?kind=models", "kind"),
+])
+def test_an_unknown_filter_value_is_a_400_naming_the_choices(alice, api, url, field):
+    response = api(alice.token).get(url)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["detail"] == {"field": field}, error
+    assert "is not one of" in error["message"]
+    assert api(alice.token).get(url.split("=")[0] + "=").status_code == 200  # empty: no filter

@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH
 from pefthub_server.core.auth import require_job_token, require_scope
 from pefthub_server.core.errors import ValidationFailed
-from pefthub_server.core.http import validated
+from pefthub_server.core.http import choice_param, validated
 from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
 from pefthub_server.core.schema import errors
 from pefthub_server.jobs import selectors, services
@@ -52,10 +52,10 @@ class JobListView(APIView):
         require_scope(request, "read", "list jobs")
         qs = selectors.visible_jobs(request.user)
         q = request.query_params
-        if q.get("status"):
-            qs = qs.filter(status=q["status"])
-        if q.get("type"):
-            qs = qs.filter(type=q["type"])
+        if status := choice_param(request, "status", Job.Status.values):
+            qs = qs.filter(status=status)
+        if job_type := choice_param(request, "type", Job.Type.values):
+            qs = qs.filter(type=job_type)
         if q.get("output"):
             ns, _, name = q["output"].partition("/")
             qs = qs.filter(namespace__name=ns, output_name=name)

@@ -17,7 +17,7 @@ from pefthub.protocol.refs import LATEST, check_alias, is_sha256
 from pefthub_server import __version__
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import AuthenticationFailed, NotFound, PermissionDenied, TooLarge, ValidationFailed
-from pefthub_server.core.http import base_url, bytes_response, validated
+from pefthub_server.core.http import base_url, bytes_response, choice_param, validated
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
 from pefthub_server.core.schema import ANONYMOUS_OK, errors
@@ -77,7 +77,8 @@ class RepoListView(APIView):
     def get(self, request):
         q = request.query_params
         qs = selectors.repository_list(
-            user=request.user, kind=q.get("kind"), namespace=q.get("namespace"), base_model=q.get("base_model"),
+            user=request.user, kind=choice_param(request, "kind", Repository.Kind.values), namespace=q.get("namespace"),
+            base_model=q.get("base_model"),
             peft_type=q.get("peft_type"), search=q.get("search"),
         )
         paginator = Pagination()
