@@ -23,7 +23,8 @@ def test_every_admin_changelist_and_change_page_renders(client, catalogue, alice
 
     registered = [m for m in admin.site._registry if m._meta.app_label in ("core", "registry")]
     ours = {m for app in ("core", "registry") for m in apps.get_app_config(app).get_models()}
-    assert ours - set(registered) == {apps.get_model("registry", "VersionFile")}  # shown inline on its version
+    # shown inline: files on their version, uploads on their blob
+    assert ours - set(registered) == {apps.get_model("registry", "VersionFile"), apps.get_model("registry", "BlobUpload")}
     for model in registered:
         info = model._meta.app_label, model._meta.model_name
         listing = client.get(f"/admin/{info[0]}/{info[1]}/", {"q": "a"})

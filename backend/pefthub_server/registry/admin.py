@@ -6,6 +6,7 @@ from pefthub_server.registry.models import (
     Alias,
     AliasMove,
     Blob,
+    BlobUpload,
     Membership,
     Namespace,
     Repository,
@@ -66,10 +67,23 @@ class VersionAdmin(admin.ModelAdmin):
         return False  # versions are immutable
 
 
+class BlobUploadInline(admin.TabularInline):
+    """Who proved they hold the blob's bytes, and when (a push may cite it for the grace period)."""
+
+    model = BlobUpload
+    extra = 0
+    readonly_fields = ["user", "created_at"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Blob)
 class BlobAdmin(admin.ModelAdmin):
     list_display = ["sha256", "size", "created_at"]
     search_fields = ["sha256"]
+    inlines = [BlobUploadInline]
 
     def has_change_permission(self, request, obj=None):
         return False
