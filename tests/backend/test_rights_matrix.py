@@ -36,13 +36,13 @@ from pathlib import Path
 import pytest
 from django.core.cache import caches
 from django.db import transaction
-from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.tokens import token_create
 from pefthub_server.registry.teams import user_ensure
+from tests.backend.routes import url_patterns
 from tests.conftest import _person, api_push
 
 # --- the world's facts -----------------------------------------------------------------------
@@ -338,16 +338,9 @@ def _template(text: str) -> str:
     return out
 
 
-def routes(patterns=None, prefix: str = "") -> dict[str, object]:
+def routes() -> dict[str, object]:
     """Template -> view callback of every route under api/v1/ and hf/."""
-    found = {}
-    for entry in patterns if patterns is not None else get_resolver().url_patterns:
-        text = prefix + str(entry.pattern).lstrip("^").rstrip("$")
-        if isinstance(entry, URLResolver):
-            found.update(routes(entry.url_patterns, text))
-        elif isinstance(entry, URLPattern) and text.startswith(("api/v1/", "hf/")):
-            found[_template(text)] = entry.callback
-    return found
+    return {_template(text): entry.callback for text, entry in url_patterns(("api/v1/", "hf/"))}
 
 
 def served_methods(template: str, callback) -> set[str]:

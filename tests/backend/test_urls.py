@@ -13,28 +13,16 @@ import re
 import uuid
 
 import pytest
-from django.urls import URLPattern, URLResolver, get_resolver
 
 from pefthub_server.core.models import ApiToken
 from pefthub_server.jobs.models import Job
 from pefthub_server.registry.models import Namespace
+from tests.backend.routes import class_views
 from tests.conftest import api_push
 
 METHODS = ("get", "post", "put", "patch", "delete")
 #: reads anyone may make: they list only what the caller may read
 PUBLIC = {("api/v1/", "get"), ("api/v1/repos", "get")}
-
-
-def _routes(patterns=None, prefix: str = "") -> list[tuple[str, object, type]]:
-    """(pattern text, pattern, view class) of every route under api/v1/."""
-    out = []
-    for entry in patterns if patterns is not None else get_resolver().url_patterns:
-        text = prefix + str(entry.pattern).lstrip("^").rstrip("$")
-        if isinstance(entry, URLResolver):
-            out += _routes(entry.url_patterns, text)
-        elif isinstance(entry, URLPattern) and text.startswith("api/v1/") and hasattr(entry.callback, "view_class"):
-            out.append((text, entry.pattern, entry.callback.view_class))
-    return out
 
 
 def _path(text: str, pattern, kwargs: dict) -> str:
@@ -87,7 +75,7 @@ def _call(client, method: str, path: str):
 
 
 def test_every_route_tells_anonymous_and_outsider_callers_nothing(private, carol, api):
-    routes = _routes()
+    routes = class_views("api/v1/")
     assert len(routes) >= 20, [r[0] for r in routes]
     checked = 0
     for text, pattern, view in routes:

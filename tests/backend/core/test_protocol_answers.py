@@ -13,26 +13,14 @@ import uuid
 
 import pytest
 from django.test import Client, RequestFactory
-from django.urls import URLPattern, URLResolver, get_resolver
 
 from pefthub_server.core.middleware import HeadWithoutBodyMiddleware
+from tests.backend.routes import class_views
 from tests.backend.test_urls import _path
 
 METHODS = ("get", "post", "put", "patch", "delete", "head")
 SAMPLES = {"ns": "acme", "name": "bot", "rev": "1", "alias": "prod", "sha256": "0" * 64, "team": "acme",
            "username": "bob", "token_id": 1, "job_id": uuid.UUID(int=7).hex}
-
-
-def _api_views(patterns=None, prefix: str = "") -> list[tuple[str, object, type]]:
-    """(pattern text, pattern, view class) of every class-based view under api/."""
-    out = []
-    for entry in patterns if patterns is not None else get_resolver().url_patterns:
-        text = prefix + str(entry.pattern).lstrip("^").rstrip("$")
-        if isinstance(entry, URLResolver):
-            out += _api_views(entry.url_patterns, text)
-        elif isinstance(entry, URLPattern) and text.startswith("api/") and hasattr(entry.callback, "view_class"):
-            out.append((text, entry.pattern, entry.callback.view_class))
-    return out
 
 
 def _serves(view, method: str) -> bool:
@@ -42,7 +30,7 @@ def _serves(view, method: str) -> bool:
 @pytest.mark.django_db
 def test_every_api_route_answers_a_method_it_does_not_serve_with_a_json_405():
     client, checked = Client(), 0
-    for text, pattern, view in _api_views():
+    for text, pattern, view in class_views("api/"):
         path = _path(text, pattern, SAMPLES)
         for method in METHODS:
             if _serves(view, method):
