@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
+
+from tests.fixtures.services import free_port
 
 BIN = Path(sys.executable).parent
 #: what the test process sets for itself and a server users start would not have
@@ -46,12 +47,6 @@ def http_log(monkeypatch):
 
     monkeypatch.setattr(requests.Session, "send", send)
     return seen
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

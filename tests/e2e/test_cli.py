@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.fixtures.services import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +26,7 @@ def server(tmp_path_factory):
     drop = ("DATABASE_URL", "PEFTHUB_STORAGE", "DJANGO_SETTINGS_MODULE", "CELERY_BROKER_URL")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PEFTHUB_DATA_DIR"] = str(data)
-    port = _free_port()
+    port = free_port()
     with open(data / "server.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([BIN / "pefthub-server", "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,13 +38,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from tests.fixtures.services import free_port
+
 BIN = Path(sys.executable).parent
 
 # Every answer is one the schema describes; a deleted object stays gone, a created one is there.
 # Not run, and why:
 # - negative_data_rejection: the hub takes some values the schema calls invalid, as DRF does: a
 #   number for a string field (`{"name": 0}` makes team "0"), a `page_size` that is not a positive
-#   integer (the default), an unknown `?type=`/`?status=`/`?kind=` filter (an empty list).
+#   integer (the default).
 # - missing_required_header, ignored_auth: what a caller cannot see is 404 before any 401 (no
 #   existence leak), so a tokenless write to a private repository is 404, not the 401 they expect.
 # - positive_data_acceptance: names, references and job specs follow rules (pefthub.protocol) that
@@ -59,12 +60,6 @@ PHASES = "examples,coverage,fuzzing,stateful"
 
 # Failures accepted, each with its reason: {(check, "METHOD /path"): reason}. None is accepted today.
 ACCEPTED: dict[tuple[str, str], str] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_command(*args: str, env: dict) -> str:
@@ -293,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
         _postgres(args.database_url, create=True)
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     server_log = (work / "server.log").open("w")
     server = subprocess.Popen([str(BIN / "pefthub-server"), "up", "--no-worker", "--port", url.rsplit(":", 1)[1]],
                               env=env, stdout=server_log, stderr=subprocess.STDOUT, cwd=work)
