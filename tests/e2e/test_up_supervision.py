@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ import requests
 
 from examples import tiny
 from pefthub.errors import HubError
+from tests.fixtures.services import free_port, pid_alive, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,29 +34,6 @@ pytestmark = [
 
 BIN = Path(sys.executable).parent
 FAST = {"max_steps": 10, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 64, "r": 4}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")  # a zombie is dead, only not yet reaped
 
 
 def _workers(data_dir: Path) -> dict[int, int]:
@@ -73,7 +49,7 @@ def _workers(data_dir: Path) -> dict[int, int]:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile, or not ours to read
-        if _alive(int(entry.name)):
+        if pid_alive(int(entry.name)):
             found[int(entry.name)] = ppid
     return found
 
@@ -82,7 +58,7 @@ class Up:
     """One `pefthub-server up` on a data dir, with its log."""
 
     def __init__(self, data_dir: Path, env: dict[str, str]):
-        self.data_dir, self.env, self.port = data_dir, env, _free_port()
+        self.data_dir, self.env, self.port = data_dir, env, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"up-{self.port}.log"
         with open(self.log_path, "wb") as log:
@@ -90,7 +66,7 @@ class Up:
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self) -> None:
-        _wait_for(self._ready, 90, f"up to serve {self.url} (log: {self.log_path})")
+        wait_until(self._ready, timeout=90, what=f"up to serve {self.url} (log: {self.log_path})", interval=0.1)
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -108,7 +84,7 @@ class Up:
         def mine():
             pids = [pid for pid, ppid in _workers(self.data_dir).items() if ppid == self.proc.pid and pid != other_than]
             return pids[0] if pids else None
-        return _wait_for(mine, timeout, f"up's embedded worker (log:\n{self.log()})")
+        return wait_until(mine, timeout=timeout, what=f"up's embedded worker (log:\n{self.log()})", interval=0.1)
 
     def adduser(self, *args: str) -> str:
         out = subprocess.run([BIN / "pefthub-server", "adduser", *args], env=self.env, check=True,
@@ -181,7 +157,7 @@ def test_up_restarts_its_worker_and_a_lost_message_is_sent_again(start_up, hub_o
     os.kill(second, signal.SIGSTOP)
     queue = up.data_dir / "broker" / "queue"
     job = _train(hub, "acme/bot2")
-    _wait_for(lambda: any(queue.iterdir()), 10, "the job's message in the embedded broker")
+    wait_until(lambda: any(queue.iterdir()), timeout=10, what="the job's message in the embedded broker", interval=0.1)
     shutil.rmtree(up.data_dir / "broker")
     os.kill(second, signal.SIGCONT)  # its broker folder is gone: it dies, and up starts another
     up.worker(other_than=second, timeout=20)
@@ -198,7 +174,7 @@ def test_a_killed_up_takes_its_worker_along_and_the_next_up_revokes_its_token(st
     assert revoked is None
     os.kill(first.proc.pid, signal.SIGKILL)  # no cleanup code runs in up
     first.proc.wait()
-    _wait_for(lambda: not _alive(worker), 5, f"worker {worker} to die with its parent")
+    wait_until(lambda: not pid_alive(worker), timeout=5, what=f"worker {worker} to die with its parent", interval=0.1)
 
     second = start_up(first.data_dir)
     second.worker()
@@ -209,20 +185,20 @@ def test_a_killed_up_takes_its_worker_along_and_the_next_up_revokes_its_token(st
     worker = second.worker()
     second.proc.send_signal(signal.SIGTERM)  # the polite way stops the worker too
     assert second.proc.wait(timeout=30) == 0
-    assert not _alive(worker)
+    assert not pid_alive(worker)
 
 
 @pytest.fixture
 def spare_redis():
     """A port where a Redis will run once the test starts it: ``(url, start)``."""
-    port = _free_port()
+    port = free_port()
     procs = []
 
     def start():
         procs.append(subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
                                       stdout=subprocess.DEVNULL))
-        _wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip()
-                  == b"PONG", 10, "redis")
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip()
+                   == b"PONG", timeout=10, what="redis", interval=0.1)
 
     yield f"redis://127.0.0.1:{port}/0", start
     for proc in procs:
