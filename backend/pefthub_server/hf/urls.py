@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from pefthub_server.hf import views
 
@@ -17,5 +17,6 @@ urlpatterns = [
     re_path(rf"^api/{TYPE}/{NS}/{NAME}/tree/{REV}/(?P<path>.+)$", views.tree),
     re_path(rf"^{NS}/{NAME}/resolve/{REV}/(?P<path>.+)$", views.resolve, {"repo_type": "models"}),
     re_path(rf"^datasets/{NS}/{NAME}/resolve/{REV}/(?P<path>.+)$", views.resolve, {"repo_type": "datasets"}),
+    path("", include("pefthub_server.hf.write_urls")),  # the write side: create_repo, preupload, LFS, commit, refs
     path("<path:path>", views.not_found),
 ]

@@ -31,8 +31,11 @@ def _locked(repo: Repository) -> Repository:
     return locked
 
 
-def alias_move(*, user, repo: Repository, alias: str, version: Version) -> Alias:
-    """Point ``alias`` at ``version`` and record the move; the caller holds the repository's row lock."""
+def alias_move(*, user, repo: Repository, alias: str, version: Version, ref: str = Alias.Ref.TAG) -> Alias:
+    """Point ``alias`` at ``version`` and record the move; the caller holds the repository's row lock.
+
+    ``ref``: what a new alias is listed as in the Hugging Face view; a moved one keeps its own.
+    """
     current = Alias.objects.filter(repository=repo, name=alias).select_related("version").first()
     if current is not None and current.version_id == version.pk:
         return current
@@ -41,7 +44,7 @@ def alias_move(*, user, repo: Repository, alias: str, version: Version) -> Alias
         to_number=version.number, moved_by=user,
     )
     if current is None:
-        return Alias.objects.create(repository=repo, name=alias, version=version, updated_by=user)
+        return Alias.objects.create(repository=repo, name=alias, version=version, updated_by=user, ref=ref)
     current.version = version
     current.updated_by = user
     current.save(update_fields=["version", "updated_by", "updated_at"])

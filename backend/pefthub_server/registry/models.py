@@ -159,8 +159,15 @@ class VersionFile(models.Model):
 
 
 class Alias(models.Model):
+    class Ref(models.TextChoices):
+        """What the Hugging Face view lists it as (`list_repo_refs`); to the hub both are movable names."""
+
+        TAG = "tag"  # set through the hub's API, CLI or SDK, or HF `create_tag`
+        BRANCH = "branch"  # made by HF `create_branch`; HF commits to it move it
+
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="aliases")
     name = models.CharField(max_length=64)
+    ref = models.CharField(max_length=8, choices=Ref.choices, default=Ref.TAG)
     version = models.ForeignKey(Version, on_delete=models.CASCADE, related_name="aliases")
     updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     updated_at = models.DateTimeField(auto_now=True)
