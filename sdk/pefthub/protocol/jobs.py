@@ -31,6 +31,10 @@ WORKER_EVENT_TYPES = ("log", "metric", "checkpoint", "artifact")
 #: keys of a metric event that are progress rather than metrics
 PROGRESS_KEYS = ("step", "total_steps", "epoch")
 
+#: the fewest leading hex digits of a job's id that name it (`pefthub jobs show ed9ec928`), where a
+#: user (not a worker) names a job; a prefix is resolved among the jobs the caller may see
+JOB_ID_MIN_PREFIX = 8
+
 QUEUES = ("gpu", "cpu")
 DEFAULT_QUEUE = {TRAIN: "gpu", MERGE: "cpu"}
 TASK_TRAIN = "pefthub.train"
