@@ -94,10 +94,28 @@ def test_r_zero_message_names_field_rule_and_value():
     assert exc.message.startswith("hyperparameters.r must be an integer > 0") and exc.message.endswith("got 0")
 
 
-def test_unknown_hyperparameter_names_the_key_and_lists_allowed_ones():
-    exc = error(TrainHyperparameters.from_dict, {"rank": 8}, method="lora")
-    assert exc.field == "hyperparameters.rank"
-    assert "unknown key" in exc.message and "r, lora_alpha, lora_dropout, target_modules" in exc.message
+@pytest.mark.parametrize(("key", "message"), [
+    ("learnin_rate", "unknown hyperparameter `learnin_rate`; did you mean `learning_rate`?"),
+    ("Learning_Rate", "unknown hyperparameter `Learning_Rate`; did you mean `learning_rate`?"),
+    ("lora_aplha", "unknown hyperparameter `lora_aplha`; did you mean `lora_alpha`?"),
+    ("max_step", "unknown hyperparameter `max_step`; did you mean `max_steps`?"),
+    # the names peft and transformers' TrainingArguments give them
+    ("rank", "unknown hyperparameter `rank`; did you mean `r`?"),
+    ("num_train_epochs", "unknown hyperparameter `num_train_epochs`; did you mean `epochs`?"),
+    ("per_device_train_batch_size", "unknown hyperparameter `per_device_train_batch_size`; did you mean `batch_size`?"),
+])
+def test_unknown_hyperparameter_suggests_the_one_meant(key, message):
+    exc = error(TrainHyperparameters.from_dict, {key: 8}, method="lora")
+    assert exc.field == f"hyperparameters.{key}" and exc.message == message
+
+
+def test_unknown_key_with_nothing_close_lists_the_allowed_ones():
+    exc = error(TrainHyperparameters.from_dict, {"zzz": 8}, method="lora")
+    assert exc.message.startswith("unknown hyperparameter `zzz`; use one of: r, lora_alpha, lora_dropout, target_modules,")
+    exc = error(spec_from_dict, {"type": "train", "bse_model": "acme/base"})
+    assert (exc.field, exc.message) == ("bse_model", "unknown key `bse_model`; did you mean `base_model`?")
+    exc = error(spec_from_dict, {"type": "merge", "output": "acme/m", "adapters": [{"ref": "acme/a", "wieght": 1}]})
+    assert (exc.field, exc.message) == ("adapters[0].wieght", "unknown key `wieght` in adapters[0]; did you mean `weight`?")
 
 
 @pytest.mark.parametrize("targets", [["q_proj", "v_proj"], r".*\.(q|v)_proj", "all-linear", None])

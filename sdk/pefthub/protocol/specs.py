@@ -14,6 +14,7 @@ the rule and the value; unknown keys are errors, never silently ignored.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -108,9 +109,28 @@ def _check_keys(where: str, data: Any, allowed: list[str]) -> dict:
         raise SpecError(where or "spec", f"{where or 'the spec'} must be a JSON object, got {type(data).__name__}")
     for key in data:
         if key not in allowed:
-            name = f"{where}.{key}" if where else str(key)
-            raise SpecError(name, f"unknown key {name!r}; allowed: {', '.join(allowed)}")
+            raise SpecError(f"{where}.{key}" if where else str(key), _unknown_key(where, str(key), allowed))
     return data
+
+
+#: names other tools give a hyperparameter (peft, transformers' TrainingArguments), and ours
+_HYPERPARAMETER_SYNONYMS = {
+    "rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "lr": "learning_rate", "steps": "max_steps",
+    "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+    "max_length": "max_seq_length", "warmup": "warmup_steps",
+}
+
+
+def _unknown_key(where: str, key: str, allowed: list[str]) -> str:
+    """``unknown hyperparameter `learnin_rate`; did you mean `learning_rate`?``, else the keys allowed."""
+    if where == "hyperparameters":
+        what = f"unknown hyperparameter `{key}`"
+        close = [_HYPERPARAMETER_SYNONYMS[key.lower()]] if key.lower() in _HYPERPARAMETER_SYNONYMS else []
+    else:
+        what = f"unknown key `{key}`" + (f" in {where}" if where else "")
+        close = []
+    close = close or difflib.get_close_matches(key.lower(), allowed, n=1)
+    return f"{what}; did you mean `{close[0]}`?" if close else f"{what}; use one of: {', '.join(allowed)}"
 
 
 def _help(text: str) -> dict:

@@ -46,6 +46,8 @@ def test_submit_pins_inputs_and_enqueues_only_the_id(alice, api, acme_base, acme
         (_train_spec(method="fancy"), "method", "fancy"),
         (_train_spec(hyperparameters={"r": 0}), "hyperparameters.r", "r"),
         (_train_spec(hyperparameters={"rank": 8}), "hyperparameters.rank", "rank"),
+        (_train_spec(hyperparameters={"learnin_rate": 1e-4}), "hyperparameters.learnin_rate",
+         "unknown hyperparameter `learnin_rate`; did you mean `learning_rate`?"),
         (_train_spec(hyperparameters={"target_modules": ["qkv_fused"]}), "hyperparameters.target_modules", "qkv_fused"),
         (_train_spec(dataset="acme/nope"), "dataset", "acme/nope"),
         (_train_spec(base_model="acme/data"), "base_model", "dataset repository"),
