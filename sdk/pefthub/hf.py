@@ -1,6 +1,6 @@
 """Point Hugging Face tools at the hub, and fill the standard Hugging Face cache.
 
-The hub serves a Hugging Face-compatible read API under ``/hf``: with
+The hub serves a Hugging Face-compatible API under ``/hf``: with
 ``HF_ENDPOINT={hub}/hf`` and ``HF_TOKEN=<hub token>``, ``huggingface_hub``,
 transformers, peft, vLLM and TGI load ``namespace/name`` from it unchanged. A hub
 revision maps to a Hugging Face one: ``latest`` is ``main``, an alias or a version
@@ -21,6 +21,10 @@ from .protocol.refs import Ref, hf_revision
 from .refs import parse_ref
 
 __all__ = ["HFMixin", "hf_endpoint", "hf_revision"]
+
+#: huggingface_hub uploads through Xet whenever hf_xet is installed (a dependency of huggingface_hub 2);
+#: the hub speaks the LFS protocol, so every environment that points tools at it turns Xet off
+ENV_HF_DISABLE_XET = "HF_HUB_DISABLE_XET"
 
 _NOT_FOUND_CODES = frozenset({"RepoNotFound", "RevisionNotFound", "EntryNotFound"})
 
@@ -62,12 +66,13 @@ class HFMixin:
     def hf_env(self) -> dict[str, str]:
         """The environment that points Hugging Face tools at this hub.
 
-        ``HF_ENDPOINT`` always; ``HF_TOKEN`` when the client has a token, else
+        ``HF_ENDPOINT`` and ``HF_HUB_DISABLE_XET=1`` (uploads then use the LFS protocol the hub
+        speaks) always; ``HF_TOKEN`` when the client has a token, else
         ``HF_HUB_DISABLE_IMPLICIT_TOKEN=1`` so no huggingface.co token leaks to the hub.
         Use it for a child process: ``subprocess.run(cmd, env={**os.environ, **hub.hf_env()})``
         (huggingface_hub reads ``HF_ENDPOINT`` once, when it is imported).
         """
-        env = {c.ENV_HF_ENDPOINT: hf_endpoint(self.url)}
+        env = {c.ENV_HF_ENDPOINT: hf_endpoint(self.url), ENV_HF_DISABLE_XET: "1"}
         if self.token:
             env[c.ENV_HF_TOKEN] = self.token
         else:

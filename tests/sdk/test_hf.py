@@ -66,9 +66,12 @@ def test_hub_revisions_map_to_hugging_face_revisions():
 
 
 def test_hf_env_points_at_the_hf_api_and_never_leaks_a_huggingface_token():
-    assert Hub("http://hub:8000/", "tok-1").hf_env() == {"HF_ENDPOINT": "http://hub:8000/hf", "HF_TOKEN": "tok-1"}
+    # Xet off: huggingface_hub would upload through it (hf_xet is installed with it); the hub speaks LFS
+    assert Hub("http://hub:8000/", "tok-1").hf_env() == {"HF_ENDPOINT": "http://hub:8000/hf", "HF_TOKEN": "tok-1",
+                                                         "HF_HUB_DISABLE_XET": "1"}
     # no hub token: huggingface_hub must not send the user's own HF token to the hub
-    assert Hub("http://hub:8000").hf_env() == {"HF_ENDPOINT": "http://hub:8000/hf", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
+    assert Hub("http://hub:8000").hf_env() == {"HF_ENDPOINT": "http://hub:8000/hf", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+                                               "HF_HUB_DISABLE_XET": "1"}
 
 
 def _eval_in_sh(**env: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from pefthub.protocol.refs import LATEST, check_alias
-from pefthub_server.core.errors import NotFound, ValidationFailed
+from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
 from pefthub_server.registry.models import Alias, AliasMove, Repository, Version
 from pefthub_server.registry.selectors import version_resolve
 
@@ -57,6 +57,17 @@ def alias_set(*, user, repo: Repository, alias: str, revision: str) -> Alias:
     version = version_resolve(repo=repo, revision=str(revision))
     with transaction.atomic():
         return alias_move(user=user, repo=_locked(repo), alias=alias, version=version)
+
+
+def alias_create(*, user, repo: Repository, alias: str, version: Version, ref: str) -> Alias:
+    """A new alias at ``version`` (Hugging Face's create_branch and create_tag); a 409 if the name is taken."""
+    check_settable(alias)
+    with transaction.atomic():
+        locked = _locked(repo)
+        existing = Alias.objects.filter(repository=locked, name=alias).values_list("ref", flat=True).first()
+        if existing is not None:
+            raise Conflict(f"`{repo.full_name}` already has a {existing} `{alias}`.")
+        return alias_move(user=user, repo=locked, alias=alias, version=version, ref=ref)
 
 
 def alias_delete(*, user, repo: Repository, alias: str) -> None:

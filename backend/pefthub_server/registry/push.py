@@ -5,6 +5,9 @@ when the caller possesses it (``blobs.blobs_possessed``: it can read a version h
 or uploaded it itself), and everything else must be uploaded to a target bound to the
 caller. A push that says its ``kind`` may target a repository that does not exist yet:
 the commit creates it with its first version, so a refused first push leaves nothing.
+An empty `model` repository (what Hugging Face's ``create_repo`` makes, not knowing yet)
+takes its kind from its first version: `adapter_config.json` at the top level makes it
+an adapter (:func:`kind_for_files`).
 
 A commit runs in four steps, and nothing is visible until the last: verify every
 blob's possession, size and hash (:func:`_verify_blobs`), read and check every file's
@@ -32,12 +35,12 @@ from pefthub.protocol.manifest import (
     manifest_digest,
     parse_manifest,
 )
-from pefthub_server.core.errors import NotFound, ValidationFailed
+from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
 from pefthub_server.registry import acceptance, compatibility
 from pefthub_server.registry.aliases import alias_move, check_settable
 from pefthub_server.registry.blobs import blob_register, blob_uploaded, blobs_possessed
 from pefthub_server.registry.models import Namespace, Repository, Version, VersionFile
-from pefthub_server.registry.repositories import base_resolve, repository_insert, repository_new
+from pefthub_server.registry.repositories import a_kind, base_resolve, repository_insert, repository_new
 from pefthub_server.registry.selectors import namespace_role, repository_get
 from pefthub_server.registry.storage import BlobStore, get_blob_store, missing_blob
 
@@ -87,15 +90,27 @@ def push_target(*, user, namespace: str, name: str, create: bool) -> PushTarget:
     return PushTarget(repo.namespace, repo.name, repo)
 
 
-def _repository(*, user, target: PushTarget, kind: str | None, visibility: str | None, description: str | None) -> Repository:
-    """The target's repository, or a new one of ``kind`` (checked, not saved yet)."""
+def kind_for_files(repo: Repository, paths) -> str:
+    """The kind ``repo`` has once a version of ``paths`` is pushed: an empty `model` repository holding
+    `adapter_config.json` at the top level becomes an adapter; every other repository keeps its kind."""
+    if repo.kind == Repository.Kind.MODEL and not repo.latest_number and ADAPTER_CONFIG in paths:
+        return Repository.Kind.ADAPTER
+    return repo.kind
+
+
+def _repository(*, user, target: PushTarget, kind: str | None, visibility: str | None, description: str | None,
+                entries: list[Entry]) -> Repository:
+    """The target's repository (its kind decided by :func:`kind_for_files`), or a new one of ``kind``
+    (checked, not saved yet)."""
     if target.repo is None:
         return repository_new(user=user, namespace=target.namespace, name=target.name, kind=kind or "",
                               visibility=visibility or Repository.Visibility.PRIVATE, description=description or "")
-    if kind not in (None, target.repo.kind):
-        raise ValidationFailed(f"`{target.full_name}` is a {target.repo.kind} repository; this push is a {kind}.",
+    repo = target.repo
+    repo.kind = kind_for_files(repo, {e.path for e in entries})
+    if kind not in (None, repo.kind):
+        raise ValidationFailed(f"`{target.full_name}` is {a_kind(repo.kind)} repository; this push is {a_kind(kind)}.",
                                code="kind_mismatch")
-    return target.repo
+    return repo
 
 
 def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_model: str | None = None,
@@ -108,9 +123,11 @@ def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_mod
     blob is ``missing``, with a target bound to ``user``, even if the hub holds its bytes.
     ``job``: the push is that job's token's (see :func:`blobs.blobs_possessed`).
     """
-    repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description)
+    entries = _entries(files)
+    repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description,
+                       entries=entries)
     sizes: dict[str, int] = {}
-    for entry in _entries(files):
+    for entry in entries:
         if sizes.setdefault(entry.sha256, entry.size) != entry.size:
             raise ValidationFailed(f"Blob {entry.sha256} is declared with two sizes.", code="size_mismatch")
     _base_for_push(user=user, repo=repo, base_model=base_model)
@@ -243,7 +260,7 @@ def _base_for_push(*, user, repo: Repository, base_model: str | None) -> Version
     """The base version an adapter version is checked against (and records); None for other kinds."""
     if repo.kind != Repository.Kind.ADAPTER:
         if base_model:
-            raise ValidationFailed(f"Only adapters name a base model; `{repo.full_name}` is a {repo.kind}.")
+            raise ValidationFailed(f"Only adapters name a base model; `{repo.full_name}` is {a_kind(repo.kind)}.")
         return None
     base_ref = base_model or (repo.base_model.full_name if repo.base_model else None)
     if not base_ref:
@@ -272,8 +289,9 @@ def version_create(
     -> (latest, False). With ``job`` (a running Job), the job's first result is returned
     for every later commit: one result version per job.
     """
-    repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description)
     entries = _entries(files)
+    repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description,
+                       entries=entries)
     if metadata is not None and not isinstance(metadata, dict):
         raise ValidationFailed("metadata must be a JSON object.")
     for alias in aliases:
@@ -289,6 +307,11 @@ def version_create(
         if repo.pk is None:
             repository_insert(repo)
         locked = Repository.objects.select_for_update().get(pk=repo.pk)
+        if locked.kind != repo.kind:  # decided by the first version's files; another push's first version won
+            if locked.latest_number:
+                raise Conflict(f"`{repo.full_name}` became {a_kind(locked.kind)} repository meanwhile; this push is "
+                               f"{a_kind(repo.kind)}.", code="kind_mismatch")
+            locked.kind = repo.kind
         if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
             return earlier, False
         latest = Version.objects.filter(repository=locked).order_by("-number").first()
@@ -309,7 +332,7 @@ def version_create(
             locked.peft_type = inspected.peft_type
             if repo.kind == Repository.Kind.ADAPTER and locked.base_model_id is None:
                 locked.base_model = repo.base_model
-            locked.save(update_fields=["latest_number", "peft_type", "base_model", "updated_at"])
+            locked.save(update_fields=["kind", "latest_number", "peft_type", "base_model", "updated_at"])
         for alias in aliases:
             alias_move(user=user, repo=locked, alias=alias, version=version)
     return version, created

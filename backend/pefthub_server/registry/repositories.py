@@ -16,12 +16,17 @@ from pefthub_server.registry.selectors import repository_get, require_namespace_
 from pefthub_server.registry.teams import user_namespace_ensure
 
 
+def a_kind(kind: str) -> str:
+    """``kind`` with its article, for messages: "an adapter", "a model", "a dataset"."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
 def base_resolve(*, user, ref: str) -> tuple[Repository, Version | None]:
     """The model repository ``ref`` names (readable by ``user``) and its version, None while it has none."""
     parsed = parse_ref(ref, field="base_model")
     base = repository_get(user=user, namespace=parsed.namespace, name=parsed.name)
     if base.kind != Repository.Kind.MODEL:
-        raise ValidationFailed(f"base_model `{base.full_name}` is a {base.kind} repository, not a model.")
+        raise ValidationFailed(f"base_model `{base.full_name}` is {a_kind(base.kind)} repository, not a model.")
     version = version_resolve(repo=base, revision=parsed.revision) if base.latest_number else None
     return base, version
 
@@ -88,7 +93,7 @@ def repository_create(
             )
         repo.base_model, _ = base_resolve(user=user, ref=base_model)
     elif base_model:
-        raise ValidationFailed(f"Only adapter repositories name a base model; this one is a {kind}.")
+        raise ValidationFailed(f"Only adapter repositories name a base model; this one is {a_kind(kind)}.")
     return repository_insert(repo)
 
 
