@@ -24,6 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
+from pefthub_server.cli import database_label, hub_record_write
 from pefthub_server.core.models import Scope
 from pefthub_server.core.tokens import operator_token_create, tokens_revoke_named
 from pefthub_server.jobs.services import jobs_reap
@@ -104,6 +105,12 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
 
 
+def _client_url(host: str, port: int) -> str:
+    """The URL a client on this machine reaches the hub at."""
+    client_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{client_host}:{port}"
+
+
 class Command(BaseCommand):
     help = "Migrate, then serve the web catalogue and the API (and one embedded worker) until interrupted."
 
@@ -120,10 +127,9 @@ class Command(BaseCommand):
         user = user_ensure(username=WORKER_USER)
         tokens_revoke_named(user=user, name=WORKER_TOKEN_NAME)  # the last `up`'s worker token dies here
         _, secret = operator_token_create(user=user, name=WORKER_TOKEN_NAME, scope=Scope.WORKER, expires_in_days=30)
-        client_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         env = {
             **os.environ,
-            "PEFTHUB_URL": f"http://{client_host}:{port}",
+            "PEFTHUB_URL": _client_url(host, port),
             "PEFTHUB_TOKEN": secret,
             "PEFTHUB_DATA_DIR": str(settings.DATA_DIR),
             "PEFTHUB_BROKER_DIR": str(settings.PEFTHUB_BROKER_DIR),
@@ -156,6 +162,12 @@ class Command(BaseCommand):
         stop = threading.Event()
         threading.Thread(target=_reap_forever, args=(stop,), name="reaper", daemon=True).start()
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+        if embedded:
+            # kombu warns that the filesystem broker's URL names no host, at every dispatch: it needs none.
+            logging.getLogger("kombu.connection").setLevel(logging.ERROR)
+        # Other `pefthub-server` commands of this user, run from any folder, find this hub's data here.
+        hub_record_write(url=_client_url(opts["host"], opts["port"]), data_dir=settings.DATA_DIR,
+                         database=database_label(settings.DATA_DIR, os.environ.get("DATABASE_URL", "")))
         try:
             serve(application, host=opts["host"], port=opts["port"], threads=opts["threads"])
         finally:
