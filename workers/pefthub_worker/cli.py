@@ -32,6 +32,29 @@ def exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def quiet_logs() -> None:
+    """Keep the worker's log to what an operator acts on: jobs, their steps, failures.
+
+    Left out: Celery's banner; its warning about running as root (it is about unpickling
+    messages as root, and these queues accept JSON only); kombu's "No hostname was supplied"
+    for the filesystem broker (it has none); progress bars, which Celery would log line by
+    line as warnings; bitsandbytes' note that an optional faster CPU kernel did not load
+    (QLoRA runs on its own kernel); and transformers' deprecation of an attribute peft reads.
+    """
+    import logging
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, message="`is_gradient_checkpointing` is deprecated")
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "PEFTHUB_DISABLE_PROGRESS_BARS"):
+        os.environ[name] = "1"
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    if not os.environ.get("CELERY_BROKER_URL"):
+        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="pefthub-worker",
@@ -55,10 +78,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("PEFTHUB_TOKEN must hold a worker-scope token (pefthub-server adduser worker --scope worker)")
     if parent := os.environ.get("PEFTHUB_EXIT_WITH_PARENT"):  # set by `pefthub-server up`
         exit_with_parent(int(parent))
+    quiet_logs()
 
     from pefthub_worker.app import app
 
-    worker_args = ["worker", "-Q", args.queues, "--concurrency", str(args.concurrency), "--pool", args.pool,
+    worker_args = ["--quiet", "worker", "-Q", args.queues, "--concurrency", str(args.concurrency), "--pool", args.pool,
                    "--loglevel", args.loglevel, "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"]
     if args.hostname:
         worker_args += ["--hostname", args.hostname]
