@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
@@ -11,6 +12,8 @@ from pefthub_server.core.models import USER_SCOPES, Scope
 from pefthub_server.core.tokens import operator_token_create
 from pefthub_server.registry.models import Role
 from pefthub_server.registry.teams import user_ensure
+
+User = get_user_model()
 
 
 class Command(BaseCommand):
@@ -28,6 +31,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         call_command("migrate", verbosity=0, interactive=False, stdout=self.stderr)
+        existed = User.objects.filter(username=opts["username"]).exists()
         try:
             user = user_ensure(username=opts["username"], team=opts["team"], role=opts["role"], staff=opts["staff"])
             _, secret = operator_token_create(
@@ -35,6 +39,11 @@ class Command(BaseCommand):
             )
         except (HubError, ProtocolError) as exc:
             raise CommandError(exc.message) from exc
-        where = f" in team {opts['team']} ({opts['role']})" if opts["team"] else ""
-        self.stderr.write(f"user {user.username}{where}: new {opts['scope']} token")
+        # Say what was made: the token's scope is not the user's role (a write-scope token of a
+        # `read` member still only reads that team's repositories).
+        made = f"{'existing' if existed else 'new'} user {user.username}{' (staff)' if user.is_staff else ''}"
+        if opts["team"]:
+            made += f", role {opts['role']} in team {opts['team']}"
+        expiry = f"expires in {opts['expires_in_days']} days" if opts["expires_in_days"] is not None else "never expires"
+        self.stderr.write(f"{made}; token {opts['token_name']!r} on stdout: scope {opts['scope']}, {expiry}")
         self.stdout.write(secret)
