@@ -145,7 +145,7 @@ def test_protocol_details(published, alice, live_server):
     assert norev.status_code == 404 and norev.headers["X-Error-Code"] == "RevisionNotFound"
     card = requests.get(f"{url}/acme/x/resolve/3/README.md", headers=h).text
     assert card.startswith("---\nlibrary_name: peft\nbase_model: acme/llama-tiny\nbase_model_relation: adapter\n")
-    assert "## Serving" in card and "AutoPeftModelForCausalLM" in card
+    assert "## PEFT Hub" in card and "### Serving" in card and "AutoPeftModelForCausalLM" in card
 
 
 def test_tree_pages_with_link_headers(published, alice, live_server, settings):

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpResponseRedirect, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
@@ -31,7 +33,7 @@ from pefthub.protocol.refs import HF_VARIANT_PREFIX, hf_commit, is_hf_commit
 from pefthub_server.core.auth import JOB_TOKEN_REFUSED, TokenAuthentication
 from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
 from pefthub_server.core.http import base_url, bytes_response
-from pefthub_server.hf.card import card_data, render_card
+from pefthub_server.hf.card import MAX_README, Card, card_data, render_card
 from pefthub_server.registry.models import Repository, Version, VersionFile
 from pefthub_server.registry.selectors import repository_get, version_by_digest_prefix, version_resolve
 from pefthub_server.registry.storage import get_blob_store
@@ -155,14 +157,32 @@ def _generated(path: str, data: bytes) -> Entry:
     return Entry(path, hashlib.sha256(data).hexdigest(), len(data), generated=data)
 
 
-def _entries(request, resolved: Resolved) -> list[Entry]:
+def _files(request, resolved: Resolved) -> tuple[list[Entry], Card | None]:
+    """The files of the version as the HF view shows them, and its card (None: a pushed README too long to merge into)."""
     version = resolved.version
-    files = [Entry(f.path, f.blob_id, f.size) for f in VersionFile.objects.filter(version=version).order_by("path")
-             if f.path != MODEL_CARD]
+    files = [Entry(f.path, f.blob_id, f.size) for f in VersionFile.objects.filter(version=version).order_by("path")]
     if resolved.peft is not None:
         files = [_compat_config(e, resolved.peft) if e.path == ADAPTER_CONFIG else e for e in files]
-    files.append(_generated(MODEL_CARD, render_card(version, hub_url=base_url(request))))
-    return sorted(files, key=lambda e: e.path)
+    pushed = next((e for e in files if e.path == MODEL_CARD), None)
+    if pushed is not None and pushed.size > MAX_README:
+        return files, None
+    card = render_card(version, hub_url=base_url(request), readme=None if pushed is None else _stored(pushed))
+    files = [e for e in files if e.path != MODEL_CARD] + [_generated(MODEL_CARD, card.text)]
+    return sorted(files, key=lambda e: e.path), card
+
+
+def _entries(request, resolved: Resolved) -> list[Entry]:
+    return _files(request, resolved)[0]
+
+
+def _stored(entry: Entry) -> bytes:
+    """A small blob's bytes; cached by hash, so a version's README is read from the store once, not per request."""
+    key = f"hf:blob:{entry.sha256}"
+    data = cache.get(key)
+    if data is None:
+        data = get_blob_store().read_range(entry.sha256, 0, entry.size)
+        cache.set(key, data, timeout=None)
+    return data
 
 
 def _compat_config(entry: Entry, peft: str) -> Entry:
@@ -174,22 +194,39 @@ def _compat_config(entry: Entry, peft: str) -> Entry:
     return item
 
 
-def _info(request, repo: Repository, resolved: Resolved) -> dict:
-    version = resolved.version
-    data = card_data(version)
+def repo_tags(data: dict) -> list[str]:
+    """A repository's tags as the Hub lists them: its card's, then `base_model:<base>` and `base_model:<relation>:<base>`."""
     tags = list(data.get("tags", []))
     if data.get("base_model"):
-        tags.append(f"base_model:{data['base_model_relation']}:{data['base_model']}")
+        tags += [f"base_model:{data['base_model']}", f"base_model:{data['base_model_relation']}:{data['base_model']}"]
+    return list(dict.fromkeys(tags))
+
+
+def _info(request, repo: Repository, resolved: Resolved) -> dict:
+    version = resolved.version
+    files, card = _files(request, resolved)
+    data = card.data if card is not None else card_data(version)
+    siblings = [{"rfilename": e.path} for e in files]
+    if request.GET.get("blobs", "").lower() in ("1", "true"):  # model_info(..., files_metadata=True)
+        siblings = [{"rfilename": e.path, "size": e.size, "blobId": e.sha256[:40], **_lfs(e, key="sha256")} for e in files]
     return {
-        "_id": f"{repo.pk:024x}", "id": repo.full_name, "modelId": repo.full_name, "author": repo.namespace.name,
-        "sha": resolved.commit, "lastModified": version.created_at.isoformat().replace("+00:00", "Z"),
-        "createdAt": repo.created_at.isoformat().replace("+00:00", "Z"),
-        "private": repo.visibility != Repository.Visibility.PUBLIC, "disabled": False, "gated": False,
-        "downloads": 0, "likes": 0, "tags": tags, "library_name": data.get("library_name"),
-        "pipeline_tag": "text-generation" if repo.kind != Repository.Kind.DATASET else None,
-        "cardData": data, "siblings": [{"rfilename": e.path} for e in _entries(request, resolved)],
-        "usedStorage": version.size,
+        **repo_summary(repo, version, data, commit=resolved.commit),
+        "cardData": data, "siblings": siblings, "usedStorage": version.size,
     }
+
+
+def repo_summary(repo: Repository, version: Version | None, data: dict, *, commit: str | None) -> dict:
+    """What the Hub says of a repository in its info and in its listings (``version``: its newest, None if it has none)."""
+    stamp = (version.created_at if version is not None else repo.created_at).isoformat().replace("+00:00", "Z")
+    item = {
+        "_id": f"{repo.pk:024x}", "id": repo.full_name, "author": repo.namespace.name, "sha": commit,
+        "lastModified": stamp, "createdAt": repo.created_at.isoformat().replace("+00:00", "Z"),
+        "private": repo.visibility != Repository.Visibility.PUBLIC, "disabled": False, "gated": False,
+        "downloads": 0, "likes": 0, "tags": repo_tags(data),
+    }
+    if repo.kind != Repository.Kind.DATASET:
+        item |= {"modelId": repo.full_name, "library_name": data.get("library_name"), "pipeline_tag": "text-generation"}
+    return item
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -199,11 +236,15 @@ def repo_info(request, repo_type, ns, name, rev="main"):
     return JsonResponse(_info(request, repo, _resolve(repo, rev)))
 
 
+def _lfs(entry: Entry, *, key: str = "oid") -> dict:
+    """Weights are listed as Git LFS files, as on the Hub: their sha256 (as ``oid`` in trees, ``sha256`` in siblings)."""
+    if not entry.path.endswith(".safetensors"):
+        return {}
+    return {"lfs": {key: entry.sha256, "size": entry.size, "pointerSize": 134}}
+
+
 def _tree_item(entry: Entry) -> dict:
-    item = {"type": "file", "oid": entry.sha256[:40], "size": entry.size, "path": entry.path}
-    if entry.path.endswith(".safetensors"):
-        item["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": 134}
-    return item
+    return {"type": "file", "oid": entry.sha256[:40], "size": entry.size, "path": entry.path, **_lfs(entry)}
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -223,30 +264,67 @@ def tree(request, repo_type, ns, name, rev, path=""):
             if not recursive and depth > 1:
                 break
             folder = "/".join(([prefix] if prefix else []) + parts[:depth])
-            items.setdefault(folder, {"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(),
-                                      "size": 0, "path": folder})
+            items.setdefault(folder, _folder_item(folder))
         if recursive or len(parts) == 1:
             items[entry.path] = _tree_item(entry)
     if prefix and not items:
         raise HfError(404, "EntryNotFound", f"`{prefix}` does not exist in `{repo.full_name}` at {rev}.")
     ordered = sorted(items.values(), key=lambda i: i["path"])
     page_size = settings.PEFTHUB_HF_TREE_PAGE_SIZE
-    start = _cursor(request.GET.get("cursor"))
+    start = cursor(request)
     response = JsonResponse(ordered[start : start + page_size], safe=False)
     if start + page_size < len(ordered):
-        query = request.GET.copy()
-        query["cursor"] = base64.urlsafe_b64encode(str(start + page_size).encode()).decode()
-        response["Link"] = f'<{request.build_absolute_uri(request.path)}?{query.urlencode()}>; rel="next"'
+        link_next(request, response, start + page_size)
     return response
 
 
-def _cursor(raw: str | None) -> int:
+def _folder_item(folder: str) -> dict:
+    return {"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(), "size": 0, "path": folder}
+
+
+def cursor(request) -> int:
+    """Where a page starts: the ``cursor`` of the previous page's ``Link: <...>; rel="next"``, 0 without one."""
+    raw = request.GET.get("cursor")
     if not raw:
         return 0
     try:
-        return max(int(base64.urlsafe_b64decode(raw.encode()).decode()), 0)
+        return max(int(base64.urlsafe_b64decode(raw[:64].encode()).decode()), 0)
     except ValueError:
-        raise HfError(400, None, "Invalid cursor.") from None
+        raise HfError(400, None, "Invalid cursor: pass the `cursor` of a `Link: <...>; rel=\"next\"` header as it is.") from None
+
+
+def link_next(request, response, position: int) -> None:
+    """``Link: <this URL with cursor=position>; rel="next"``, which huggingface_hub's ``paginate`` follows."""
+    query = request.GET.copy()
+    query["cursor"] = base64.urlsafe_b64encode(str(position).encode()).decode()
+    response["Link"] = f'<{request.build_absolute_uri(request.path)}?{query.urlencode()}>; rel="next"'
+
+
+#: paths one ``paths-info`` call may ask about
+MAX_PATHS = 1000
+
+
+@require_http_methods(["POST"])
+@hf_view
+def paths_info(request, repo_type, ns, name, rev):
+    """``get_paths_info`` (and so ``HfFileSystem.info``): the files and folders among ``paths``; absent ones left out."""
+    repo = _repo(request, repo_type, ns, name)
+    resolved = _resolve(repo, rev)
+    try:
+        wanted = request.POST.getlist("paths")
+    except (RequestDataTooBig, TooManyFieldsSent):
+        raise HfError(400, None, f"Ask about at most {MAX_PATHS} paths per call, as form fields `paths`.") from None
+    if len(wanted) > MAX_PATHS:
+        raise HfError(400, None, f"{len(wanted)} paths asked about; ask about at most {MAX_PATHS} per call.")
+    files = {e.path: e for e in _entries(request, resolved)}
+    folders = {"/".join(p.split("/")[:depth]) for p in files for depth in range(1, p.count("/") + 1)}
+    found = []
+    for path in dict.fromkeys(p.strip("/") for p in wanted):
+        if path in files:
+            found.append(_tree_item(files[path]))
+        elif path in folders:
+            found.append(_folder_item(path))
+    return JsonResponse(found, safe=False)
 
 
 @require_http_methods(["GET", "HEAD"])
