@@ -30,7 +30,7 @@ import hashlib
 import io
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.http import HttpResponseRedirect, JsonResponse
 from django.views.decorators.http import require_http_methods
 
 from pefthub.protocol.errors import ProtocolError
@@ -187,8 +187,15 @@ def validate_yaml(request):
     return JsonResponse({"errors": [], "warnings": []})
 
 
+#: where a Xet token request is sent: hf_xet (Rust) fetches the token itself and shows only the status
+#: and the URL of the failed request, so the URL says what to do
+XET_OFF_PATH = "/hf/xet-is-off/set-HF_HUB_DISABLE_XET=1-and-run-again"
+
+
 @write_view("GET", "POST")
 def xet_token(request, **_):
+    if request.path != XET_OFF_PATH:
+        return HttpResponseRedirect(f"{base_url(request)}{XET_OFF_PATH}")
     raise HfError(400, None, XET_OFF)
 
 

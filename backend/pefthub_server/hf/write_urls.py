@@ -22,6 +22,7 @@ urlpatterns = [
     re_path(rf"{REPO}/branch/(?P<ref>[^/]+)$", write.branch),
     re_path(rf"{REPO}/tag/(?P<ref>[^/]+)$", write.tag),
     re_path(rf"{REPO}/xet-(?:read|write)-token(?:/.*)?$", write.xet_token),
+    path(write.XET_OFF_PATH.removeprefix("/hf/"), write.xet_token),
     re_path(rf"^{NS}/{NAME}{LFS}", write.lfs, {"repo_type": "models"}),
     re_path(rf"^datasets/{NS}/{NAME}{LFS}", write.lfs, {"repo_type": "datasets"}),
 ]
