@@ -24,6 +24,7 @@ from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH, MAX_IDEMPOTENCY_KEY_LE
 from pefthub.protocol.peft import MERGE_JOB_TYPES, VIRTUAL_TOKEN_METHODS
 from pefthub.protocol.refs import parse_ref
 from pefthub.protocol.specs import MergeSpec, TrainSpec, parse_job_request
+from pefthub.protocol.words import with_article
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.tokens import job_token_create
@@ -48,7 +49,7 @@ def _readable_version(*, user, ref: str, field: str, kind: str) -> Version:
     except NotFound as exc:
         raise ValidationFailed(f"{field}: {exc.message}", code="invalid_spec", detail={"field": field}) from None
     if repo.kind != kind:
-        raise ValidationFailed(f"{field} `{repo.full_name}` is a {repo.kind} repository, not a {kind}.",
+        raise ValidationFailed(f"{field} `{repo.full_name}` is {with_article(repo.kind)} repository, not {with_article(kind)}.",
                                code="invalid_spec", detail={"field": field})
     return version
 
@@ -67,7 +68,7 @@ def _output_namespace(*, user, output: str, kind: str, base: Repository | None) 
                 f"output `{output}`: repository `{existing.full_name}` exists and names may not differ only in case; "
                 f"use `{existing.full_name}` or another name.", code="invalid_spec", detail={"field": "output"})
         if existing.kind != kind:
-            raise ValidationFailed(f"output `{output}` is a {existing.kind} repository; this job writes a {kind}.",
+            raise ValidationFailed(f"output `{output}` is {with_article(existing.kind)} repository; this job writes {with_article(kind)}.",
                                    code="invalid_spec", detail={"field": "output"})
         if base is not None and existing.base_model_id not in (None, base.pk):
             raise ValidationFailed(
@@ -100,7 +101,7 @@ def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str]:
         peft_type = (version.adapter_config or {}).get("peft_type")
         if peft_type not in MERGE_JOB_TYPES:
             raise ValidationFailed(
-                f"{field}: `{version}` is a {peft_type} adapter, which a merge job cannot merge into its base "
+                f"{field}: `{version}` is {with_article(str(peft_type))} adapter, which a merge job cannot merge into its base "
                 f"(it merges {', '.join(sorted(MERGE_JOB_TYPES))}; DoRA is LORA); load it with peft instead.",
                 code="not_mergeable", detail={"field": field})
         if base is None:

@@ -135,5 +135,26 @@ def version_resolve(*, repo: Repository, revision: str, hf: bool = False) -> Ver
         else:
             version = qs.filter(pk__in=Alias.objects.filter(repository=repo, name=revision).values("version_id")).first()
     if version is None:
-        raise NotFound(f"`{repo.full_name}` has no version `{revision}`.")
+        raise NotFound(_missing_revision(repo, revision))
     return version
+
+
+#: how many of a repository's aliases the message for a missing one lists
+ALIASES_SHOWN = 10
+
+
+def _missing_revision(repo: Repository, revision: str) -> str:
+    """What a missing revision is, said as what it is: a number (and the latest), an alias (and the ones there are)."""
+    name = repo.full_name
+    latest = Version.objects.filter(repository=repo).order_by("-number").values_list("number", flat=True).first()
+    if latest is None:
+        return f"`{name}` has no versions yet."
+    if is_number(revision):
+        return f"`{name}` has no version {int(revision)} (latest is {latest})."
+    if revision == LATEST or is_digest(revision) or is_hf_commit(revision):
+        return f"`{name}` has no version `{revision}`."
+    aliases = list(Alias.objects.filter(repository=repo).order_by("name").values_list("name", flat=True)[:ALIASES_SHOWN + 1])
+    if not aliases:
+        return f"`{name}` has no alias `{revision}` (it has no aliases yet)."
+    shown = ", ".join(f"`{alias}`" for alias in aliases[:ALIASES_SHOWN]) + (" …" if len(aliases) > ALIASES_SHOWN else "")
+    return f"`{name}` has no alias `{revision}` (its aliases: {shown})."

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from .errors import RefError
 from .limits import ALIAS_MAX_LENGTH, NAME_MAX_LENGTH, NAMESPACE_MAX_LENGTH, VERSION_MAX_DIGITS
+from .words import with_article
 
 LATEST = "latest"
 DIGEST_PREFIX = "sha256:"
@@ -55,11 +56,11 @@ def _name_rules(value: str, what: str, limit: int, chars: re.Pattern, allowed: s
     if why := _size_problem(value, what, limit):
         return why
     if not chars.fullmatch(value):
-        return f"a {what} holds only {allowed}"
+        return f"{with_article(what)} holds only {allowed}"
     if value[0] not in _ALNUM or value[-1] not in _ALNUM:
-        return f"a {what} starts and ends with a letter or a digit"
+        return f"{with_article(what)} starts and ends with a letter or a digit"
     if any(run in value for run in runs):
-        return f"a {what} may not hold {' or '.join(repr(run) for run in runs)}"
+        return f"{with_article(what)} may not hold {' or '.join(repr(run) for run in runs)}"
     return None
 
 
