@@ -3,6 +3,11 @@
 The bearer token goes only to the hub's own API. Upload and download URLs the
 server hands out are signed (presigned on S3): they get exactly the headers the
 server listed, and never ``Authorization``.
+
+A hub that cannot be connected to is retried like any transient failure (a worker
+outlives a hub restart), with a warning on the first failure; a client made with
+``retry_unreached=False`` (the ``pefthub`` command) instead raises at once when the
+hub refuses the first connection it ever tries: nothing is restarting, nobody is there.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 from requests.auth import AuthBase
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from . import constants as c
 from .errors import HubConnectionError, error_from_response
@@ -77,8 +83,12 @@ class HTTPClient:
         max_retries: int = c.DEFAULT_MAX_RETRIES,
         backoff_base: float = c.BACKOFF_BASE,
         backoff_cap: float = c.BACKOFF_CAP,
+        retry_unreached: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retry_unreached = retry_unreached
+        # set once the hub has answered: from then on a refused connection is a restart, worth retrying
+        self.reached = False
         self.token = token
         self.timeout = timeout
         self.max_retries = max(0, int(max_retries))
@@ -99,6 +109,11 @@ class HTTPClient:
     def absolute(self, url: str) -> str:
         """Resolve a URL the server returned, which may be relative to the hub."""
         return urljoin(self.base_url + "/", url)
+
+    def unreachable(self, why: str) -> str:
+        """What to say when no hub answers at ``base_url``: where, why, and how to get one."""
+        return (f"no hub answers at {self.base_url} ({why}). Start one with `pefthub-server up`, or point "
+                f"{c.ENV_URL} (or `pefthub login --url`) at the hub you mean.")
 
     # -- retry policy ---------------------------------------------------------
     def backoff(self, attempt: int) -> float:
@@ -145,10 +160,17 @@ class HTTPClient:
                     stream=stream,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
+                to_hub = _origin(url) == _origin(self.base_url)
+                why = _not_connected(exc)
+                if why and to_hub and not self.reached and not self.retry_unreached:
+                    raise HubConnectionError(self.unreachable(why), code="hub_unreachable") from exc
                 if attempt >= self.max_retries:
                     raise HubConnectionError(
                         f"could not reach {_origin(url)} after {attempt + 1} attempt(s): {exc}"
                     ) from exc
+                if attempt == 0 and why and to_hub:
+                    logger.warning("cannot reach %s (%s); retrying up to %d time(s)", self.base_url, why,
+                                   self.max_retries)
                 delay = self.pause(attempt)
                 logger.debug("retrying %s %s in %.2fs after %s", method, url, delay, exc)
                 attempt += 1
@@ -157,6 +179,8 @@ class HTTPClient:
                 close = getattr(body, "close", None)
                 if callable(close):
                     close()
+            if not self.reached and _origin(url) == _origin(self.base_url):
+                self.reached = True
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             # A server that asks for a longer pause than we wait out gets its error raised now.
             waits_out = retry_after is None or retry_after <= c.RETRY_AFTER_CAP
@@ -174,6 +198,21 @@ class HTTPClient:
                 finally:
                     response.close()
             return response
+
+
+def _not_connected(exc: Exception) -> str | None:
+    """Why no connection was made at all ("connection refused" ...); None when one was made and then failed."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return "connecting timed out"
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(reason, NameResolutionError):
+        return f"host name {reason.conn.host!r} not found" if getattr(reason, "conn", None) else "host name not found"
+    if isinstance(reason, NewConnectionError):
+        # "HTTPConnection(...): Failed to establish a new connection: [Errno 111] Connection refused"
+        text = str(reason).rpartition(": ")[2]
+        text = text.split("] ", 1)[-1] if text.startswith("[Errno") else text
+        return text[:1].lower() + text[1:] if text else "could not connect"
+    return None
 
 
 def _origin(url: str) -> str:

@@ -41,6 +41,11 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
     ``http://127.0.0.1:8000``), ``token`` to ``PEFTHUB_TOKEN``, ``cache_dir`` to
     ``PEFTHUB_CACHE`` (default ``~/.cache/pefthub``), ``progress`` to on unless
     ``PEFTHUB_DISABLE_PROGRESS_BARS=1``.
+
+    Failed connections, 429s and 5xx are retried ``max_retries`` times with backoff. With
+    ``retry_unreached=False`` a hub that refuses the client's very first connection raises
+    :class:`~pefthub.errors.HubConnectionError` (code ``hub_unreachable``) at once instead:
+    what a command run by hand wants; a long-lived client (a worker) keeps the default.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         progress: bool | None = None,
         timeout: float = c.DEFAULT_TIMEOUT,
         max_retries: int = c.DEFAULT_MAX_RETRIES,
+        retry_unreached: bool = True,
     ) -> None:
         config = _config.read_config()
         self.url = _config.resolve_url(url, config)
@@ -59,7 +65,8 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
         self.cache_dir = _config.resolve_cache_dir(cache_dir)
         self.progress = _config.resolve_progress(progress)
         self.cache = Cache(self.cache_dir)
-        self._http = HTTPClient(self.url, self.token, timeout=timeout, max_retries=max_retries)
+        self._http = HTTPClient(self.url, self.token, timeout=timeout, max_retries=max_retries,
+                                retry_unreached=retry_unreached)
 
     def __repr__(self) -> str:
         return f"Hub(url={self.url!r}, token={'***' if self.token else None})"

@@ -84,18 +84,6 @@ def test_backoff_is_full_jitter_capped(monkeypatch):
     assert http.backoff(5) == 0.0
 
 
-def test_connection_errors_are_retried_then_raised():
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    sleeps: list[float] = []
-    http = HTTPClient(f"http://127.0.0.1:{port}", "tok", max_retries=3, timeout=5)
-    http.sleep = sleeps.append
-    with pytest.raises(HubConnectionError, match="after 4 attempt"):
-        api_get(http, "whoami")
-    assert len(sleeps) == 3
-
-
 def test_token_goes_to_the_api_only_and_user_agent_everywhere(proxy, client, alice, seed):
     seed.hub.create_repo("acme/data", kind="dataset")
     http = client([])
@@ -132,3 +120,70 @@ def test_relative_urls_resolve_against_the_hub():
     assert http.api_url("repos") == "http://hub.example:8000/prefix/api/v1/repos"
     assert http.absolute("/api/v1/blobs/ab?sig=1") == "http://hub.example:8000/api/v1/blobs/ab?sig=1"
     assert http.absolute("https://s3.example/b/k?X-Amz=1") == "https://s3.example/b/k?X-Amz=1"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_hub_refusing_the_first_connection_is_said_at_once_with_retry_unreached_false():
+    port = _closed_port()
+    sleeps: list[float] = []
+    http = HTTPClient(f"http://127.0.0.1:{port}", "tok", retry_unreached=False)
+    http.sleep = sleeps.append
+    with pytest.raises(HubConnectionError) as info:
+        api_get(http, "whoami")
+    assert sleeps == [] and info.value.code == "hub_unreachable"
+    assert info.value.message == (
+        f"no hub answers at http://127.0.0.1:{port} (connection refused). Start one with `pefthub-server up`, "
+        "or point PEFTHUB_URL (or `pefthub login --url`) at the hub you mean.")
+    http = HTTPClient("http://no-such-host.invalid", "tok", retry_unreached=False)
+    http.sleep = sleeps.append
+    with pytest.raises(HubConnectionError, match=r"no hub answers at http://no-such-host.invalid \(host name "
+                                                 r"'no-such-host.invalid' not found\)"):
+        api_get(http, "whoami")
+    assert sleeps == []
+
+
+def test_once_the_hub_answered_a_refused_connection_is_retried_as_a_restart():
+    """A command's later requests (a push's commit after its uploads) outlive a hub restart."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    sleeps: list[float] = []
+    http = HTTPClient(f"http://127.0.0.1:{server.server_address[1]}", "tok", retry_unreached=False, max_retries=2)
+    http.sleep = sleeps.append
+    assert api_get(http, "whoami").status_code == 200
+    server.shutdown()
+    server.server_close()
+    http.session.close()  # a fresh connection, to the closed port
+    with pytest.raises(HubConnectionError, match="after 3 attempt"):
+        api_get(http, "whoami")
+    assert len(sleeps) == 2
+
+
+def test_by_default_connection_errors_are_retried_with_a_warning_then_raised(caplog):
+    port = _closed_port()
+    sleeps: list[float] = []
+    http = HTTPClient(f"http://127.0.0.1:{port}", "tok", max_retries=2)
+    http.sleep = sleeps.append
+    with caplog.at_level("WARNING", logger="pefthub"), pytest.raises(HubConnectionError, match="after 3 attempt"):
+        api_get(http, "whoami")
+    assert len(sleeps) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot reach http://127.0.0.1:{port} (connection refused); retrying up to 2 time(s)"]
