@@ -12,9 +12,11 @@ from typing import Any
 from ._cli_util import UsageError, labelled, make_hub, print_json, show, table
 from .jobs import Job, JobEvent
 from .protocol.errors import SpecError
-from .protocol.jobs import JOB_TYPES, QUEUES, STATUSES
+from .protocol.jobs import JOB_ID_MIN_PREFIX, JOB_TYPES, QUEUES, STATUSES
 from .protocol.peft import METHODS
 from .protocol.specs import COMBINATIONS, DTYPES, parse_overrides
+
+JOB_ID_HELP = f"the job's id, or a prefix of it that names one job (at least {JOB_ID_MIN_PREFIX} hex digits)"
 
 #: hub.train's own keywords; any other key of a --config file is a hyperparameter
 TRAIN_KEYS = frozenset(
@@ -253,7 +255,7 @@ def add_job_commands(sub: Any) -> None:
     p.add_argument("--max-attempts", type=int, metavar="N", help="1-10, default 3")
     p.add_argument("--config", metavar="FILE", help="YAML or JSON with the same keys as hub.train; flags override it")
     p.add_argument("--wait", action="store_true", help="follow the job to its end and print the result ref")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, needs_token=True)
 
     p = sub.add_parser("merge", help="submit a merge job (one adapter into its base, or several combined)")
     p.add_argument("refs", nargs="+", metavar="REF", help="adapter ns/name[@rev]")
@@ -266,7 +268,7 @@ def add_job_commands(sub: Any) -> None:
     p.add_argument("-m", "--message", default="", help="message of the result version")
     p.add_argument("--queue", choices=QUEUES, help="default: cpu")
     p.add_argument("--wait", action="store_true", help="follow the job to its end and print the result ref")
-    p.set_defaults(func=cmd_merge)
+    p.set_defaults(func=cmd_merge, needs_token=True)
 
     jobs = sub.add_parser("jobs", help="list, show, follow and cancel jobs")
     jsub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
@@ -275,19 +277,19 @@ def add_job_commands(sub: Any) -> None:
     p.add_argument("--type", choices=JOB_TYPES)
     p.add_argument("--output", metavar="NS/NAME")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_jobs_ls)
+    p.set_defaults(func=cmd_jobs_ls, needs_token=True)
 
     p = jsub.add_parser("show", help="one job")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_jobs_show)
+    p.set_defaults(func=cmd_jobs_show, needs_token=True)
 
     p = jsub.add_parser("logs", help="a job's events: metrics, log lines, status changes")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     p.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number")
-    p.set_defaults(func=cmd_jobs_logs)
+    p.set_defaults(func=cmd_jobs_logs, needs_token=True)
 
     p = jsub.add_parser("cancel", help="stop a job (queued: at once; running: at its next heartbeat)")
-    p.add_argument("id", metavar="ID")
-    p.set_defaults(func=cmd_jobs_cancel)
+    p.add_argument("id", metavar="ID", help=JOB_ID_HELP)
+    p.set_defaults(func=cmd_jobs_cancel, needs_token=True)

@@ -8,11 +8,20 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from . import _config
+from . import constants as c
 from .client import Hub
+
+#: what a command that needs a token says when it has none, or a bad one
+LOGIN_HINT = f"run `pefthub login` or set {c.ENV_TOKEN}"
 
 
 class UsageError(Exception):
     """Bad arguments: the command exits 2."""
+
+
+class NoToken(Exception):
+    """The command needs a token and none is set: it exits 1 before any request."""
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -42,7 +51,27 @@ def show(as_json: bool, raw: Any, text: Callable[[], str]) -> int:
 
 
 def make_hub() -> Hub:
-    return Hub()
+    # A command run by hand: a hub that refuses its first connection is not there (say so at
+    # once, not after ~10 s of retries); once it has answered, a refusal is a restart, retried.
+    return Hub(retry_unreached=False)
+
+
+def credentials() -> tuple[str, str | None, str | None]:
+    """``(url, token, other)`` as :class:`Hub` resolves them; ``other`` is the URL of a saved login
+    whose token is not sent because the hub chosen is another one (else None)."""
+    config = _config.read_config()
+    url = _config.resolve_url(None, config)
+    token = _config.resolve_token(None, url, config)
+    saved = config.get("url")
+    other = str(saved) if not token and config.get("token") and saved else None
+    return url, token, other
+
+
+def no_token_message(command: str) -> str:
+    """``pefthub push`` needs a token: run `pefthub login` or set PEFTHUB_TOKEN (and why a saved one is not used)."""
+    url, _, other = credentials()
+    why = f" (the token `pefthub login` saved is for {other}, not {url})" if other else ""
+    return f"`{command}` needs a token: {LOGIN_HINT}{why}."
 
 
 SHELLS = ("sh", "fish", "powershell", "json")

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import _config
 from . import constants as c
 from ._cli_jobs import add_job_commands
-from ._cli_util import SHELLS
+from ._cli_util import LOGIN_HINT, SHELLS, NoToken, credentials, no_token_message
 from ._cli_util import UsageError as _UsageError
 from ._cli_util import labelled as _labelled
 from ._cli_util import make_hub as _hub
@@ -27,7 +27,7 @@ from ._cli_util import shell_exports as _shell_exports
 from ._cli_util import show as _show
 from ._cli_util import table as _table
 from .client import Hub
-from .errors import HubError, RefError
+from .errors import AuthenticationFailed, HubError, NotFound, RefError, ValidationError
 from .models import Repo, Version
 from .peft_compat import PeftCompatError, PeftCompatWarning, resolve_version
 from .protocol.repos import KINDS, VISIBILITIES
@@ -57,7 +57,7 @@ def cmd_login(args: argparse.Namespace) -> int:
         token = (token or "").strip()
     if not token:
         raise _UsageError("no token given: pass --token, type it at the prompt or pipe it on stdin")
-    with Hub(url, token, progress=False) as hub:
+    with Hub(url, token, progress=False, retry_unreached=False) as hub:
         me = hub.whoami()
     _config.write_config(url, token)
     print(f"Logged in as {me.get('username')}")
@@ -90,19 +90,38 @@ def cmd_push(args: argparse.Namespace) -> int:
         if not isinstance(metadata, dict):
             raise _UsageError("--metadata must be a JSON object")
     with _hub() as hub:
-        version = hub.push(
-            args.path,
-            args.ref,
-            base_model=args.base_model,
-            kind=args.kind,
-            aliases=args.alias or (),
-            message=args.message,
-            metadata=metadata,
-            visibility=args.visibility,
-        )
+        try:
+            version = hub.push(
+                args.path,
+                args.ref,
+                base_model=args.base_model,
+                kind=args.kind,
+                aliases=args.alias or (),
+                message=args.message,
+                metadata=metadata,
+                visibility=args.visibility,
+            )
+        except ValidationError as exc:
+            if exc.code != "base_model_required":
+                raise
+            # the hub names the SDK's keyword; here it is a flag
+            raise ValidationError(
+                f"{args.ref} is an adapter, and an adapter is filed against the model it was trained on: add "
+                f"`--base-model {_base_example(Path(args.path))}` (a model repository on the hub; push it first "
+                "if it is not there).", status=exc.status, code=exc.code, request_id=exc.request_id,
+            ) from None
     state = "created" if version.created else "unchanged"
     print(f"{version.ref} {version.digest} {state}")
     return 0
+
+
+def _base_example(path: Path) -> str:
+    """The base an adapter folder's adapter_config.json names when it is a hub reference, else acme/base."""
+    try:
+        named = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        return str(parse_ref(named, allow_revision=False)) if isinstance(named, str) else "acme/base"
+    except (OSError, ValueError, AttributeError):  # no such file, not JSON, not an object, not a reference
+        return "acme/base"
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -152,6 +171,8 @@ def _peft_version(value: str) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if credentials()[1] is None:
+        print(f"note: no token, so only public repositories are listed ({LOGIN_HINT} to see yours)", file=sys.stderr)
     with _hub() as hub:
         repos = list(
             hub.repos(
@@ -252,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("whoami", help="who the token belongs to")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_whoami)
+    p.set_defaults(func=cmd_whoami, needs_token=True)
 
     p = sub.add_parser("push", help="upload a folder or a file as a new version")
     p.add_argument("path", metavar="PATH")
@@ -263,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--message", default="", help="version message")
     p.add_argument("--metadata", metavar="JSON", help="metadata to record, a JSON object")
     p.add_argument("--visibility", choices=VISIBILITIES, default="private", help="for a new repository (default: private)")
-    p.set_defaults(func=cmd_push)
+    p.set_defaults(func=cmd_push, needs_token=True)
 
     p = sub.add_parser("pull", help="download a version (cached, verified); prints its path")
     p.add_argument("ref", metavar="REF", help="namespace/name[@revision]")
@@ -298,10 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="REF", help="namespace/name@revision (namespace/name with --delete)")
     p.add_argument("alias", metavar="ALIAS")
     p.add_argument("--delete", action="store_true", help="delete the alias instead")
-    p.set_defaults(func=cmd_alias)
+    p.set_defaults(func=cmd_alias, needs_token=True)
 
     add_job_commands(sub)
     return parser
+
+
+def _command(args: argparse.Namespace) -> str:
+    return " ".join(["pefthub", args.command] + ([args.jobs_command] if getattr(args, "jobs_command", None) else []))
+
+
+def _refused(args: argparse.Namespace, exc: AuthenticationFailed) -> str:
+    """A 401, said in the CLI's terms: no token (log in), or a token the hub does not take (log in again)."""
+    if args.command == "login":
+        return f"{_config.resolve_url(args.url, _config.read_config())} did not accept this token: {exc.message}"
+    url, token, _ = credentials()
+    if token is None:
+        return no_token_message(_command(args))
+    return f"{url} did not accept your token ({exc.message}): run `pefthub login` again or set {c.ENV_TOKEN}."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,12 +346,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
+        if getattr(args, "needs_token", False) and credentials()[1] is None:
+            raise NoToken(no_token_message(_command(args)))
         return args.func(args)
     except (_UsageError, RefError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except HubError as exc:
+    except NoToken as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except AuthenticationFailed as exc:
+        print(f"error: {_refused(args, exc)}", file=sys.stderr)
+        return 1
+    except NotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if args.command != "login" and credentials()[1] is None:
+            print(f"note: no token was sent, so only public repositories are visible: {LOGIN_HINT}", file=sys.stderr)
+        return 1
+    except HubError as exc:
+        text = str(exc)
+        if exc.status is None and exc.code and text.startswith(f"{exc.code}: "):
+            text = text[len(exc.code) + 2:]  # the hub's refusals keep their status and code; the client's own, none
+        print(f"error: {text}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)

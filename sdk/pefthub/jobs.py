@@ -364,5 +364,9 @@ class JobsMixin:
             yield Job(self, item)  # type: ignore[arg-type]
 
     def job(self, job_id: str) -> Job:
-        """One job by id."""
+        """One job by its id, or by a prefix of it (at least 8 hex digits) that only one job you may see has.
+
+        An ambiguous prefix raises :class:`~pefthub.errors.ValidationError` (code ``ambiguous_job_id``)
+        naming the matches; the returned job has its full id.
+        """
         return Job(self, self.request("GET", f"jobs/{quote_segment(job_id)}"))  # type: ignore[arg-type]

@@ -86,8 +86,7 @@ def test_train_refusals(cli, env, proxy):
     code, out, err = cli("train", *BASE, "--set", "r=0")
     assert (code, out) == (1, "") and err.startswith("error: ") and "hyperparameters.r" in err
     code, _, err = cli("train", *BASE, "--set", "learnin_rate=2e-4")
-    assert (code, err) == (1, "error: validation_error: unknown hyperparameter `learnin_rate`; "
-                              "did you mean `learning_rate`?\n")
+    assert (code, err) == (1, "error: unknown hyperparameter `learnin_rate`; did you mean `learning_rate`?\n")
     assert cli("train", *BASE, "--method", "adalora")[0] == 2  # argparse choices
     assert proxy.requests("POST", "/api/v1/jobs") == []
 
