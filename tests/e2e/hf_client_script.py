@@ -7,12 +7,17 @@ Usage:
       what a user types: pipeline("text-generation", model="acme/merged"),
       AutoPeftModelForCausalLM / PeftModel on acme/adapter (no tokenizer files), load_dataset("acme/data"),
       snapshot_download and hf_hub_download
+  python hf_client_script.py OUT.pt reads OTHER_TOKEN
+      what HfApi reads besides files: list_models / list_datasets (also as OTHER_TOKEN's owner, and page by page
+      through huggingface_hub's own paginate), list_repo_refs, list_repo_commits, model_info(files_metadata=True),
+      whoami, and load_dataset("acme/data") 10 times, each from a cold cache
 Writes a dict of facts and logits with torch.save.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -71,6 +76,44 @@ def tools() -> dict:
     return out
 
 
+def reads(other_token: str) -> dict:
+    from datasets import config, load_dataset
+    from huggingface_hub import constants
+    from huggingface_hub.utils import paginate
+
+    api, other = HfApi(), HfApi(token=other_token)
+    out = {
+        "models": [m.id for m in api.list_models()],
+        "search": [m.id for m in api.list_models(search="BO", author="acme")],
+        "adapters_of_base": [m.id for m in api.list_models(filter="base_model:adapter:acme/llama-tiny")],
+        "newest_two": [m.id for m in api.list_models(sort="created_at", limit=2)],
+        "datasets": [d.id for d in api.list_datasets()],
+        "other_models": [m.id for m in other.list_models()],
+        "other_adapters_of_base": [m.id for m in other.list_models(filter="base_model:adapter:acme/llama-tiny")],
+        "other_datasets": [d.id for d in other.list_datasets()],
+        # one repository per page: huggingface_hub follows each `Link: <...>; rel="next"`
+        "paged": [m["id"] for m in paginate(f"{constants.ENDPOINT}/api/models", params={"limit": 1},
+                                            headers=api._build_hf_headers())],
+    }
+    refs = api.list_repo_refs("acme/bot")
+    out["refs"] = {"branches": [(r.name, r.ref, r.target_commit) for r in refs.branches],
+                   "tags": [(r.name, r.ref, r.target_commit) for r in refs.tags]}
+    out["commits"] = [(c.commit_id, c.title, c.message, c.authors) for c in api.list_repo_commits("acme/bot")]
+    out["commits_from_prod"] = [c.commit_id for c in api.list_repo_commits("acme/bot", revision="prod")]
+    info = api.model_info("acme/bot", files_metadata=True)
+    out["files"] = {s.rfilename: (s.size, s.blob_id, s.lfs.sha256 if s.lfs else None) for s in info.siblings}
+    out["card"] = Path(hf_hub_download("acme/bot", "README.md")).read_text()
+    out["card_data"] = info.card_data.to_dict()
+    out["whoami"] = api.whoami()
+    out["dataset_card"] = Path(hf_hub_download("acme/data", "README.md", repo_type="dataset")).read_text()
+    out["loads"] = []
+    for _ in range(10):  # each from a cold cache: every probe datasets sends, answered again
+        for cache in (constants.HF_HUB_CACHE, config.HF_DATASETS_CACHE):
+            shutil.rmtree(cache, ignore_errors=True)
+        out["loads"].append(list(load_dataset("acme/data", split="train")))
+    return out
+
+
 if __name__ == "__main__":
     out_path, mode, *args = sys.argv[1:]
-    torch.save({"revisions": lambda: revisions(args), "tools": tools}[mode](), out_path)
+    torch.save({"revisions": lambda: revisions(args), "tools": tools, "reads": lambda: reads(*args)}[mode](), out_path)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+import yaml
 
 from examples import tiny
 from pefthub_server.core import http as hub_http
@@ -144,7 +145,10 @@ def test_protocol_details(published, alice, live_server):
     norev = requests.get(f"{url}/api/models/acme/x/revision/nope", headers=h)
     assert norev.status_code == 404 and norev.headers["X-Error-Code"] == "RevisionNotFound"
     card = requests.get(f"{url}/acme/x/resolve/3/README.md", headers=h).text
-    assert card.startswith("---\nlibrary_name: peft\nbase_model: acme/llama-tiny\nbase_model_relation: adapter\n")
+    front = yaml.safe_load(card.split("---\n")[1])  # peft's own README.md, with the hub's keys merged in
+    assert {k: front[k] for k in ("library_name", "base_model", "base_model_relation")} == \
+        {"library_name": "peft", "base_model": "acme/llama-tiny", "base_model_relation": "adapter"}
+    assert "# Model Card for Model ID" in card.split("## PEFT Hub")[0]
     assert "## PEFT Hub" in card and "### Serving" in card and "AutoPeftModelForCausalLM" in card
 
 
@@ -201,18 +205,32 @@ def test_revision_suffix_serves_a_config_an_older_peft_loads(alice, live_server,
 RUNS = 3  # fresh processes (and caches) per check: one keep-alive fault in any of them fails the test
 
 
+#: a README.md pushed with acme/bot@2: the hub keeps it and merges its own front matter in
+USER_README = """---
+license: apache-2.0
+tags:
+- chat
+---
+
+# Support bot
+
+Answers support questions.
+"""
+
+
 @pytest.fixture(scope="module")
 def up_hub(tmp_path_factory, tiny_base):
-    """`pefthub-server up` with acme/llama-tiny, acme/adapter (no tokenizer files), acme/merged (with its tokenizer)
-    and the dataset acme/data, pushed with the SDK by alice (made with `pefthub-server adduser`); what loading
-    them locally gives."""
+    """`pefthub-server up` with acme/llama-tiny, acme/adapter (no tokenizer files), acme/merged (with its tokenizer),
+    the dataset acme/data, the public adapter acme/bot (1 `prod`, then 2 with a README of its own) and the private
+    acme/secret, pushed with the SDK by alice (made with `pefthub-server adduser`); carol's private dataset carol/data;
+    what loading them locally gives."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, pipeline
 
     from pefthub import Hub
 
     work = tmp_path_factory.mktemp("up-hub")
-    adapter, merged, data = work / "adapter", work / "merged", work / "data"
+    adapter, merged, data, bot = work / "adapter", work / "merged", work / "data", work / "bot"
     tiny.train_lora(tiny_base, adapter, steps=4, seed=5)
     assert not list(adapter.glob("tokenizer*"))  # AutoPeftModel probes for one: the hub must say EntryNotFound
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), adapter).merge_and_unload()
@@ -221,6 +239,8 @@ def up_hub(tmp_path_factory, tiny_base):
         shutil.copy(tiny_base / name, merged / name)
     data.mkdir()
     tiny.make_dataset(data / "train.jsonl", rows=24)
+    shutil.copytree(adapter, bot)
+    (bot / "README.md").write_text(USER_README)
     x = tiny.sample_input()
     with torch.no_grad():
         expected = {
@@ -237,6 +257,14 @@ def up_hub(tmp_path_factory, tiny_base):
             hub.push(adapter, "acme/adapter", base_model="acme/llama-tiny")
             hub.push(merged, "acme/merged")
             hub.push(data, "acme/data", kind="dataset")
+            hub.push(adapter, "acme/bot", base_model="acme/llama-tiny", aliases=["prod"], visibility="public",
+                     message="First cut\n\nTrained 4 steps.")
+            hub.push(bot, "acme/bot", message="Add a README")
+            hub.push(adapter, "acme/secret", base_model="acme/llama-tiny")
+            expected["bot"] = {n: hub.version(f"acme/bot@{n}") for n in (1, 2)}
+        expected["carol"] = server.adduser("carol")
+        with Hub(url=server.url, token=expected["carol"], cache_dir=work / "cache-carol", progress=False) as hub:
+            hub.push(data, "carol/data", kind="dataset")
         yield server, token, expected
 
 
@@ -251,3 +279,80 @@ def test_pipeline_auto_peft_and_load_dataset_through_pefthub_server_up(up_hub, t
         assert found["rows"] == expected["rows"], run
         assert found["snapshot"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
         assert '"base_model_name_or_path": "acme/llama-tiny"' in found["config"]
+
+
+#: what datasets 5.2's load_dataset("acme/data") sends to the hub from a cold cache (HF_DEBUG=1 logs it), in order;
+#: (method, path, status, X-Error-Code or the content type's start). It also probes two hosts that are not the hub
+#: (s3.amazonaws.com for a loading script, datasets-server.<host> for parquet): both fail fast and it goes on.
+DATASET_PROBES = [
+    ("HEAD", "datasets/acme/data/resolve/main/README.md", 200, "text/markdown"),
+    ("GET", "datasets/acme/data/resolve/main/README.md", 200, "text/markdown"),
+    ("HEAD", "datasets/acme/data/resolve/{commit}/data.py", 404, "EntryNotFound"),
+    ("GET", "api/datasets/acme/data/revision/{commit}", 200, "application/json"),
+    ("HEAD", "datasets/acme/data/resolve/{commit}/.huggingface.yaml", 404, "EntryNotFound"),
+    ("GET", "api/datasets/acme/data/tree/{commit}/data?recursive=false&expand=false", 404, "EntryNotFound"),
+    ("GET", "api/datasets/acme/data/tree/{commit}?recursive=false&expand=false", 200, "application/json"),
+    ("HEAD", "datasets/acme/data/resolve/{commit}/dataset_infos.json", 404, "EntryNotFound"),
+    ("HEAD", "datasets/acme/data/resolve/{commit}/train.jsonl", 200, "application/octet-stream"),
+    ("GET", "datasets/acme/data/resolve/{commit}/train.jsonl", 200, "application/octet-stream"),
+]
+
+
+def _walk_dataset_probes(url: str, token: str) -> None:
+    """The probe sequence on one keep-alive connection: each answer as datasets needs it, none a 5xx."""
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {token}"
+        commit = session.get(f"{url}/hf/api/datasets/acme/data").json()["sha"]
+        for method, path, status, what in DATASET_PROBES:
+            response = session.request(method, f"{url}/hf/{path.format(commit=commit)}", allow_redirects=False)
+            got = response.headers.get("X-Error-Code") if status == 404 else response.headers["Content-Type"]
+            assert response.status_code == status and got.startswith(what), (method, path, response.status_code, got)
+
+
+def test_listings_refs_commits_whoami_and_cold_load_dataset_through_pefthub_server_up(up_hub, tmp_path):
+    """HfApi's reads besides files and `hf auth whoami`, in fresh processes; load_dataset 10 times from a cold cache."""
+    server, token, expected = up_hub
+    env = {"HF_ENDPOINT": f"{server.url}/hf", "HF_TOKEN": token}
+    found = _run(env, tmp_path / "reads.pt", ["reads", expected["carol"]], tmp_path / "hf-home")
+    acme = ["acme/adapter", "acme/bot", "acme/llama-tiny", "acme/merged", "acme/secret"]
+    assert found["models"] == found["paged"] == acme
+    assert found["search"] == ["acme/bot"]
+    assert found["adapters_of_base"] == ["acme/adapter", "acme/bot", "acme/secret"]
+    assert found["newest_two"] == ["acme/secret", "acme/bot"]
+    assert found["datasets"] == ["acme/data"]
+    assert found["other_models"] == found["other_adapters_of_base"] == ["acme/bot"]  # none of acme's private ones
+    assert found["other_datasets"] == ["carol/data"]  # and alice sees none of carol's
+
+    v1, v2 = (expected["bot"][n] for n in (1, 2))
+    commit1, commit2 = (v.digest.removeprefix("sha256:")[:40] for v in (v1, v2))
+    assert found["refs"] == {"branches": [("main", "refs/heads/main", commit2)], "tags": [("prod", "refs/tags/prod", commit1)]}
+    assert found["commits"] == [(commit2, "Add a README", "", ["alice"]), (commit1, "First cut", "Trained 4 steps.", ["alice"])]
+    assert found["commits_from_prod"] == [commit1]
+
+    files = found["files"]
+    assert set(files) == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+    for f in v2.files:
+        if f.path != "README.md":  # the card is the hub's merge of it
+            assert files[f.path][:2] == (f.size, f.sha256[:40]), f.path
+    weights = next(f for f in v2.files if f.path == "adapter_model.safetensors")
+    assert files["adapter_model.safetensors"][2] == weights.sha256
+    assert files["README.md"][0] == len(found["card"].encode())
+    card = found["card"]
+    assert card.index("# Support bot\n\nAnswers support questions.") < card.index("## PEFT Hub")
+    assert found["card_data"] == {"license": "apache-2.0", "tags": ["chat", "pefthub", "peft", "lora"], "library_name": "peft",
+                                  "base_model": "acme/llama-tiny", "base_model_relation": "adapter"}
+    assert "load_dataset" in found["dataset_card"] and "AutoModel" not in found["dataset_card"]
+
+    assert found["whoami"]["name"] == "alice" and [o["name"] for o in found["whoami"]["orgs"]] == ["acme"]
+    assert found["loads"] == [expected["rows"]] * 10
+    _walk_dataset_probes(server.url, token)
+
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "DJANGO_"))}
+    cli_env.update({"HF_HOME": str(tmp_path / "cli-home"), **env})
+    whoami = subprocess.run([str(Path(sys.executable).parent / "hf"), "auth", "whoami"], env=cli_env, capture_output=True,
+                            text=True, timeout=120)
+    assert whoami.returncode == 0 and "alice" in whoami.stdout and "acme" in whoami.stdout, whoami.stdout + whoami.stderr
+    cli_env.pop("HF_TOKEN")
+    anonymous = subprocess.run([str(Path(sys.executable).parent / "hf"), "auth", "whoami"], env=cli_env,
+                               capture_output=True, text=True, timeout=120)
+    assert anonymous.returncode != 0 and "alice" not in anonymous.stdout
