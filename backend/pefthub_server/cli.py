@@ -137,9 +137,10 @@ def find_data_dir(command: str, environ: dict[str, str] | os._Environ = os.envir
         mine = database_label(data_dir, database_url)
         for record in live:
             if record.data_dir == data_dir and record.database != mine:
+                fix = "unset DATABASE_URL" if record.database.startswith("sqlite3 ") and database_url \
+                    else "set DATABASE_URL as that hub has it"
                 raise NoHubData(f"the hub on {record.url} uses {data_dir} with the database {record.database}, "
-                                f"but this command would use {mine}: set DATABASE_URL as that hub has it"
-                                f"{' (or unset it)' if not database_url else ''}")
+                                f"but this command would use {mine}: {fix}")
         return data_dir
 
     def running(hubs: list[HubRecord]) -> str:
