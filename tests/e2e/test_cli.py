@@ -102,6 +102,13 @@ def test_cli_push_pull_ls_info_alias(server, tiny_base, tiny_adapter, tmp_path):
 
     missing = run([cli, "pull", "acme/nope"], env)
     assert missing.returncode == 1 and "error:" in missing.stderr and "not found" in missing.stderr.lower()
+    no_alias = run([cli, "pull", "acme/bot@staging"], env)
+    assert no_alias.returncode == 1 and "`acme/bot` has no alias `staging` (its aliases: `prod`)." in no_alias.stderr
+    no_version = run([cli, "info", "acme/bot@9"], env)
+    assert no_version.returncode == 1 and "`acme/bot` has no version 9 (latest is 2)." in no_version.stderr
+    no_base = run([cli, "push", adapter, "acme/bot2"], env)  # an adapter whose config names a local path as its base
+    assert no_base.returncode == 1 and "error: 400 base_model_required: acme/bot2 is an adapter" in no_base.stderr
+    assert "add `--base-model acme/base`" in no_base.stderr
     refused = tmp_path / "pickled"
     refused.mkdir()
     (refused / "config.json").write_text("{}")
@@ -126,12 +133,49 @@ def test_embedded_worker_trains_and_merges_through_the_cli(server, tiny_base, tm
     assert trained.returncode == 0, trained.stdout + trained.stderr
     job_id, result = trained.stdout.split()
     assert result == "lab2/bot@1"
-    logs = run([cli, "jobs", "logs", job_id], env).stdout
+    logs = run([cli, "jobs", "logs", job_id[:12]], env).stdout  # the short id quickstart prints works too
     assert "step 5/5" in logs and "succeeded" in logs
-    shown = json.loads(run([cli, "jobs", "show", job_id, "--json"], env).stdout)
+    shown = json.loads(run([cli, "jobs", "show", job_id[:12], "--json"], env).stdout)
+    assert shown["id"] == job_id
     assert shown["status"] == "succeeded" and shown["spec"]["method"] == "dora"
     merged = run([cli, "merge", "lab2/bot@1", "--output", "lab2/bot-merged", "--wait"], env)
     assert merged.returncode == 0 and merged.stdout.split()[-1] == "lab2/bot-merged@1", merged.stderr
     refused = run([cli, "train", "--base-model", "lab2/llama-tiny", "--dataset", "lab2/data", "--output", "lab2/x",
                    "--method", "lora", "--set", "r=0"], env)
     assert refused.returncode == 1 and "hyperparameters.r" in refused.stderr
+    typo = run([cli, "train", "--base-model", "lab2/llama-tiny", "--dataset", "lab2/data", "--output", "lab2/x",
+                "--set", "learnin_rate=2e-4"], env)
+    assert (typo.returncode, typo.stderr) == (1, "error: unknown hyperparameter `learnin_rate`; did you mean `learning_rate`?\n")
+
+
+def test_cli_says_what_a_newcomer_misses_no_token_no_hub(server, tmp_path):
+    url, server_env = server
+    token = run([BIN / "pefthub-server", "adduser", "nina", "--team", "nina-lab", "--role", "admin"], server_env).stdout.strip()
+    cli = BIN / "pefthub"
+    base = {**os.environ, "PEFTHUB_CONFIG_DIR": str(tmp_path / "config"), "PEFTHUB_CACHE": str(tmp_path / "cache"),
+            "PEFTHUB_DISABLE_PROGRESS_BARS": "1", "PEFTHUB_URL": url}
+    base.pop("PEFTHUB_TOKEN", None)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    with_token = {**base, "PEFTHUB_TOKEN": token}
+    assert run([cli, "push", data, "nina-lab/open", "--visibility", "public"], with_token).returncode == 0
+    assert run([cli, "push", data, "nina-lab/closed"], with_token).returncode == 0
+
+    # no token: the commands that need one say how to get one; ls says it shows public repositories only
+    whoami = run([cli, "whoami"], base)
+    assert (whoami.returncode, whoami.stdout, whoami.stderr) == (
+        1, "", "error: `pefthub whoami` needs a token: run `pefthub login` or set PEFTHUB_TOKEN.\n")
+    listed = run([cli, "ls", "--json"], base)
+    assert listed.returncode == 0 and [r["id"] for r in json.loads(listed.stdout)] == ["nina-lab/open"]
+    assert listed.stderr == ("note: no token, so only public repositories are listed "
+                             "(run `pefthub login` or set PEFTHUB_TOKEN to see yours)\n")
+
+    # no hub at the URL: said after the first refused connection, with how to start one
+    closed = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    down = run([cli, "ls"], {**with_token, "PEFTHUB_URL": closed})
+    elapsed = time.monotonic() - started
+    assert (down.returncode, down.stdout) == (1, "")
+    assert down.stderr == (f"error: no hub answers at {closed} (connection refused). Start one with `pefthub-server up`, "
+                           "or point PEFTHUB_URL (or `pefthub login --url`) at the hub you mean.\n")
+    assert elapsed < 5, elapsed  # a fresh process: interpreter start-up included; was 3 to 11.5 s of retries
