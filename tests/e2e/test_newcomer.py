@@ -140,6 +140,15 @@ def test_server_commands_find_the_running_hubs_data_or_say_what_to_set(tmp_path)
             in mixed.stderr and "but this command would use postgresql 127.0.0.1:1/other: unset DATABASE_URL" \
             in mixed.stderr
 
+        # a second `up` (a second `./dev up`) on the same port: refused before it makes a database, naming the hub there
+        second = tmp_path / "second"
+        second.mkdir()
+        taken = server_cli("up", "--port", str(one.port), "--no-worker", cwd=second, env=shell)
+        assert taken.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{one.port}" in taken.stderr
+        assert f"the hub on {one.url} (pid {one.proc.pid}, data dir {one.data_dir}) runs there" in taken.stderr
+        assert not (second / ".pefthub" / "db.sqlite3").exists()
+
         # two hubs: which one is not guessed
         two = HubProcess(tmp_path / "two", env=service_env(HOME=str(home))).start()
         both = server_cli("adduser", "carl", cwd=elsewhere, env=shell)

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,10 +22,10 @@ import time
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
-from pefthub_server.cli import database_label, hub_record_write
+from pefthub_server.cli import database_label, hub_record_write, hub_records
 from pefthub_server.core.models import Scope
 from pefthub_server.core.tokens import operator_token_create, tokens_revoke_named
 from pefthub_server.jobs.services import jobs_reap
@@ -111,6 +112,21 @@ def _client_url(host: str, port: int) -> str:
     return f"http://{client_host}:{port}"
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse before migrating or starting a worker when another process listens on ``host:port``, naming the hub there."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+            return
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    there = [r for r in hub_records() if r.alive and r.url.endswith(f":{port}")]
+    who = "".join(f"; the hub on {r.url} (pid {r.pid}, data dir {r.data_dir}) runs there" for r in there)
+    raise CommandError(f"cannot listen on {host}:{port}: {reason}{who}. Stop it, or pick another port with --port "
+                       "(./dev up: PEFTHUB_PORT=8001 ./dev up)")
+
+
 class Command(BaseCommand):
     help = "Migrate, then serve the web catalogue and the API (and one embedded worker) until interrupted."
 
@@ -144,6 +160,7 @@ class Command(BaseCommand):
         from pefthub_server.server import serve
         from pefthub_server.wsgi import application
 
+        _check_port_free(opts["host"], opts["port"])
         call_command("migrate", verbosity=0, interactive=False)
         db = settings.DATABASES["default"]
         embedded = not settings.CELERY_BROKER_URL
