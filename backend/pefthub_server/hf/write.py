@@ -371,8 +371,10 @@ def commit(request, repo_type, ns, name, rev):
     adapter = push.kind_for_files(repo, {f["path"] for f in files}) == Repository.Kind.ADAPTER
     base_model = _adapter_base(user, repo, parsed) if adapter else None
     target = push.push_target(user=user, namespace=repo.namespace.name, name=repo.name, create=False)
+    # built on `head`: if the revision moves before the commit holds the repository's lock, a 412, never a lost file
     version, _ = push.version_create(user=user, target=target, files=files, message=parsed.message,
-                                     base_model=base_model, aliases=[branch] if branch else ())
+                                     base_model=base_model, aliases=[branch] if branch else (),
+                                     head=push.Head(head, branch))
     oid = hf_commit(version.digest)
     return JsonResponse({"commitUrl": f"{_hf_url(request, repo)}/commit/{oid}", "commitOid": oid,
                          "pullRequestUrl": None})

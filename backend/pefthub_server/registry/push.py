@@ -35,11 +35,11 @@ from pefthub.protocol.manifest import (
     manifest_digest,
     parse_manifest,
 )
-from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
+from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
 from pefthub_server.registry import acceptance, compatibility
 from pefthub_server.registry.aliases import alias_move, check_settable
 from pefthub_server.registry.blobs import blob_register, blob_uploaded, blobs_possessed
-from pefthub_server.registry.models import Namespace, Repository, Version, VersionFile
+from pefthub_server.registry.models import Alias, Namespace, Repository, Version, VersionFile
 from pefthub_server.registry.repositories import a_kind, base_resolve, repository_insert, repository_new
 from pefthub_server.registry.selectors import namespace_role, repository_get
 from pefthub_server.registry.storage import BlobStore, get_blob_store, missing_blob
@@ -59,6 +59,26 @@ def _entries(files) -> list[Entry]:
                 code="too_large", status=413,
             )
     return entries
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a revision held when a commit was built on it: the newest version (``alias`` None) or an alias's."""
+
+    version: Version | None
+    alias: str | None = None
+
+    def check(self, repo: Repository, latest: Version | None) -> None:
+        """Under the repository's row lock: the revision still holds what the commit was built on."""
+        if self.alias is None:
+            now = latest
+        else:
+            now = Alias.objects.filter(repository=repo, name=self.alias).select_related("version").first()
+            now = now.version if now is not None else None
+        if (now.pk if now else None) != (self.version.pk if self.version else None):
+            where = f"`{self.alias}`" if self.alias else "its newest version"
+            raise HubError(f"`{repo.full_name}` changed while this commit was made ({where} moved); build it on "
+                           "what is there now and commit again.", code="head_moved", status=412)
 
 
 @dataclass(frozen=True)
@@ -281,13 +301,15 @@ def version_create(
     *, user, target: PushTarget, files, message: str = "", base_model: str | None = None,
     metadata: dict | None = None, aliases: list[str] | tuple[str, ...] = (), job=None,
     kind: str | None = None, visibility: str | None = None, description: str | None = None,
+    head: Head | None = None,
 ) -> tuple[Version, bool]:
     """Commit a version from verified blobs. Returns (version, created).
 
     A target without a repository gets one of ``kind`` (``visibility``, ``description``),
     made in the transaction that adds its first version. Identical to the latest version
     -> (latest, False). With ``job`` (a running Job), the job's first result is returned
-    for every later commit: one result version per job.
+    for every later commit: one result version per job. With ``head`` (a commit built on
+    what a revision held), a 412 if that revision moved before the repository was locked.
     """
     entries = _entries(files)
     repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description,
@@ -315,6 +337,8 @@ def version_create(
         if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
             return earlier, False
         latest = Version.objects.filter(repository=locked).order_by("-number").first()
+        if head is not None:
+            head.check(locked, latest)
         if latest is not None and latest.digest == digest and job is None:
             version, created = latest, False
         else:

@@ -13,7 +13,10 @@ import json
 import pytest
 
 from pefthub.protocol.limits import MAX_FILES
+from pefthub_server.core.errors import HubError
 from pefthub_server.hf.write import XET_OFF_PATH
+from pefthub_server.registry import push
+from pefthub_server.registry.blobs import blob_uploaded
 from pefthub_server.registry.models import Alias, Blob, Repository, Version
 from pefthub_server.registry.storage import get_blob_store
 from tests.conftest import file_specs
@@ -422,3 +425,26 @@ def test_xet_token_requests_land_on_a_url_that_says_how_to_turn_xet_off(hf, alic
     final = hf.get(XET_OFF_PATH)
     assert final.status_code == 400 and "HF_HUB_DISABLE_XET=1" in final.json()["error"]
     assert "set-HF_HUB_DISABLE_XET=1" in XET_OFF_PATH  # hf_xet shows only the URL it failed on
+
+
+def test_a_commit_built_on_a_revision_that_moved_meanwhile_is_a_412_not_a_lost_file(hf, alice, acme_base, tiny_adapter):
+    """The view builds the delta before the repository is locked; version_create re-checks the head under the lock."""
+    folder, _ = tiny_adapter
+    create(hf, "bot")
+    push_adapter(hf, "acme/bot", adapter_files(folder))
+    post(hf, "/hf/api/models/acme/bot/branch/dev", {})
+    commit(hf, "acme/bot", header(), inline("a.md", b"a\n"), rev="dev")  # moves `dev` and the newest version
+    first, second = Version.objects.filter(repository__name="bot").order_by("number")
+    target = push.push_target(user=alice.user, namespace="acme", name="bot", create=False)
+    files = [{"path": f.path, "sha256": f.blob_id, "size": f.size} for f in first.files.all()] + [
+        {"path": "b.md", "sha256": sha(b"b\n"), "size": 2}]
+    get_blob_store().save_bytes(sha(b"b\n"), b"b\n")
+    blob_uploaded(user_id=alice.user.pk, sha256=sha(b"b\n"), size=2)
+    for head in (push.Head(first), push.Head(first, "dev")):
+        with pytest.raises(HubError) as refused:
+            push.version_create(user=alice.user, target=target, files=files, head=head)
+        assert refused.value.status == 412 and refused.value.code == "head_moved"
+    assert Version.objects.filter(repository__name="bot").count() == 2
+    version, created = push.version_create(user=alice.user, target=target, files=files, head=push.Head(second, "dev"),
+                                           aliases=["dev"])
+    assert created and Alias.objects.get(name="dev").version == version
