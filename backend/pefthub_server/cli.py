@@ -167,11 +167,12 @@ def find_data_dir(command: str, environ: dict[str, str] | os._Environ = os.envir
                         + running(ours))
     if database_url:
         return None, ""  # DATABASE_URL names the database; the data dir holds only the secret key and local blobs
+    if live:  # running, each on a database DATABASE_URL names
+        lines = "".join(f"\n  the hub on {r.url} uses {r.database}: set DATABASE_URL as it has it" for r in live)
+        raise NoHubData(f"no hub data in {here}, and every hub running for this user uses another database:{lines}")
     message = (f"no hub data in {here} and no hub is running for this user: set PEFTHUB_DATA_DIR to the hub's "
                "data dir, or start one with `pefthub-server up`")
-    if live:  # running, on another database
-        message += "".join(f"\n  the hub on {r.url} uses {r.database}: set DATABASE_URL as it has it" for r in live)
-    elif records:
+    if records:
         last = records[0]
         message += f"\n  the last hub (on {last.url}, pid {last.pid}, stopped) used PEFTHUB_DATA_DIR={last.data_dir}"
     raise NoHubData(message)

@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.e2e.conftest import running_hub
 from tests.fixtures.services import HubProcess, service_env
 
-pytestmark = [
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a hub's liveness is read from /proc"),
-    # `up` here runs on its own SQLite whatever DATABASE_URL says: the PostgreSQL pass would repeat the SQLite one.
-    pytest.mark.skipif(os.environ.get("DATABASE_URL", "").startswith("postgres"),
-                       reason="run once, in the SQLite pass: `up` here uses its own SQLite"),
-]
+ON_POSTGRES = os.environ.get("DATABASE_URL", "").startswith("postgres")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a hub's liveness is read from /proc")
+# these hubs run on their own SQLite whatever DATABASE_URL says: the PostgreSQL pass would repeat the SQLite one
+sqlite_pass_only = pytest.mark.skipif(ON_POSTGRES, reason="run once, in the SQLite pass: `up` here uses its own SQLite")
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -56,6 +55,7 @@ def whoami(url: str, token: str) -> int:
 
 
 @pytest.mark.slow
+@sqlite_pass_only
 def test_dev_up_prints_next_steps_that_work_in_a_new_shell_and_nothing_to_hide(tmp_path):
     home, tmp, elsewhere = tmp_path / "home", tmp_path / "tmp", tmp_path / "elsewhere"
     for folder in (home, tmp, elsewhere):
@@ -99,6 +99,7 @@ def test_dev_up_prints_next_steps_that_work_in_a_new_shell_and_nothing_to_hide(t
         assert line in said
 
 
+@sqlite_pass_only
 def test_server_commands_find_the_running_hubs_data_or_say_what_to_set(tmp_path):
     home, elsewhere, empty = tmp_path / "home", tmp_path / "elsewhere", tmp_path / "empty"
     home.mkdir()
@@ -176,3 +177,22 @@ def test_server_commands_find_the_running_hubs_data_or_say_what_to_set(tmp_path)
         one.close()
         if two is not None:
             two.close()
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="a hub on PostgreSQL: the PostgreSQL pass")
+def test_server_commands_find_a_postgresql_hub_by_its_database(tmp_path):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    with running_hub(tmp_path / "data", "--no-worker", env={"HOME": str(home)}) as hub:
+        database_url = hub.env["DATABASE_URL"]
+        # DATABASE_URL as the hub has it: its data dir comes from its record
+        made = server_cli("adduser", "pat", cwd=elsewhere, env=fresh_shell_env(home, DATABASE_URL=database_url))
+        assert made.returncode == 0, made.stderr
+        assert whoami(hub.url, made.stdout.strip()) == 200
+        assert f"using the data of the hub running on {hub.url}" in made.stderr
+        # without it, the command would use a SQLite database of its own: refused, saying what to set
+        bare = server_cli("adduser", "pat", cwd=elsewhere, env=fresh_shell_env(home))
+        assert bare.returncode == 2 and bare.stdout == ""
+        assert f"the hub on {hub.url} uses postgresql " in bare.stderr and "set DATABASE_URL as it has it" in bare.stderr
+        assert not (elsewhere / ".pefthub").exists()
