@@ -19,6 +19,7 @@ from django.views.decorators.http import require_http_methods
 from pefthub.protocol.manifest import MODEL_CARD
 from pefthub.protocol.peft import PEFT_TYPES
 from pefthub.protocol.refs import hf_commit
+from pefthub_server.core.auth import require_scope
 from pefthub_server.hf.card import card_data
 from pefthub_server.hf.views import KINDS, HfError, cursor, hf_view, link_next, repo_summary
 from pefthub_server.registry.models import Membership, Namespace, Repository, Version, VersionFile
@@ -168,6 +169,7 @@ def whoami(request):
     """What ``hf auth whoami`` prints and ``HfApi().whoami()`` parses: the user, their teams, the token's scope."""
     if not request.user.is_authenticated:
         raise HfError(401, None, "Invalid credentials in Authorization header: set HF_TOKEN to a PEFT Hub token.")
+    require_scope(request, "read", "see who you are")  # as /api/v1/whoami: a `worker` token is refused
     user, token = request.user, request.auth
     teams = Membership.objects.filter(user=user, namespace__kind=Namespace.Kind.TEAM).select_related("namespace") \
         .order_by(Lower("namespace__name"))
