@@ -183,8 +183,12 @@ class Command(BaseCommand):
             # kombu warns that the filesystem broker's URL names no host, at every dispatch: it needs none.
             logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         # Other `pefthub-server` commands of this user, run from any folder, find this hub's data here.
-        hub_record_write(url=_client_url(opts["host"], opts["port"]), data_dir=settings.DATA_DIR,
-                         database=database_label(settings.DATA_DIR, os.environ.get("DATABASE_URL", "")))
+        try:
+            hub_record_write(url=_client_url(opts["host"], opts["port"]), data_dir=settings.DATA_DIR,
+                             database=database_label(settings.DATA_DIR, os.environ.get("DATABASE_URL", "")))
+        except OSError as exc:  # a read-only home (a locked-down container): the hub runs all the same
+            log.warning("could not record this hub for other pefthub-server commands (%s); they need "
+                        "PEFTHUB_DATA_DIR=%s", exc, settings.DATA_DIR)
         try:
             serve(application, host=opts["host"], port=opts["port"], threads=opts["threads"])
         finally:
