@@ -82,7 +82,7 @@ def test_bad_references_are_refused_everywhere_for_one_reason(ref, data_repo, al
 
 ROOT = Path(__file__).resolve().parents[2]
 #: "a {kind}" wrote "a adapter": a word known only at run time takes pefthub.protocol.words.with_article
-RUNTIME_ARTICLE = re.compile(r"(?<![\w'-])[aA] (\{\{ *|\{)[A-Za-z_]")
+RUNTIME_ARTICLE = re.compile(r"(?<![\w'-])[aA]n? (\{\{ *|\{)[A-Za-z_]")
 
 
 def test_no_message_puts_a_before_a_word_it_learns_at_run_time():
