@@ -7,22 +7,24 @@ from django.urls import path, re_path
 from pefthub_server.hf import write
 
 # Any segment: the views check names with the shared grammar (pefthub.protocol.refs).
-NS = r"(?P<ns>[^/]+)"
-NAME = r"(?P<name>[^/]+?)"
-TYPE = r"(?P<repo_type>models|datasets)"
-REPO = rf"^api/{TYPE}/{NS}/{NAME}"
-LFS = r"\.git/info/lfs/objects/(?P<action>batch|verify)$"
+REPO = r"^api/(?P<repo_type>models|datasets)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
+REV = r"(?P<rev>[^/]+)$"
+REF = r"(?P<ref>[^/]+)$"
+LFS = "<str:ns>/<str:name>.git/info/lfs/objects"
 
 urlpatterns = [
     path("api/repos/create", write.create_repo),
     path("api/repos/delete", write.delete_repo),
     path("api/validate-yaml", write.validate_yaml),
-    re_path(rf"{REPO}/preupload/(?P<rev>[^/]+)$", write.preupload),
-    re_path(rf"{REPO}/commit/(?P<rev>[^/]+)$", write.commit),
-    re_path(rf"{REPO}/branch/(?P<ref>[^/]+)$", write.branch),
-    re_path(rf"{REPO}/tag/(?P<ref>[^/]+)$", write.tag),
-    re_path(rf"{REPO}/xet-(?:read|write)-token(?:/.*)?$", write.xet_token),
+    re_path(rf"{REPO}/preupload/{REV}", write.preupload),
+    re_path(rf"{REPO}/commit/{REV}", write.commit),
+    re_path(rf"{REPO}/branch/{REF}", write.branch),
+    re_path(rf"{REPO}/tag/{REF}", write.tag),
+    re_path(rf"{REPO}/xet-read-token/{REV}", write.xet_token),
+    re_path(rf"{REPO}/xet-write-token/{REV}", write.xet_token),
     path(write.XET_OFF_PATH.removeprefix("/hf/"), write.xet_token),
-    re_path(rf"^{NS}/{NAME}{LFS}", write.lfs, {"repo_type": "models"}),
-    re_path(rf"^datasets/{NS}/{NAME}{LFS}", write.lfs, {"repo_type": "datasets"}),
+    path(f"{LFS}/batch", write.lfs, {"repo_type": "models", "action": "batch"}),
+    path(f"{LFS}/verify", write.lfs, {"repo_type": "models", "action": "verify"}),
+    path(f"datasets/{LFS}/batch", write.lfs, {"repo_type": "datasets", "action": "batch"}),
+    path(f"datasets/{LFS}/verify", write.lfs, {"repo_type": "datasets", "action": "verify"}),
 ]
