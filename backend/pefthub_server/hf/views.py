@@ -181,7 +181,7 @@ def _stored(entry: Entry) -> bytes:
     data = cache.get(key)
     if data is None:
         data = get_blob_store().read_range(entry.sha256, 0, entry.size)
-        cache.set(key, data, timeout=None)
+        cache.set(key, data, timeout=24 * 3600)
     return data
 
 
@@ -195,10 +195,16 @@ def _compat_config(entry: Entry, peft: str) -> Entry:
 
 
 def repo_tags(data: dict) -> list[str]:
-    """A repository's tags as the Hub lists them: its card's, then `base_model:<base>` and `base_model:<relation>:<base>`."""
-    tags = list(data.get("tags", []))
-    if data.get("base_model"):
-        tags += [f"base_model:{data['base_model']}", f"base_model:{data['base_model_relation']}:{data['base_model']}"]
+    """A repository's tags as the Hub lists them: its card's, then `base_model:<base>` and `base_model:<relation>:<base>`.
+
+    ``data`` may hold a user's own `base_model` (a name or a list) where the hub knows none.
+    """
+    tags = [str(t) for t in data.get("tags", [])]
+    bases = data.get("base_model")
+    relation = data.get("base_model_relation")
+    for base in [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []:
+        if isinstance(base, str):
+            tags += [f"base_model:{base}", *([f"base_model:{relation}:{base}"] if isinstance(relation, str) else [])]
     return list(dict.fromkeys(tags))
 
 

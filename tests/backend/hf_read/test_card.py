@@ -101,3 +101,17 @@ def test_a_dataset_gets_a_dataset_card(catalogue, api, alice):
     assert "AutoModel" not in text and "peft" not in text.lower().replace("pefthub", "").replace("peft hub", "")
     info = api(alice.token).get("/hf/api/datasets/acme/data").json()
     assert info["cardData"] == {"tags": ["pefthub"]} and "library_name" not in info and "modelId" not in info
+
+
+def test_a_models_own_base_model_is_kept_where_the_hub_knows_none(catalogue, api, alice, tiny_base, tmp_path):
+    import shutil
+
+    from tests.backend.hf_read.conftest import push
+
+    folder = tmp_path / "base-v2"
+    shutil.copytree(tiny_base, folder)
+    (folder / "README.md").write_text("---\nbase_model:\n- meta-llama/Llama-3.2-1B\n- 7\ntags: [llama]\n---\nA tiny llama.\n")
+    push(catalogue, "acme/llama-tiny", folder)
+    info = api(alice.token).get("/hf/api/models/acme/llama-tiny").json()
+    assert info["cardData"]["base_model"] == ["meta-llama/Llama-3.2-1B", 7] and info["library_name"] == "transformers"
+    assert info["tags"] == ["llama", "pefthub", "safetensors", "base_model:meta-llama/Llama-3.2-1B"]

@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from pefthub_server.registry.models import Alias, Version, VersionFile
+from tests.conftest import worker_token
 
 pytestmark = pytest.mark.django_db
 
@@ -63,6 +64,7 @@ def test_whoami_names_the_user_their_teams_and_the_token_scope(catalogue, api, a
     anonymous = api().get("/hf/api/whoami-v2")
     assert anonymous.status_code == 401 and "HF_TOKEN" in anonymous.json()["error"]
     assert api("phub_nope").get("/hf/api/whoami-v2").status_code == 401
+    assert api(worker_token()).get("/hf/api/whoami-v2").status_code == 403  # as /api/v1/whoami
 
 
 def test_files_metadata_gives_sizes_blob_ids_and_sha256(catalogue, api, alice, tiny_adapter):
