@@ -3,6 +3,10 @@
 A `worker` token only claims. The claim returns the job's own token, and the job's other
 worker calls (heartbeat, events, complete, fail) take that token and no other: a worker
 node cannot touch a job it does not hold.
+
+A user names a job (show, events, cancel) by its id or by a prefix of it, resolved by
+``selectors.job_get`` among the jobs the caller may see; a worker's calls take the full id
+(a job token's rule, ``own_job``, matches only its own job's full id).
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ class JobListView(APIView):
 class JobDetailView(APIView):
     job_token_rule = staticmethod(own_job)
 
-    @extend_schema(summary="A job", responses=s.JobSerializer)
+    @extend_schema(summary="A job, by its id or a prefix of it (at least 8 hex digits) that names one job you may see",
+                   responses=s.JobSerializer)
     def get(self, request, job_id):
         return Response(s.JobSerializer(selectors.job_get(user=request.user, job_id=job_id)).data)
 
