@@ -49,10 +49,12 @@ def shown(token: str) -> str:
 
 def next_steps(url: str) -> str:
     """Commands to try next that work in a new shell, from any folder: absolute paths, nothing assumed set."""
-    venv_bin = Path(sys.executable).parent  # not resolved: the venv's python, not the one it links to
+    bin_dir = Path(sys.executable).parent  # not resolved: the venv's python, not the one it links to
+    activate = bin_dir / "activate"
     lines = [
-        f"Next, in a new shell (the hub keeps running on {url}/ : the web catalogue is there too):",
-        f"  source {shlex.quote(str(venv_bin / 'activate'))}",
+        f"Next, in a new shell, while the hub runs (its web catalogue: {url}/):",
+        f"  source {shlex.quote(str(activate))}" if activate.exists()
+        else f'  export PATH={shlex.quote(str(bin_dir))}:"$PATH"',
         f"  pefthub-server adduser you --team acme --role write | pefthub login --url {url}",
         "  pefthub whoami",
         "  pefthub ls --kind adapter",
