@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -83,6 +85,9 @@ def test_sort_direction_and_pages(catalogue, api, alice):
                           ({"search": "x" * 201}, "200"), ({"cursor": "!!"}, "cursor")):
         response = client.get("/hf/api/models", params)
         assert response.status_code == 400 and named in response.json()["error"], params
+    past = base64.urlsafe_b64encode(b"9" * 40).decode()  # an offset past any 64-bit integer: an empty page
+    assert client.get("/hf/api/models", {"cursor": past}).json() == []
+    assert client.get("/hf/api/models/acme/bot/commits/main", {"cursor": past}).status_code == 200
 
 
 def test_a_page_costs_the_same_queries_however_many_repositories(catalogue, api, alice):
