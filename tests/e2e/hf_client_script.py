@@ -10,7 +10,7 @@ Usage:
   python hf_client_script.py OUT.pt reads OTHER_TOKEN
       what HfApi reads besides files: list_models / list_datasets (also as OTHER_TOKEN's owner, and page by page
       through huggingface_hub's own paginate), list_repo_refs, list_repo_commits, model_info(files_metadata=True),
-      whoami, and load_dataset("acme/data") 10 times, each from a cold cache
+      whoami, HfFileSystem info and ls, and load_dataset("acme/data") 10 times, each from a cold cache
 Writes a dict of facts and logits with torch.save.
 """
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, file_exists, hf_hub_download, list_repo_files, snapshot_download
+from huggingface_hub import HfApi, HfFileSystem, file_exists, hf_hub_download, list_repo_files, snapshot_download
 from peft import AutoPeftModelForCausalLM, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,6 +105,8 @@ def reads(other_token: str) -> dict:
     out["card"] = Path(hf_hub_download("acme/bot", "README.md")).read_text()
     out["card_data"] = info.card_data.to_dict()
     out["whoami"] = api.whoami()
+    fs = HfFileSystem()  # info() asks paths-info, ls() the tree
+    out["fs"] = (fs.info("acme/bot/adapter_config.json", revision="prod")["size"], sorted(fs.ls("acme/bot", detail=False)))
     out["dataset_card"] = Path(hf_hub_download("acme/data", "README.md", repo_type="dataset")).read_text()
     out["loads"] = []
     for _ in range(10):  # each from a cold cache: every probe datasets sends, answered again

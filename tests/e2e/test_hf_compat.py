@@ -337,6 +337,8 @@ def test_listings_refs_commits_whoami_and_cold_load_dataset_through_pefthub_serv
     weights = next(f for f in v2.files if f.path == "adapter_model.safetensors")
     assert files["adapter_model.safetensors"][2] == weights.sha256
     assert files["README.md"][0] == len(found["card"].encode())
+    config1 = next(f for f in v1.files if f.path == "adapter_config.json")
+    assert found["fs"] == (config1.size, ["acme/bot/README.md", "acme/bot/adapter_config.json", "acme/bot/adapter_model.safetensors"])
     card = found["card"]
     assert card.index("# Support bot\n\nAnswers support questions.") < card.index("## PEFT Hub")
     assert found["card_data"] == {"license": "apache-2.0", "tags": ["chat", "pefthub", "peft", "lora"], "library_name": "peft",
