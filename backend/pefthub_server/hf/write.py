@@ -8,11 +8,9 @@ normal hub versions through the same service as ``hub.push`` (``registry.push``)
 1. ``create_repo``: a model repository is created as kind `model`; its first version's
    files decide whether it is an adapter (``push.kind_for_files``). Private unless the
    caller asks for public explicitly.
-2. ``preupload``: small text and JSON files go inline in the commit, safetensors and
-   anything larger through LFS; pickles are refused here already, except
-   ``training_args.bin`` (Trainer saves it, nothing loads it), which is ignored.
-3. LFS batch: an upload target bound to the caller (the signed PUT URL, or a presigned S3
-   PUT to its staging key: bytes go straight to S3); blobs the caller possesses need none.
+2. ``preupload`` and the LFS batch API (:mod:`pefthub_server.hf.uploads`): small files
+   inline, weights through LFS straight to the store; pickles refused before any byte moves.
+3. LFS uploads land where ``hub.push`` uploads land: bound to the caller, verified at commit.
 4. ``commit``: a delta on ``main`` (the newest version) or a branch, committed by
    ``push.version_create``; a branch moves to the new version.
 5. ``create_branch`` / ``create_tag``: aliases, recorded as which one Hugging Face made.
@@ -24,19 +22,16 @@ its token endpoints answer how to turn it off.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 
-from django.conf import settings
 from django.http import HttpResponseRedirect, JsonResponse
 from django.views.decorators.http import require_http_methods
 
 from pefthub.protocol.errors import ProtocolError
-from pefthub.protocol.limits import MAX_CONFIG_JSON_SIZE, MAX_FILES
-from pefthub.protocol.manifest import ADAPTER_CONFIG, check_path
-from pefthub.protocol.refs import HF_MAIN, hf_commit, is_sha256
+from pefthub.protocol.limits import MAX_CONFIG_JSON_SIZE
+from pefthub.protocol.manifest import ADAPTER_CONFIG
+from pefthub.protocol.refs import HF_MAIN, hf_commit
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import Conflict, HubError, ValidationFailed
 from pefthub_server.core.http import base_url
@@ -45,20 +40,13 @@ from pefthub_server.hf.commit import Commit, manifest, parse_commit
 from pefthub_server.hf.views import HfError, _repo, hf_view
 from pefthub_server.registry import acceptance, aliases, push, repositories
 from pefthub_server.registry.blobs import blob_uploaded, blobs_possessed
-from pefthub_server.registry.models import Alias, Namespace, Repository, Version, VersionFile
+from pefthub_server.registry.models import Alias, Namespace, Repository, Version
 from pefthub_server.registry.selectors import require_namespace_role, version_resolve
-from pefthub_server.registry.storage import BlobStore, get_blob_store
+from pefthub_server.registry.storage import get_blob_store
 
-#: the largest file preupload lets huggingface_hub send inline in the commit, and the most inline
-#: bytes one preupload request lets through: commits stay far below PEFTHUB_MAX_REQUEST_BODY
-REGULAR_MAX = 256 * 1024
-REGULAR_BUDGET = 4 * 1024 * 1024
-#: files Trainer saves that nothing loads: preupload tells huggingface_hub to leave them out
-IGNORED = frozenset({"training_args.bin"})
 JSON_BODY_MAX = 4 * 1024 * 1024
 XET_OFF = ("PEFT Hub does not speak the Xet storage protocol: set HF_HUB_DISABLE_XET=1 "
            "(eval \"$(pefthub env)\" does) and run again; uploads then use the LFS protocol.")
-TYPES = {"models": "model", "datasets": "dataset"}
 
 
 def write_view(*methods):
@@ -77,7 +65,7 @@ def write_view(*methods):
     return decorate
 
 
-def _json(request) -> dict:
+def json_body(request) -> dict:
     """The request's JSON object, bounded (size, nesting, containers) before it is parsed."""
     if len(request.body) > JSON_BODY_MAX:
         raise HfError(413, None, f"The request body is over {JSON_BODY_MAX} bytes.")
@@ -98,7 +86,7 @@ def _may_write(request, namespace: Namespace, action: str) -> None:
     require_namespace_role(request.user, namespace, "write", action=action)
 
 
-def _writable(request, repo_type: str, ns: str, name: str) -> Repository:
+def writable(request, repo_type: str, ns: str, name: str) -> Repository:
     """A repository the caller may push to; one it cannot read is RepoNotFound before any other check."""
     repo = _repo(request, repo_type, ns, name)
     _may_write(request, repo.namespace, f"push to `{repo.full_name}`")
@@ -110,7 +98,7 @@ def _hf_url(request, repo: Repository) -> str:
     return f"{base_url(request)}/hf/{prefix}{repo.full_name}"
 
 
-def _head(repo: Repository, rev: str) -> tuple[Version | None, str | None]:
+def head_of(repo: Repository, rev: str) -> tuple[Version | None, str | None]:
     """What a commit to ``rev`` changes: (the version, None) for `main`, (its version, the branch) for a branch."""
     if rev == HF_MAIN:
         return Version.objects.filter(repository=repo).order_by("-number").first(), None
@@ -134,7 +122,7 @@ def _not_main(ref: str) -> None:
 
 @write_view("POST")
 def create_repo(request):
-    body = _json(request)
+    body = json_body(request)
     repo_type, name, org = body.get("type") or "model", body.get("name"), body.get("organization")
     if repo_type not in ("model", "dataset"):
         raise HfError(400, None, f"PEFT Hub holds models (adapters among them) and datasets, not {repo_type}s.")
@@ -165,7 +153,7 @@ def create_repo(request):
 
 @write_view("DELETE", "POST")
 def delete_repo(request):
-    body = _json(request)
+    body = json_body(request)
     repo_type, name, org = body.get("type") or "model", body.get("name"), body.get("organization")
     if not isinstance(name, str) or not (org is None or isinstance(org, str)):
         raise HfError(400, None, "`name` (and `organization`, if given) must be strings.")
@@ -183,7 +171,7 @@ def delete_repo(request):
 @write_view("POST")
 def validate_yaml(request):
     """huggingface_hub asks before committing a README.md; the hub reads the card itself when it serves it."""
-    _json(request)
+    json_body(request)
     return JsonResponse({"errors": [], "warnings": []})
 
 
@@ -197,114 +185,6 @@ def xet_token(request, **_):
     if request.path != XET_OFF_PATH:
         return HttpResponseRedirect(f"{base_url(request)}{XET_OFF_PATH}")
     raise HfError(400, None, XET_OFF)
-
-
-# --- uploads -----------------------------------------------------------------------------
-
-
-def _sample(value: object, path: str) -> bytes:
-    if not isinstance(value, str) or len(value) > 1024:
-        raise HfError(400, None, f"`{path}`: `sample` must be the base64 of the file's first 512 bytes.")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise HfError(400, None, f"`{path}`: `sample` is not valid base64.") from None
-
-
-def _size(value: object, what: str) -> int:
-    if type(value) is not int or value < 0:
-        raise HfError(400, None, f"{what}: `size` must be a non-negative integer.")
-    if value > settings.PEFTHUB_MAX_FILE_SIZE:
-        raise HfError(413, None, f"{what} is {value} bytes; the limit is {settings.PEFTHUB_MAX_FILE_SIZE} "
-                      "(PEFTHUB_MAX_FILE_SIZE).")
-    return value
-
-
-@write_view("POST")
-def preupload(request, repo_type, ns, name, rev):
-    """Which files go inline (`regular`) and which through LFS; pickles refused, ``training_args.bin`` ignored."""
-    repo = _writable(request, repo_type, ns, name)
-    head, _ = _head(repo, rev)
-    files = _json(request).get("files")
-    if not isinstance(files, list) or len(files) > MAX_FILES:
-        raise HfError(400, None, f"`files` must be a list of at most {MAX_FILES} {{path, sample, size}}.")
-    current = dict(VersionFile.objects.filter(version=head).values_list("path", "blob_id")) if head else {}
-    answer, inline = [], 0
-    for item in files:
-        if not isinstance(item, dict):
-            raise HfError(400, None, "Each of `files` must be an object {path, sample, size}.")
-        path = check_path(item.get("path"))
-        size = _size(item.get("size"), f"`{path}`")
-        if path.rsplit("/", 1)[-1] in IGNORED:
-            answer.append({"path": path, "uploadMode": "regular", "shouldIgnore": True})
-            continue
-        category = acceptance.check_file_type(path)
-        acceptance.check_magic(path, _sample(item.get("sample", ""), path)[:16])
-        regular = category != "safetensors" and size <= REGULAR_MAX and inline + size <= REGULAR_BUDGET
-        inline += size if regular else 0
-        entry = {"path": path, "uploadMode": "regular" if regular else "lfs", "shouldIgnore": False}
-        if not regular and path in current:
-            entry["oid"] = current[path]  # huggingface_hub then leaves an unchanged file out of the commit
-        answer.append(entry)
-    return JsonResponse({"files": answer})
-
-
-def _upload_href(store: BlobStore, sha256: str, size: int, *, user_id: int, base: str) -> str:
-    """The store's upload target for this user, as a URL that takes a PUT with no extra headers.
-
-    huggingface_hub's basic transfer sends none: an S3 target that signs the checksum header
-    becomes a plain presigned PUT to the same staging key (the commit hashes what arrived).
-    """
-    target = store.upload_target(sha256, size, user_id=user_id, base_url=base)
-    if not target["headers"] or store.serves_bytes:
-        return target["url"]
-    return store.presigner.generate_presigned_url(  # type: ignore[attr-defined]
-        "put_object", ExpiresIn=store.upload_expires,
-        Params={"Bucket": store.bucket, "Key": store.staging_key(sha256, user_id), "ContentLength": size})  # type: ignore[attr-defined]
-
-
-def _oid(obj: object) -> tuple[str, int]:
-    if not isinstance(obj, dict) or not is_sha256(obj.get("oid")):
-        raise HfError(400, None, "Each object needs `oid`, a sha256 (64 lowercase hex digits), and `size`.")
-    return obj["oid"], _size(obj.get("size"), f"Object {obj['oid']}")
-
-
-@write_view("POST")
-def lfs(request, repo_type, ns, name, action):
-    """The LFS batch API (``batch``) and the check after an upload to S3 (``verify``)."""
-    _writable(request, repo_type, ns, name)
-    body = _json(request)
-    store, user = get_blob_store(), request.user
-    if action == "verify":
-        oid, size = _oid(body)
-        if blobs_possessed(user=user, sha256s={oid}).get(oid) == size:
-            return JsonResponse({"oid": oid, "size": size})
-        if not store.accept_upload(oid, size, user_id=user.pk):  # size or digest mismatch: a 400 naming it
-            raise HfError(404, None, f"No upload of blob {oid} by you has arrived; PUT it to the href the LFS batch "
-                          "answered, then verify again.")
-        blob_uploaded(user_id=user.pk, sha256=oid, size=size)
-        return JsonResponse({"oid": oid, "size": size})
-    if body.get("operation") != "upload":
-        raise HfError(400, None, "The LFS batch API here takes uploads; downloads go through /resolve.")
-    if "basic" not in (body.get("transfers") or ["basic"]):
-        raise HfError(400, None, "PEFT Hub offers the `basic` LFS transfer only.")
-    objects = body.get("objects")
-    if not isinstance(objects, list) or len(objects) > MAX_FILES:
-        raise HfError(400, None, f"`objects` must be a list of at most {MAX_FILES} {{oid, size}}.")
-    wanted = dict(_oid(obj) for obj in objects)
-    possessed = blobs_possessed(user=user, sha256s=wanted)
-    base, verify = base_url(request), request.build_absolute_uri(request.path[: -len("batch")] + "verify")
-    answer = []
-    for oid, size in wanted.items():
-        item: dict = {"oid": oid, "size": size, "authenticated": True}
-        if possessed.get(oid) != size:
-            item["actions"] = {"upload": {"href": _upload_href(store, oid, size, user_id=user.pk, base=base),
-                                          "expires_in": store.upload_expires}}
-            if not store.serves_bytes:  # a local PUT is verified as it streams; an S3 one is checked here
-                item["actions"]["verify"] = {"href": verify}
-        answer.append(item)
-    return JsonResponse({"transfer": "basic", "objects": answer, "hash_algo": "sha256"},
-                        content_type="application/vnd.git-lfs+json")
 
 
 # --- commits -----------------------------------------------------------------------------
@@ -353,10 +233,10 @@ def _adapter_base(user, repo: Repository, commit: Commit) -> str | None:
 
 @write_view("POST")
 def commit(request, repo_type, ns, name, rev):
-    repo = _writable(request, repo_type, ns, name)
+    repo = writable(request, repo_type, ns, name)
     if request.GET.get("create_pr", "").lower() in ("1", "true"):
         raise HfError(400, None, "PEFT Hub has no pull requests: commit to `main` or to a branch.")
-    head, branch = _head(repo, rev)
+    head, branch = head_of(repo, rev)
     parsed = parse_commit(request.body)
     if parsed.parent is not None and (head is None or parsed.parent != hf_commit(head.digest)):
         now = hf_commit(head.digest) if head is not None else "no commit"
@@ -402,13 +282,13 @@ def _alias_of(repo: Repository, name: str, ref: str) -> None:
 
 @write_view("POST", "DELETE")
 def branch(request, repo_type, ns, name, ref):
-    repo = _writable(request, repo_type, ns, name)
+    repo = writable(request, repo_type, ns, name)
     _not_main(ref)
     if request.method == "DELETE":
         _alias_of(repo, ref, Alias.Ref.BRANCH)
         aliases.alias_delete(user=request.user, repo=repo, alias=ref)
         return JsonResponse({})
-    start = _json(request).get("startingPoint") or HF_MAIN
+    start = json_body(request).get("startingPoint") or HF_MAIN
     if not isinstance(start, str):
         raise HfError(400, None, "`startingPoint` must be a revision: `main`, a branch, a tag or a commit.")
     aliases.alias_create(user=request.user, repo=repo, alias=ref, version=_version_at(repo, start),
@@ -419,13 +299,13 @@ def branch(request, repo_type, ns, name, ref):
 @write_view("POST", "DELETE")
 def tag(request, repo_type, ns, name, ref):
     """POST …/tag/{revision} {"tag"} makes a tag at ``revision``; DELETE …/tag/{tag} removes one."""
-    repo = _writable(request, repo_type, ns, name)
+    repo = writable(request, repo_type, ns, name)
     if request.method == "DELETE":
         _not_main(ref)
         _alias_of(repo, ref, Alias.Ref.TAG)
         aliases.alias_delete(user=request.user, repo=repo, alias=ref)
         return JsonResponse({})
-    new = _json(request).get("tag")
+    new = json_body(request).get("tag")
     if not isinstance(new, str):
         raise HfError(400, None, "`tag` must be the tag's name.")
     _not_main(new)
