@@ -151,7 +151,7 @@ def test_server_commands_find_the_running_hubs_data_or_say_what_to_set(tmp_path)
         assert not (second / ".pefthub" / "db.sqlite3").exists()
 
         # two hubs: which one is not guessed
-        two = HubProcess(tmp_path / "two", env=service_env(HOME=str(home))).start()
+        two = HubProcess(tmp_path / "two" / ".pefthub", env=service_env(HOME=str(home))).start()
         both = server_cli("adduser", "carl", cwd=elsewhere, env=shell)
         assert both.returncode == 2 and "2 hubs are running; say which with PEFTHUB_DATA_DIR" in both.stderr
         assert f"PEFTHUB_DATA_DIR={one.data_dir}  (the hub on {one.url}" in both.stderr
@@ -160,10 +160,20 @@ def test_server_commands_find_the_running_hubs_data_or_say_what_to_set(tmp_path)
         assert chosen.returncode == 0, chosen.stderr
         assert whoami(two.url, chosen.stdout.strip()) == 200 and whoami(one.url, chosen.stdout.strip()) == 401
 
+        # in a folder holding a hub's ./.pefthub, that one, without a word while it runs there
+        inside = server_cli("adduser", "erin", cwd=two.data_dir.parent, env=shell)
+        assert inside.returncode == 0 and inside.stderr.startswith("new user erin;")
+        assert whoami(two.url, inside.stdout.strip()) == 200
+
         # a hub that crashed leaves its record behind: a dead pid is not a running hub
         two.sigkill()
         back = server_cli("adduser", "carl", cwd=elsewhere, env=shell)
         assert back.returncode == 0 and whoami(one.url, back.stdout.strip()) == 200
+        # its ./.pefthub is still used where it lies, with a note naming the hub that runs
+        stale = server_cli("adduser", "erin", cwd=two.data_dir.parent, env=shell)
+        assert stale.returncode == 0
+        assert stale.stderr.startswith(f"note: using the hub data in {two.data_dir}; a running hub's is elsewhere:\n"
+                                       f"  PEFTHUB_DATA_DIR={one.data_dir}  (the hub on {one.url}")
 
         # every hub stopped: refused, naming the data dir of the last one
         one.proc.send_signal(signal.SIGTERM)
