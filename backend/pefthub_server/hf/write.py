@@ -32,6 +32,7 @@ from pefthub.protocol.errors import ProtocolError
 from pefthub.protocol.limits import MAX_CONFIG_JSON_SIZE
 from pefthub.protocol.manifest import ADAPTER_CONFIG
 from pefthub.protocol.refs import HF_MAIN, hf_commit
+from pefthub.protocol.words import with_article
 from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import Conflict, HubError, ValidationFailed
 from pefthub_server.core.http import base_url
@@ -276,7 +277,7 @@ def _alias_of(repo: Repository, name: str, ref: str) -> None:
     """404 unless ``name`` is an alias Hugging Face lists as ``ref`` (a branch or a tag)."""
     kind = Alias.objects.filter(repository=repo, name=name).values_list("ref", flat=True).first()
     if kind != ref:
-        other = f" (`{name}` is a {kind})" if kind else ""
+        other = f" (`{name}` is {with_article(kind)})" if kind else ""
         raise HfError(404, "RevisionNotFound", f"Invalid rev id: `{repo.full_name}` has no {ref} `{name}`{other}.")
 
 

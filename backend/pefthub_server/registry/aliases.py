@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from pefthub.protocol.refs import LATEST, check_alias
+from pefthub.protocol.words import with_article
 from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
 from pefthub_server.registry.models import Alias, AliasMove, Repository, Version
 from pefthub_server.registry.selectors import version_resolve
@@ -66,7 +67,7 @@ def alias_create(*, user, repo: Repository, alias: str, version: Version, ref: s
         locked = _locked(repo)
         existing = Alias.objects.filter(repository=locked, name=alias).values_list("ref", flat=True).first()
         if existing is not None:
-            raise Conflict(f"`{repo.full_name}` already has a {existing} `{alias}`.")
+            raise Conflict(f"`{repo.full_name}` already has {with_article(existing)} `{alias}`.")
         return alias_move(user=user, repo=locked, alias=alias, version=version, ref=ref)
 
 

@@ -35,12 +35,13 @@ from pefthub.protocol.manifest import (
     manifest_digest,
     parse_manifest,
 )
+from pefthub.protocol.words import with_article
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
 from pefthub_server.registry import acceptance, compatibility
 from pefthub_server.registry.aliases import alias_move, check_settable
 from pefthub_server.registry.blobs import blob_register, blob_uploaded, blobs_possessed
 from pefthub_server.registry.models import Alias, Namespace, Repository, Version, VersionFile
-from pefthub_server.registry.repositories import a_kind, base_resolve, repository_insert, repository_new
+from pefthub_server.registry.repositories import base_resolve, repository_insert, repository_new
 from pefthub_server.registry.selectors import namespace_role, repository_get
 from pefthub_server.registry.storage import BlobStore, get_blob_store, missing_blob
 
@@ -128,7 +129,7 @@ def _repository(*, user, target: PushTarget, kind: str | None, visibility: str |
     repo = target.repo
     repo.kind = kind_for_files(repo, {e.path for e in entries})
     if kind not in (None, repo.kind):
-        raise ValidationFailed(f"`{target.full_name}` is {a_kind(repo.kind)} repository; this push is {a_kind(kind)}.",
+        raise ValidationFailed(f"`{target.full_name}` is {with_article(repo.kind)} repository; this push is {with_article(kind)}.",
                                code="kind_mismatch")
     return repo
 
@@ -280,7 +281,7 @@ def _base_for_push(*, user, repo: Repository, base_model: str | None) -> Version
     """The base version an adapter version is checked against (and records); None for other kinds."""
     if repo.kind != Repository.Kind.ADAPTER:
         if base_model:
-            raise ValidationFailed(f"Only adapters name a base model; `{repo.full_name}` is {a_kind(repo.kind)}.")
+            raise ValidationFailed(f"Only adapters name a base model; `{repo.full_name}` is {with_article(repo.kind)}.")
         return None
     base_ref = base_model or (repo.base_model.full_name if repo.base_model else None)
     if not base_ref:
@@ -331,8 +332,8 @@ def version_create(
         locked = Repository.objects.select_for_update().get(pk=repo.pk)
         if locked.kind != repo.kind:  # decided by the first version's files; another push's first version won
             if locked.latest_number:
-                raise Conflict(f"`{repo.full_name}` became {a_kind(locked.kind)} repository meanwhile; this push is "
-                               f"{a_kind(repo.kind)}.", code="kind_mismatch")
+                raise Conflict(f"`{repo.full_name}` became {with_article(locked.kind)} repository meanwhile; this push is "
+                               f"{with_article(repo.kind)}.", code="kind_mismatch")
             locked.kind = repo.kind
         if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
             return earlier, False

@@ -10,15 +10,11 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 
 from pefthub.protocol.refs import check_name, parse_ref
+from pefthub.protocol.words import with_article
 from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
 from pefthub_server.registry.models import Membership, Namespace, Repository, Role, Version
 from pefthub_server.registry.selectors import repository_get, require_namespace_role, version_resolve
 from pefthub_server.registry.teams import user_namespace_ensure
-
-
-def a_kind(kind: str) -> str:
-    """``kind`` with its article, for messages: "an adapter", "a model", "a dataset"."""
-    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
 
 
 def base_resolve(*, user, ref: str) -> tuple[Repository, Version | None]:
@@ -26,7 +22,7 @@ def base_resolve(*, user, ref: str) -> tuple[Repository, Version | None]:
     parsed = parse_ref(ref, field="base_model")
     base = repository_get(user=user, namespace=parsed.namespace, name=parsed.name)
     if base.kind != Repository.Kind.MODEL:
-        raise ValidationFailed(f"base_model `{base.full_name}` is {a_kind(base.kind)} repository, not a model.")
+        raise ValidationFailed(f"base_model `{base.full_name}` is {with_article(base.kind)} repository, not a model.")
     version = version_resolve(repo=base, revision=parsed.revision) if base.latest_number else None
     return base, version
 
@@ -93,7 +89,7 @@ def repository_create(
             )
         repo.base_model, _ = base_resolve(user=user, ref=base_model)
     elif base_model:
-        raise ValidationFailed(f"Only adapter repositories name a base model; this one is {a_kind(kind)}.")
+        raise ValidationFailed(f"Only adapter repositories name a base model; this one is {with_article(kind)}.")
     return repository_insert(repo)
 
 
