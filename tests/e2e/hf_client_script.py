@@ -9,7 +9,7 @@ Usage:
       snapshot_download and hf_hub_download
   python hf_client_script.py OUT.pt reads OTHER_TOKEN
       what HfApi reads besides files: list_models / list_datasets (also as OTHER_TOKEN's owner, and page by page
-      through huggingface_hub's own paginate), list_repo_refs, list_repo_commits, model_info(files_metadata=True),
+      through huggingface_hub's own paginate), create_branch + list_repo_refs, list_repo_commits, model_info(files_metadata=True),
       whoami, HfFileSystem info and ls, and load_dataset("acme/data") 10 times, each from a cold cache
 Writes a dict of facts and logits with torch.save.
 """
@@ -95,6 +95,7 @@ def reads(other_token: str) -> dict:
         "paged": [m["id"] for m in paginate(f"{constants.ENDPOINT}/api/models", params={"limit": 1},
                                             headers=api._build_hf_headers())],
     }
+    api.create_branch("acme/bot", branch="dev", revision="prod")  # an alias listed as a branch
     refs = api.list_repo_refs("acme/bot")
     out["refs"] = {"branches": [(r.name, r.ref, r.target_commit) for r in refs.branches],
                    "tags": [(r.name, r.ref, r.target_commit) for r in refs.tags]}

@@ -325,7 +325,8 @@ def test_listings_refs_commits_whoami_and_cold_load_dataset_through_pefthub_serv
 
     v1, v2 = (expected["bot"][n] for n in (1, 2))
     commit1, commit2 = (v.digest.removeprefix("sha256:")[:40] for v in (v1, v2))
-    assert found["refs"] == {"branches": [("main", "refs/heads/main", commit2)], "tags": [("prod", "refs/tags/prod", commit1)]}
+    assert found["refs"] == {"branches": [("main", "refs/heads/main", commit2), ("dev", "refs/heads/dev", commit1)],
+                             "tags": [("prod", "refs/tags/prod", commit1)]}
     assert found["commits"] == [(commit2, "Add a README", "", ["alice"]), (commit1, "First cut", "Trained 4 steps.", ["alice"])]
     assert found["commits_from_prod"] == [commit1]
 
