@@ -78,7 +78,7 @@ def _logits(model):
 
 
 def push(carol_token: str, read_token: str) -> dict:
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete, HfApi
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -118,6 +118,11 @@ def push(carol_token: str, read_token: str) -> dict:
     out["files_without_notes"] = sorted(api.list_repo_files("acme/bot"))
     out["without_docs"] = api.delete_folder("docs", "acme/bot").oid
     out["files_without_docs"] = sorted(api.list_repo_files("acme/bot"))
+    copied = api.create_commit("acme/bot", commit_message="copy", operations=[
+        CommitOperationCopy("adapter_model.safetensors", "copy/adapter_model.safetensors"),
+        CommitOperationCopy("adapter_config.json", "copy/adapter_config.json")])
+    out["files_with_copy"] = sorted(api.list_repo_files("acme/bot"))
+    out["copy_then_delete"] = [copied.oid, api.delete_folder("copy", "acme/bot").oid]
     out["delete_missing"] = _error(lambda: api.delete_file("nope.md", "acme/bot"))
 
     api.create_branch("acme/bot", branch="dev")

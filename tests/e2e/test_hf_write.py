@@ -118,6 +118,10 @@ def test_push_to_hub_then_from_pretrained_commits_refs_and_refusals(hub, tmp_pat
     assert found["files_without_notes"] == ["README.md", "adapter_config.json", "adapter_model.safetensors",
                                             "docs/more.md"]
     assert found["files_without_docs"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    # CommitOperationCopy: an LFS copy cites the blob by oid (alice reads it), a small file comes inline
+    assert found["files_with_copy"] == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                        "copy/adapter_config.json", "copy/adapter_model.safetensors"]
+    assert found["copy_then_delete"][1] == found["without_docs"]  # the same files: the same commit id
     assert found["delete_missing"]["type"] == "RemoteEntryNotFoundError"
     messages = [v["message"] for v in _versions(hub, "acme/bot")]
     assert "Delete docs/notes.md with huggingface_hub" in messages
