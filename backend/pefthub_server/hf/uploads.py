@@ -86,14 +86,14 @@ def preupload(request, repo_type, ns, name, rev):
 
 
 def _upload_href(store: BlobStore, sha256: str, size: int, *, user_id: int, base: str) -> str:
-    """The store's upload target for this user, as a URL that takes a PUT with no extra headers.
+    """Where user ``user_id`` PUTs the bytes, as a URL that needs no header: huggingface_hub's basic transfer sends none.
 
-    huggingface_hub's basic transfer sends none: an S3 target that signs the checksum header
-    becomes a plain presigned PUT to the same staging key (the commit hashes what arrived).
+    Local: the store's signed upload URL. S3: not the target ``hub.push`` gets, which signs
+    the checksum header, but a plain presigned PUT to the same staging key of the user's;
+    ``verify`` (``S3BlobStore.accept_upload``) hashes what arrived before it becomes the blob.
     """
-    target = store.upload_target(sha256, size, user_id=user_id, base_url=base)
-    if not target["headers"] or store.serves_bytes:
-        return target["url"]
+    if store.serves_bytes:
+        return store.upload_target(sha256, size, user_id=user_id, base_url=base)["url"]
     return store.presigner.generate_presigned_url(  # type: ignore[attr-defined]
         "put_object", ExpiresIn=store.upload_expires,
         Params={"Bucket": store.bucket, "Key": store.staging_key(sha256, user_id), "ContentLength": size})  # type: ignore[attr-defined]
