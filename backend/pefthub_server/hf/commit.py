@@ -141,11 +141,18 @@ def _lfs(value: dict, path: str) -> tuple[str, int | None]:
     return oid, size
 
 
+def _folders(path: str) -> list[str]:
+    """The folders ``path`` lies in, outermost first: ``a/b/c.md`` -> ``a``, ``a/b``."""
+    parts = path.split("/")
+    return ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+
+
 def manifest(commit: Commit, head: Version | None, *, sizes: dict[str, int]) -> list[dict]:
     """The files of the version this commit makes: ``head``'s, less the deleted, plus the added.
 
     ``sizes`` gives the size of the LFS blobs a line names without one (those the caller
     possesses); the inline files are hashed here. A deletion naming nothing is a 404 as on the Hub.
+    Each file is looked at once per folder it lies in, never once per line of the commit.
     """
     files = {f.path: {"path": f.path, "sha256": f.blob_id, "size": f.size}
              for f in (VersionFile.objects.filter(version=head) if head is not None else ())}
@@ -153,13 +160,16 @@ def manifest(commit: Commit, head: Version | None, *, sizes: dict[str, int]) -> 
         if files.pop(path, None) is None:
             raise HfError(404, "EntryNotFound", f"A file with this name doesn't exist: `{path}` is not in the "
                           "revision this commit changes.")
-    for folder in commit.deleted_folders:
-        inside = [p for p in files if p.startswith(folder + "/")]
-        if not inside:
-            raise HfError(404, "EntryNotFound", f"A file with this name doesn't exist: no file is under "
-                          f"`{folder}/` in the revision this commit changes.")
-        for path in inside:
-            del files[path]
+    if commit.deleted_folders:
+        gone, emptied = set(commit.deleted_folders), set()
+        for path in list(files):
+            if hits := gone.intersection(_folders(path)):
+                emptied |= hits
+                del files[path]
+        for folder in commit.deleted_folders:
+            if folder not in emptied:
+                raise HfError(404, "EntryNotFound", f"A file with this name doesn't exist: no file is under "
+                              f"`{folder}/` in the revision this commit changes.")
     for path, data in commit.inline.items():
         files[path] = {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     for path, (oid, size) in commit.lfs.items():
@@ -168,11 +178,14 @@ def manifest(commit: Commit, head: Version | None, *, sizes: dict[str, int]) -> 
             raise ValidationFailed(f"`{path}`: blob {oid} is neither in a version you can read nor uploaded by you; "
                                    "upload it through the LFS batch API, then commit again.", code="missing_blob")
         files[path] = {"path": path, "sha256": oid, "size": size if size is not None else known}
-    # a path added where a folder was (or the reverse) leaves the old side out, as git does
-    for path in commit.added():
-        for other in [p for p in files if p.startswith(path + "/")]:
-            del files[other]
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            files.pop("/".join(parts[:depth]), None)
+    # A file added where the head had a folder (or the reverse) replaces it, as git does; both added
+    # in this commit is left for the manifest check to refuse.
+    added = set(commit.added())
+    for path in list(files):
+        if path not in added and not added.isdisjoint(_folders(path)):
+            del files[path]
+    for path in added:
+        for folder in _folders(path):
+            if folder not in added:
+                files.pop(folder, None)
     return sorted(files.values(), key=lambda f: f["path"])

@@ -14,6 +14,7 @@ import pytest
 
 from pefthub.protocol.limits import MAX_FILES
 from pefthub_server.core.errors import HubError
+from pefthub_server.hf.views import HfError
 from pefthub_server.hf.write import XET_OFF_PATH
 from pefthub_server.registry import push
 from pefthub_server.registry.blobs import blob_uploaded
@@ -448,3 +449,29 @@ def test_a_commit_built_on_a_revision_that_moved_meanwhile_is_a_412_not_a_lost_f
     version, created = push.version_create(user=alice.user, target=target, files=files, head=push.Head(second, "dev"),
                                            aliases=["dev"])
     assert created and Alias.objects.get(name="dev").version == version
+
+
+def test_a_commit_replaces_files_by_folders_and_back_in_time_linear_in_the_files(hf, alice):
+    from time import perf_counter
+
+    from pefthub_server.hf.commit import Commit, manifest
+    from pefthub_server.registry.models import VersionFile
+
+    create(hf, "big", type="dataset")
+    repo = Repository.objects.get(name="big")
+    blob = Blob.objects.create(sha256=sha(b"x"), size=1)
+    head = Version.objects.create(repository=repo, number=1, digest="0" * 64)
+    paths = ["a", "b/c.md", "b/d.md", "e/f.md", *[f"d{i}/f.md" for i in range(10_000)]]
+    VersionFile.objects.bulk_create([VersionFile(version=head, path=p, blob=blob, size=1) for p in paths])
+
+    swap = Commit(inline={"a/x.md": b"x", "b": b"b"}, deleted_folders=["e"])
+    assert [f["path"] for f in manifest(swap, head, sizes={})][:3] == ["a/x.md", "b", "d0/f.md"]
+    everything = Commit(deleted_folders=[f"d{i}" for i in range(10_000)],
+                        inline={f"n{i}/x.md": b"n" for i in range(10_000)})
+    started = perf_counter()
+    result = manifest(everything, head, sizes={})
+    assert perf_counter() - started < 2  # 10,000 deletions against 10,000 files: one pass, not 10^8 comparisons
+    assert len(result) == 4 + 10_000
+    with pytest.raises(HfError) as missing:
+        manifest(Commit(deleted_folders=["nope"]), head, sizes={})
+    assert missing.value.code == "EntryNotFound"
