@@ -20,7 +20,7 @@ from pefthub_server.registry import push
 from pefthub_server.registry.blobs import blob_uploaded
 from pefthub_server.registry.models import Alias, Blob, Repository, Version
 from pefthub_server.registry.storage import get_blob_store
-from tests.conftest import file_specs
+from tests.conftest import _person, file_specs
 
 PICKLE = b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94."
 
@@ -393,6 +393,9 @@ def test_outsiders_and_read_tokens_cannot_commit(hf, api, alice, bob, carol, acm
             assert theirs.status_code == 404 and theirs["X-Error-Code"] == "RepoNotFound"
         else:
             assert theirs.status_code == 403 and "`write` role in `acme`" in theirs.json()["error"]
+    dave = _person("dave", team="acme", role="read")  # reads acme, may not write there
+    reader = commit(api(dave.token), "acme/bot", header(), inline("a.md", b"a"))
+    assert reader.status_code == 403 and "you have `read`" in reader.json()["error"]
     read = commit(api(bob.new_token("read")), "acme/bot", header(), inline("a.md", b"a"))
     assert read.status_code == 403 and "scope `read`" in read.json()["error"]
     assert commit(api(), "acme/open", header(), inline("a.md", b"a")).status_code == 401
