@@ -150,7 +150,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     with _hub() as hub:
         hf = hub.hf_env()
-        env: dict[str, str | None] = {c.ENV_URL: hub.url, c.ENV_HF_ENDPOINT: hf[c.ENV_HF_ENDPOINT]}
+        env: dict[str, str | None] = {c.ENV_URL: hub.url, c.ENV_HF_ENDPOINT: hf[c.ENV_HF_ENDPOINT],
+                                      c.ENV_HF_DISABLE_XET: hf[c.ENV_HF_DISABLE_XET]}
         if hub.token:
             if not args.no_token:
                 env[c.ENV_HF_TOKEN] = hf[c.ENV_HF_TOKEN]

@@ -19,6 +19,7 @@ API_PREFIX = "/api/v1"
 #: where the hub serves its Hugging Face-compatible read API
 HF_PREFIX = "/hf"
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
+ENV_HF_DISABLE_XET = "HF_HUB_DISABLE_XET"  # huggingface_hub 2 uploads by Xet when hf_xet is installed; the hub speaks LFS
 ENV_HF_TOKEN = "HF_TOKEN"
 # With no hub token this keeps huggingface_hub from sending the user's own
 # huggingface.co token (HF_TOKEN, or the one `hf auth login` saved) to the hub.

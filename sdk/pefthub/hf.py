@@ -24,8 +24,6 @@ __all__ = ["HFMixin", "hf_endpoint", "hf_revision"]
 
 #: huggingface_hub uploads through Xet whenever hf_xet is installed (a dependency of huggingface_hub 2);
 #: the hub speaks the LFS protocol, so every environment that points tools at it turns Xet off
-ENV_HF_DISABLE_XET = "HF_HUB_DISABLE_XET"
-
 _NOT_FOUND_CODES = frozenset({"RepoNotFound", "RevisionNotFound", "EntryNotFound"})
 
 
@@ -72,7 +70,7 @@ class HFMixin:
         Use it for a child process: ``subprocess.run(cmd, env={**os.environ, **hub.hf_env()})``
         (huggingface_hub reads ``HF_ENDPOINT`` once, when it is imported).
         """
-        env = {c.ENV_HF_ENDPOINT: hf_endpoint(self.url), ENV_HF_DISABLE_XET: "1"}
+        env = {c.ENV_HF_ENDPOINT: hf_endpoint(self.url), c.ENV_HF_DISABLE_XET: "1"}
         if self.token:
             env[c.ENV_HF_TOKEN] = self.token
         else:

@@ -175,6 +175,27 @@ RULES: dict[str, dict[str, str]] = {
     "hf/api/{repo_type}/{ns}/{name}/revision/{rev}": {"GET": "hf_read"},
     "hf/api/{repo_type}/{ns}/{name}/tree/{rev}": {"GET": "hf_read"},
     "hf/api/{repo_type}/{ns}/{name}/tree/{rev}/{path}": {"GET": "hf_read"},
+    "hf/api/{repo_type}": {"GET": "anyone"},  # list_models / list_datasets: only what the caller reads (hf_read tests)
+    "hf/api/whoami-v2": {"GET": "signed_in:read"},
+    "hf/api/{repo_type}/{ns}/{name}/refs": {"GET": "hf_read"},
+    "hf/api/{repo_type}/{ns}/{name}/commits/{rev}": {"GET": "hf_read"},
+    "hf/api/{repo_type}/{ns}/{name}/paths-info/{rev}": {"POST": "hf_read"},
+    # the write side: tokens with scope write and the write role; a repository the caller cannot read is unseen
+    "hf/api/repos/create": {"POST": "create_repo"},
+    "hf/api/repos/delete": {"POST": "hf_delete", "DELETE": "hf_delete"},
+    "hf/api/validate-yaml": {"POST": "anyone"},
+    "hf/api/{repo_type}/{ns}/{name}/preupload/{rev}": {"POST": "hf_push"},
+    "hf/api/{repo_type}/{ns}/{name}/commit/{rev}": {"POST": "hf_push"},
+    "hf/api/{repo_type}/{ns}/{name}/branch/{ref}": {"POST": "hf_push:exists", "DELETE": "hf_push"},
+    "hf/api/{repo_type}/{ns}/{name}/tag/{ref}": {"POST": "hf_push", "DELETE": "hf_push"},
+    "hf/{ns}/{name}.git/info/lfs/objects/batch": {"POST": "hf_push"},
+    "hf/{ns}/{name}.git/info/lfs/objects/verify": {"POST": "hf_push"},
+    "hf/datasets/{ns}/{name}.git/info/lfs/objects/batch": {"POST": "hf_push"},
+    "hf/datasets/{ns}/{name}.git/info/lfs/objects/verify": {"POST": "hf_push"},
+    # no Xet: a token request is sent (302, whoever asks, about any name) to a URL that says how to turn it off
+    "hf/api/{repo_type}/{ns}/{name}/xet-read-token/{rev}": {"GET": "xet_off", "POST": "xet_off"},
+    "hf/api/{repo_type}/{ns}/{name}/xet-write-token/{rev}": {"GET": "xet_off", "POST": "xet_off"},
+    "hf/xet-is-off/set-HF_HUB_DISABLE_XET=1-and-run-again": {"GET": "xet_off", "POST": "xet_off"},
     "hf/{ns}/{name}/resolve/{rev}/{path}": {"GET": "hf_read"},
     "hf/datasets/{ns}/{name}/resolve/{rev}/{path}": {"GET": "hf_read"},
     "hf/{path}": {m: "nowhere" for m in ("GET", "POST", "PUT", "PATCH", "DELETE")},
@@ -257,6 +278,8 @@ def expect(rule: str, route: str, caller: Caller, target, params: dict) -> froze
 
     if kind == "anyone":
         return ALLOWED
+    if kind == "xet_off":
+        return frozenset({302, 400})
     if kind == "signed_in":
         return frozenset({401}) if anonymous else frozenset({403}) if not grants(caller, need) else ALLOWED
     if kind in ("create_repo", "job_submit"):  # in namespace acme
@@ -274,6 +297,19 @@ def expect(rule: str, route: str, caller: Caller, target, params: dict) -> froze
         if kind == "hf_read" and (target.kind == "dataset") != (asked == "datasets"):
             return frozenset({404})  # a model asked for as a dataset, or the other way round
         return ALLOWED if sees(caller.user if caller.scope else None, target, kind) else unseen
+    if kind == "hf_push":  # /hf writes: never creates a repository; `exists`: the call names one that exists
+        asked = params["repo_type"] if "{repo_type}" in route else "datasets" if route.startswith("hf/datasets/") else "models"
+        if (target.kind == "dataset") != (asked == "datasets") or not sees_repo(caller.user if caller.scope else None, target):
+            return unseen
+        if anonymous:
+            return frozenset({401})
+        if not grants(caller, "write") or RANK[role(caller, target.ns)] < RANK["write"]:
+            return frozenset({403})
+        return ALLOWED | ({409} if need == "exists" else set())
+    if kind == "hf_delete":  # acme/notes (internal): anonymous cannot see it; deleting needs scope and role admin
+        if anonymous:
+            return unseen
+        return ALLOWED if grants(caller, "admin") and role(caller, "acme") == "admin" else frozenset({403})
     if kind in ("repo_change", "repo_push"):
         need = need or "write"
         scope = "admin" if need == "admin" else "write"
@@ -428,6 +464,12 @@ def world(db, alice, bob, carol, api, tiny_base, tiny_adapter, tmp_path, setting
     files["acme/bot"] = [{k: f[k] for k in ("path", "sha256", "size")} for f in result["files"]]
     _ok(owner.put("/api/v1/repos/acme/bot/aliases/prod", {"version": 1}, format="json"), "alias acme/bot@prod")
 
+    for repo in REPOS:  # an HF branch `dev` beside the tag `prod` in every repository (the matrix deletes it)
+        if repo.full in files:
+            client = api(carol.token) if repo.ns == "carol" else owner
+            kind = "datasets" if repo.kind == "dataset" else "models"
+            _ok(client.post(f"/hf/api/{kind}/{repo.full}/branch/dev", {}, format="json"), f"branch {repo.full}@dev")
+
     public_sha = files["acme/open-data"][0]["sha256"]
     assert files["acme/secret"] == [{"path": "data/train.jsonl", "sha256": SECRET_SHA, "size": SECRET_SIZE}]
     return World(
@@ -466,7 +508,8 @@ class Cell:
 
 def _repo_params(route: str, repo: Repo) -> list[dict]:
     base = {"ns": repo.ns, "name": repo.name, "alias": "prod",
-            "repo_type": "datasets" if repo.kind == "dataset" else "models"}
+            "repo_type": "datasets" if repo.kind == "dataset" else "models",
+            "ref": "dev" if "/branch/" in route else "prod"}  # the world's HF branch, and its tag
     if route.startswith("hf/"):
         if "/tree/{rev}/{path}" in route:
             return [] if repo.folder is None else [{**base, "rev": "main", "path": repo.folder}]
@@ -487,6 +530,8 @@ def targets(route: str, world: World) -> list[tuple[object, dict]]:
         return [(label, {"token_id": str(pk)}) for label, pk in world.token_ids.items()]
     if names == {"job_id"}:
         return [(label, {"job_id": world.jobs[label]}) for label in ("J1", "J3", "ghost")]
+    if names == {"repo_type"}:  # /hf's listings
+        return [(None, {"repo_type": repo_type}) for repo_type in ("models", "datasets")]
     if names == {"path"}:  # /hf's catch-all
         return [(None, {"path": "acme/secret/blob/main/data/train.jsonl"})]
     assert not names, f"{route}: the matrix has no objects for {sorted(names)}; add them to targets()"
@@ -513,11 +558,16 @@ def ghost_params(cell: Cell) -> dict | None:
 
 def body(cell: Cell, world: World) -> tuple[bytes, str] | None:
     """The request body a cell sends: what a legitimate caller would send."""
-    if cell.method not in ("POST", "PUT", "PATCH"):
+    if cell.method not in ("POST", "PUT", "PATCH") and cell.route != "hf/api/repos/delete":
         return None
     params, job = dict(cell.params), cell.caller.job
     route = cell.route.removeprefix("api/v1/")
     repo_files = world.files.get(f"{params.get('ns')}/{params.get('name')}", world.files["acme/open-data"])
+    if route.endswith("/commit/{rev}"):  # huggingface_hub's NDJSON: a header, then one small file inline
+        lines = [{"key": "header", "value": {"summary": "from the rights matrix"}},
+                 {"key": "file", "value": {"path": "notes.md", "encoding": "base64", "content": "aGkK"}}]
+        return b"".join(json.dumps(line).encode() + b"\n" for line in lines), "application/x-ndjson"
+    oid = {"oid": repo_files[0]["sha256"], "size": repo_files[0]["size"]}  # a file of the repository's own
     data: object = {
         "repos": {"namespace": "acme", "name": "fresh", "kind": "dataset"},
         "repos/{ns}/{name}": {"description": "edited by the rights matrix"},
@@ -534,6 +584,16 @@ def body(cell: Cell, world: World) -> tuple[bytes, str] | None:
         "jobs/{job_id}/heartbeat": {"attempt": 1},
         "jobs/{job_id}/complete": {"attempt": 1, "version": 1},
         "jobs/{job_id}/fail": {"attempt": 1, "code": "matrix", "message": "a failure the matrix reports"},
+        "hf/api/repos/create": {"name": "fresh", "organization": "acme", "type": "dataset"},
+        "hf/api/repos/delete": {"name": "notes", "organization": "acme", "type": "dataset"},
+        "hf/api/validate-yaml": {"content": "---\nlicense: mit\n---\n", "repoType": "model"},
+        "hf/api/{repo_type}/{ns}/{name}/preupload/{rev}": {"files": [{"path": "notes.md", "size": 3, "sample": "aGkK"}]},
+        "hf/api/{repo_type}/{ns}/{name}/tag/{ref}": {"tag": "matrix"},
+        "hf/{ns}/{name}.git/info/lfs/objects/batch": {"operation": "upload", "transfers": ["basic"], "objects": [oid]},
+        "hf/datasets/{ns}/{name}.git/info/lfs/objects/batch": {"operation": "upload", "transfers": ["basic"],
+                                                               "objects": [oid]},
+        "hf/{ns}/{name}.git/info/lfs/objects/verify": oid,
+        "hf/datasets/{ns}/{name}.git/info/lfs/objects/verify": oid,
     }.get(route, {})
     if route == "blobs/{sha256}":
         return world.blob_bytes.get(params["sha256"], GHOST_BYTES), "application/octet-stream"

@@ -101,15 +101,17 @@ def test_pefthub_env_shells_json_and_no_token(capsys, monkeypatch):
         assert main(["env", *args]) == 0
         return capsys.readouterr().out
 
-    assert env() == ("export PEFTHUB_URL=http://hub:8000\nexport HF_ENDPOINT=http://hub:8000/hf\n"
+    assert env() == ("export PEFTHUB_URL=http://hub:8000\nexport HF_ENDPOINT=http://hub:8000/hf\nexport HF_HUB_DISABLE_XET=1\n"
                      "export HF_TOKEN='tok-'\"'\"'1'\"'\"''\nunset HF_HUB_DISABLE_IMPLICIT_TOKEN\n")
     assert env("--shell", "fish") == ("set -gx PEFTHUB_URL 'http://hub:8000'\nset -gx HF_ENDPOINT 'http://hub:8000/hf'\n"
+                                      "set -gx HF_HUB_DISABLE_XET '1'\n"
                                       "set -gx HF_TOKEN 'tok-\\'1\\''\nset -e HF_HUB_DISABLE_IMPLICIT_TOKEN\n")
     assert env("--shell", "powershell") == (
-        "$Env:PEFTHUB_URL = 'http://hub:8000'\n$Env:HF_ENDPOINT = 'http://hub:8000/hf'\n$Env:HF_TOKEN = 'tok-''1'''\n"
+        "$Env:PEFTHUB_URL = 'http://hub:8000'\n$Env:HF_ENDPOINT = 'http://hub:8000/hf'\n"
+        "$Env:HF_HUB_DISABLE_XET = '1'\n$Env:HF_TOKEN = 'tok-''1'''\n"
         "Remove-Item Env:HF_HUB_DISABLE_IMPLICIT_TOKEN -ErrorAction SilentlyContinue\n")
     assert json.loads(env("--shell", "json")) == {"PEFTHUB_URL": "http://hub:8000", "HF_ENDPOINT": "http://hub:8000/hf",
-                                                  "HF_TOKEN": "tok-'1'", "HF_HUB_DISABLE_IMPLICIT_TOKEN": None}
+                                                  "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "tok-'1'", "HF_HUB_DISABLE_IMPLICIT_TOKEN": None}
     out = env("--no-token")
     assert "HF_TOKEN" not in out.replace("HF_HUB_DISABLE_IMPLICIT_TOKEN", "") and "tok-" not in out
     assert main(["env", "--shell", "tcsh"]) == 2

@@ -88,15 +88,11 @@ def preupload(request, repo_type, ns, name, rev):
 def _upload_href(store: BlobStore, sha256: str, size: int, *, user_id: int, base: str) -> str:
     """Where user ``user_id`` PUTs the bytes, as a URL that needs no header: huggingface_hub's basic transfer sends none.
 
-    Local: the store's signed upload URL. S3: not the target ``hub.push`` gets, which signs
-    the checksum header, but a plain presigned PUT to the same staging key of the user's;
-    ``verify`` (``S3BlobStore.accept_upload``) hashes what arrived before it becomes the blob.
+    Local: the store's signed upload URL, verified as it streams. S3: a plain presigned PUT to
+    the user's staging key (not the checksum-signed one ``hub.push`` gets); ``verify``
+    (``S3BlobStore.accept_upload``) hashes what arrived before it becomes the blob.
     """
-    if store.serves_bytes:
-        return store.upload_target(sha256, size, user_id=user_id, base_url=base)["url"]
-    return store.presigner.generate_presigned_url(  # type: ignore[attr-defined]
-        "put_object", ExpiresIn=store.upload_expires,
-        Params={"Bucket": store.bucket, "Key": store.staging_key(sha256, user_id), "ContentLength": size})  # type: ignore[attr-defined]
+    return store.upload_target(sha256, size, user_id=user_id, base_url=base, headerless=True)["url"]
 
 
 def _oid(obj: object) -> tuple[str, int]:

@@ -29,7 +29,7 @@ from rest_framework.exceptions import Throttled
 from pefthub.protocol import peft_compat
 from pefthub.protocol.errors import ProtocolError
 from pefthub.protocol.manifest import ADAPTER_CONFIG, MODEL_CARD
-from pefthub.protocol.refs import HF_VARIANT_PREFIX, hf_commit, is_hf_commit
+from pefthub.protocol.refs import HF_MAIN, HF_VARIANT_PREFIX, hf_commit, is_hf_commit
 from pefthub_server.core.auth import JOB_TOKEN_REFUSED, TokenAuthentication
 from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
 from pefthub_server.core.http import base_url, bytes_response
@@ -137,6 +137,14 @@ def _resolve(repo: Repository, revision: str) -> Resolved:
     return Resolved(_version(repo, match["rev"]), peft if repo.kind == Repository.Kind.ADAPTER else None)
 
 
+def _empty(repo: Repository, revision: str) -> bool:
+    """`main` of a repository `create_repo` made and nothing was pushed to yet: no files, not a missing revision.
+
+    (transformers' push_to_hub reads the card first, and only EntryNotFound means "none yet".)
+    """
+    return revision == HF_MAIN and not repo.latest_number
+
+
 def _variant_commit(repo: Repository, commit: str) -> Resolved | None:
     """The version and peft release whose adjusted-config commit is ``commit``: one indexed lookup, then the table."""
     version = version_by_digest_prefix(repo=repo, prefix=commit[:HF_VARIANT_PREFIX])
@@ -239,6 +247,8 @@ def repo_summary(repo: Repository, version: Version | None, data: dict, *, commi
 @hf_view
 def repo_info(request, repo_type, ns, name, rev="main"):
     repo = _repo(request, repo_type, ns, name)
+    if _empty(repo, rev):
+        return JsonResponse({**repo_summary(repo, None, {}, commit=None), "cardData": {}, "siblings": [], "usedStorage": 0})
     return JsonResponse(_info(request, repo, _resolve(repo, rev)))
 
 
@@ -257,8 +267,12 @@ def _tree_item(entry: Entry) -> dict:
 @hf_view
 def tree(request, repo_type, ns, name, rev, path=""):
     repo = _repo(request, repo_type, ns, name)
-    resolved = _resolve(repo, rev)
     prefix = path.strip("/")
+    if _empty(repo, rev):
+        if prefix:
+            raise HfError(404, "EntryNotFound", f"`{prefix}` does not exist in `{repo.full_name}`: it has no version yet.")
+        return JsonResponse([], safe=False)
+    resolved = _resolve(repo, rev)
     recursive = request.GET.get("recursive", "").lower() in ("1", "true")
     items: dict[str, dict] = {}
     for entry in _entries(request, resolved):
@@ -316,6 +330,8 @@ MAX_PATHS = 1000
 def paths_info(request, repo_type, ns, name, rev):
     """``get_paths_info`` (and so ``HfFileSystem.info``): the files and folders among ``paths``; absent ones left out."""
     repo = _repo(request, repo_type, ns, name)
+    if _empty(repo, rev):
+        return JsonResponse([], safe=False)
     resolved = _resolve(repo, rev)
     try:
         wanted = request.POST.getlist("paths")
@@ -338,6 +354,8 @@ def paths_info(request, repo_type, ns, name, rev):
 @hf_view
 def resolve(request, repo_type, ns, name, rev, path):
     repo = _repo(request, repo_type, ns, name)
+    if _empty(repo, rev):
+        raise HfError(404, "EntryNotFound", f"{path} does not exist in `{repo.full_name}`: it has no version yet.")
     resolved = _resolve(repo, rev)
     entry = next((e for e in _entries(request, resolved) if e.path == path), None)
     if entry is None:

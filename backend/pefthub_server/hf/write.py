@@ -181,7 +181,7 @@ def validate_yaml(request):
 XET_OFF_PATH = "/hf/xet-is-off/set-HF_HUB_DISABLE_XET=1-and-run-again"
 
 
-@write_view("GET", "POST")
+@write_view("GET", "HEAD", "POST")
 def xet_token(request, **_):
     if request.path != XET_OFF_PATH:
         return HttpResponseRedirect(f"{base_url(request)}{XET_OFF_PATH}")

@@ -151,10 +151,13 @@ class BlobStore(abc.ABC):
         """Remove the blob; no error when it is absent."""
 
     @abc.abstractmethod
-    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str) -> dict[str, Any]:
+    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str,
+                      headerless: bool = False) -> dict[str, Any]:
         """Where user ``user_id`` sends the bytes: ``{"method": "PUT", "url": ..., "headers": {...}}``.
 
         The target is that user's alone: bytes sent there count as that user's upload only.
+        ``headerless``: a target that takes a PUT with no header at all (Git LFS's basic
+        transfer, as huggingface_hub sends it, carries none), checked by :meth:`accept_upload`.
         """
 
     @abc.abstractmethod
@@ -268,9 +271,11 @@ class LocalBlobStore(BlobStore):
                  "sig": self.sign(_valid(sha256), method, expires_at, user), **extra}
         return f"{base_url.rstrip('/')}/api/v1/blobs/{sha256}?{urlencode(query)}"
 
-    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str) -> dict[str, Any]:
+    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str,
+                      headerless: bool = False) -> dict[str, Any]:
         url = self._signed_url(sha256, "PUT", base_url, self.upload_expires, user=str(user_id))
-        return {"method": "PUT", "url": url, "headers": {"Content-Type": "application/octet-stream"}}
+        # Verified as it streams: no header is needed, the content type is only a courtesy.
+        return {"method": "PUT", "url": url, "headers": {} if headerless else {"Content-Type": "application/octet-stream"}}
 
     def download_url(self, sha256: str, *, base_url: str, filename: str | None = None, expires: int = 3600) -> str:
         # `filename` only names the download (Content-Disposition); it is not signed.
@@ -441,8 +446,12 @@ class S3BlobStore(BlobStore):
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
 
-    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str) -> dict[str, Any]:
+    def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str,
+                      headerless: bool = False) -> dict[str, Any]:
         params = {"Bucket": self.bucket, "Key": self.staging_key(sha256, user_id), "ContentLength": size}
+        if headerless:  # a plain PUT, checked by verify()
+            url = self.presigner.generate_presigned_url("put_object", Params=params, ExpiresIn=self.upload_expires)
+            return {"method": "PUT", "url": url, "headers": {}}
         checksum = _b64(sha256)
         url = self.presigner.generate_presigned_url(
             "put_object", Params={**params, "ChecksumSHA256": checksum}, ExpiresIn=self.upload_expires)

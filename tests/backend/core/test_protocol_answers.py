@@ -53,8 +53,11 @@ def test_a_post_to_an_unknown_api_url_with_a_session_cookie_is_a_json_404(alice)
     browser.force_login(alice.user)
     response = browser.post("/api/v1/nope", {"a": "b"})
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
-    hf = browser.post("/hf/api/repos/create", {"name": "x"})
+    hf = browser.post("/hf/api/repos/nope", {"name": "x"})
     assert hf.status_code == 404 and "No Hugging Face-compatible endpoint" in hf.json()["error"]
+    # /hf writes take tokens only: a browser session (cross-site form posts included) is not enough
+    created = browser.post("/hf/api/repos/create", {"name": "x"}, content_type="application/json")
+    assert created.status_code == 401 and "HF_TOKEN" in created.json()["error"]
     assert browser.post("/hf/api/models/acme/x").status_code == 405  # a GET-only route, not a CSRF page
 
 
