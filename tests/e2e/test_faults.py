@@ -237,11 +237,11 @@ def _embedded_worker(up_pid: int) -> int | None:
 def test_sigkilled_up_takes_its_worker_along_and_a_restarted_up_finishes_the_job(tmp_path, tiny_base, open_hub):
     # No DATABASE_URL, no CELERY_BROKER_URL: SQLite and the embedded broker, with `up`'s own worker.
     hub = HubProcess(tmp_path / "embedded", env=service_env(PEFTHUB_STORAGE=None, **HUB_ENV), worker=True)
-    alice = hub.adduser("alice", "--team", "acme", "--role", "admin")
     groups = []
     try:
-        hub.start()
+        hub.start()  # `up` makes the hub's data; `adduser` works on it (it never makes a database of its own)
         groups.append(hub.proc.pid)
+        alice = hub.adduser("alice", "--team", "acme", "--role", "admin")
         worker = wait_until(lambda: _embedded_worker(hub.proc.pid), timeout=60, what="up's embedded worker")
         client = open_hub(url=hub.url, token=alice, cache_dir=tmp_path / "alice-cache")
         client.push(tiny_base, "acme/llama-tiny")
