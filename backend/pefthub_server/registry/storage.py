@@ -295,6 +295,8 @@ class S3BlobStore(BlobStore):
     # part at a time (a single PUT is capped at 5 GiB and restarts from zero on retry).
     multipart_threshold = 1024 * 1024 * 1024
     part_size = 16 * 1024 * 1024
+    # S3's limit for one CopyObject (larger objects copy in parts)
+    single_copy_max = 5 * 1024**3
     # AWS S3 checks an x-amz-checksum-sha256 against the body before storing it, so verify()
     # may trust a stored full-object ChecksumSHA256. Turn off for stores that keep a client's
     # claim unchecked (moto does).
@@ -418,8 +420,14 @@ class S3BlobStore(BlobStore):
                 raise _mismatch("size_mismatch", sha256, size, got_size, "size")
             raise _mismatch("digest_mismatch", sha256, sha256, got, "sha256")
         if self.stat(sha256) is None:
-            # Server-side copy (multipart above 8 MiB, so past S3's 5 GB single-copy limit too).
-            self.client.copy({"Bucket": self.bucket, "Key": staged}, self.bucket, self.key(sha256))
+            source = {"Bucket": self.bucket, "Key": staged}
+            if size <= self.single_copy_max:
+                # One server-side CopyObject; S3 computes the copy's own ChecksumSHA256. (boto3's managed
+                # copy splits into 8 MiB UploadPartCopy calls: 2.4x slower for 64 MiB on moto.)
+                self.client.copy_object(CopySource=source, Bucket=self.bucket, Key=self.key(sha256),
+                                        ChecksumAlgorithm="SHA256")
+            else:  # past S3's 5 GB single-copy limit: multipart
+                self.client.copy(source, self.bucket, self.key(sha256))
         self.client.delete_object(Bucket=self.bucket, Key=staged)
         return True
 

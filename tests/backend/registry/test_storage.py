@@ -291,6 +291,24 @@ def test_s3_presigned_put_goes_to_the_users_staging_key_and_accept_copies_it_int
     assert _keys(s3_store) == [f"hub/{blob_key(sha)}"]  # the staging copy is gone
 
 
+@pytest.mark.parametrize("single_copy_max", [5 * 1024**3, 1000])  # one CopyObject; parts, as past S3's 5 GB limit
+def test_s3_headerless_upload_is_hashed_and_copied_into_place(s3_store: S3BlobStore, single_copy_max: int) -> None:
+    """The target Git LFS's basic transfer (huggingface_hub) PUTs to, with no header at all."""
+    s3_store.single_copy_max = single_copy_max
+    data, sha = blob(20_000)
+    target = s3_store.upload_target(sha, len(data), user_id=7, base_url=BASE_URL, headerless=True)
+    assert target["headers"] == {} and urlsplit(target["url"]).path == f"/{s3_store.bucket}/hub/uploads/7/{sha}"
+    assert requests.put(target["url"], data=data, timeout=10).status_code == 200
+    assert s3_store.accept_upload(sha, len(data), user_id=7) is True
+    assert s3_store.read_range(sha, 0, len(data)) == data and _keys(s3_store) == [f"hub/{blob_key(sha)}"]
+    wrong = requests.put(s3_store.upload_target(sha, len(data), user_id=7, base_url=BASE_URL, headerless=True)["url"],
+                         data=bytes(len(data)), timeout=10)  # the right size, other bytes
+    assert wrong.status_code == 200
+    with pytest.raises(ValidationFailed) as exc:
+        s3_store.accept_upload(sha, len(data), user_id=7)
+    assert errcode(exc) == "digest_mismatch" and s3_store.read_range(sha, 0, len(data)) == data
+
+
 def test_s3_accepting_an_upload_of_a_stored_blob_keeps_the_stored_one(s3_store: S3BlobStore) -> None:
     data, sha = blob(3000)
     s3_store.save_bytes(sha, data)
