@@ -1,10 +1,14 @@
-"""HF benchmark: huggingface_hub.snapshot_download through the hub's /hf API on S3 (moto), beside Hub.pull and raw boto3.
+"""HF benchmark: huggingface_hub through the hub's /hf API on S3 (moto), beside the SDK and raw boto3, both ways.
 
     python bench/hf.py [--repeats 3] [--check]
 
 Starts moto's S3 server and `pefthub-server up --no-worker` (SQLite, PEFTHUB_STORAGE=s3://...) as subprocesses,
-pushes a random-init Llama base and a real ~64 MiB peft LoRA adapter, then downloads the adapter `--repeats` times
-each way, interleaved, into empty caches, and prints medians. `--check` exits 1 when a goal is missed.
+pushes a random-init Llama base and a real ~64 MiB peft LoRA adapter, then
+- pull: downloads the adapter `--repeats` times each way (snapshot_download, Hub.pull, boto3), interleaved, into
+  empty caches;
+- push: uploads a fresh copy of the adapter (one byte changed, so nothing is deduplicated) `--repeats` times each way
+  (HfApi.create_repo + upload_folder, Hub.push, boto3 put_object), interleaved;
+and prints medians. `--check` exits 1 when a goal is missed.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/hf.py` puts bench/, not the repo root, on sys.path
 
-from bench.transfer import MIB, make_models, ratio, run_cleanly, start_s3_hub  # noqa: E402
+from bench.transfer import MIB, make_models, perturbed_copy, ratio, run_cleanly, start_s3_hub  # noqa: E402
 
 ADAPTER = "adapter_model.safetensors"
 RAW, RAW_ONE, RAW_DEFAULT, PULL, SNAP, SNAP_1MIB = (
     "raw boto3 get_object, one request", "raw boto3 download_file, one request", "raw boto3 download_file, default",
     "Hub.pull, empty cache", "snapshot_download, empty cache", "  same, DOWNLOAD_CHUNK_SIZE=1 MiB")
 GOALS = (PULL, SNAP)  # each >= 0.8x RAW's MiB/s; the other rows are context
+RAW_PUT, PUSH, UPLOAD_FOLDER = ("raw boto3 put_object, one request", "Hub.push, new bytes",
+                                "create_repo + upload_folder, new bytes")
+PUSH_GOALS = (PUSH, UPLOAD_FOLDER)  # each >= 0.8x RAW_PUT's MiB/s
 
 
 class HfTrace:
@@ -143,12 +150,9 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
         goal = (">= 0.80x", ok[goals[name]]) if name in goals else ("", "")
         rows.append((name, f"{med(times[name]) * 1000:.0f} ms", f"{rate:.0f}", ratio(rate / base), f"{med(faults[name]):.0f}",
                      *goal, ", ".join(f"{t * 1000:.0f}" for t in times[name])))
-    head = ("measurement", "median", "MiB/s", "vs get_object", "page faults", "goal", "", "runs (ms)")
-    widths = [max(len(str(r[c])) for r in [head, *rows]) for c in range(len(head))]
     print(f"\n{ADAPTER}: {size_mib:.1f} MiB; median of {n}; {os.cpu_count()} CPUs; huggingface_hub "
           f"{huggingface_hub.__version__}, HF_HUB_DISABLE_XET=1; bytes of every download checked equal to the pushed file")
-    for r in [head, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    _table(rows, ("measurement", "median", "MiB/s", "vs get_object", "page faults", "goal", "", "runs (ms)"))
 
     t0, log = snaps[-1]
     print("\nOne snapshot_download (ms from the call; sent -> response headers; S3 bodies stream after):")
@@ -163,6 +167,90 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> b
         "(constants.DOWNLOAD_CHUNK_SIZE): httpx2's ByteChunker builds each one in a fresh buffer, which the kernel "
         "must fault in and zero.",
     ]))
+    return all(goals.values()) & push_rows(args, tmp, s3, hub_url, token, adapter_dir, trace)
+
+
+def _table(rows: list[tuple], head: tuple) -> None:
+    widths = [max(len(str(r[c])) for r in [head, *rows]) for c in range(len(head))]
+    for r in [head, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def push_rows(args: argparse.Namespace, tmp: Path, s3, hub_url: str, token: str, adapter_dir: Path, trace: HfTrace) -> bool:
+    """Push a fresh copy of the adapter each way, interleaved; print the table; whether both goals are met."""
+    import json
+
+    from huggingface_hub import HfApi
+
+    from pefthub import Hub
+
+    api = HfApi(endpoint=f"{hub_url}/hf", token=token)
+    size_mib = (adapter_dir / ADAPTER).stat().st_size / MIB
+    copies = iter(range(1, 10_000))
+
+    def fresh_copy() -> Path:  # new bytes, and the base named as loading it from the hub by id would name it
+        i = next(copies)
+        folder = perturbed_copy(adapter_dir, tmp / f"push-{i}", i)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "acme/llama-bench"
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        return folder
+
+    def raw_put(folder: Path, i: int) -> None:
+        with (folder / ADAPTER).open("rb") as fh:
+            s3.put_object(Bucket="bench", Key=f"raw-put/{i}", Body=fh)
+
+    def sdk_push(folder: Path, i: int) -> None:
+        with Hub(hub_url, token, cache_dir=tmp / "push-cache", progress=False) as hub:
+            hub.push(folder, f"acme/sdk-push-{i}", base_model="acme/llama-bench")
+
+    def hf_upload(folder: Path, i: int) -> None:  # what PeftModel.push_to_hub and `hf upload` send
+        api.create_repo(f"acme/hf-push-{i}", exist_ok=True)
+        api.upload_folder(folder_path=folder, repo_id=f"acme/hf-push-{i}", commit_message="bench")
+
+    ways = {RAW_PUT: raw_put, PUSH: sdk_push, UPLOAD_FOLDER: hf_upload}
+    names = list(ways)
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    hf_requests: list[int] = []
+    steps: dict[str, list[float]] = {}  # upload_folder's requests by step: seconds (summed per push below)
+    for i in range(args.repeats + 1):  # round 0 warms up and is not counted
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            folder = fresh_copy()
+            mark = len(trace.log)
+            t0 = time.perf_counter()
+            ways[name](folder, i)
+            seconds = time.perf_counter() - t0
+            if i:
+                times[name].append(seconds)
+                if name == UPLOAD_FOLDER:
+                    hf_requests.append(len(trace.log) - mark)
+                    for sent, got, method, _, path, _ in trace.log[mark:]:
+                        step = "PUT to S3" if method == "PUT" else path.rsplit("/", 1)[-1] if "/lfs/" in path \
+                            else "commit" if "/commit/" in path else "other requests"
+                        steps.setdefault(step, []).append(got - sent)
+            shutil.rmtree(folder)
+    pushed = api.hf_hub_download(f"acme/hf-push-{args.repeats}", ADAPTER, cache_dir=tmp / "check-cache")
+    assert Path(pushed).stat().st_size == (adapter_dir / ADAPTER).stat().st_size
+
+    med = statistics.median
+    base = size_mib / med(times[RAW_PUT])
+    goals = {name: size_mib / med(times[name]) / base >= 0.8 for name in PUSH_GOALS}
+    ok = {True: "ok", False: "MISSED"}
+    rows = []
+    for name in names:
+        rate = size_mib / med(times[name])
+        goal = (">= 0.80x", ok[goals[name]]) if name in goals else ("", "")
+        rows.append((name, f"{med(times[name]) * 1000:.0f} ms", f"{rate:.0f}", ratio(rate / base), *goal,
+                     ", ".join(f"{t * 1000:.0f}" for t in times[name])))
+    print(f"\nPush of {ADAPTER} ({size_mib:.1f} MiB) with adapter_config.json and README.md; median of {args.repeats}; "
+          "every push a new version of new bytes, validated by the hub (headers, base compatibility)")
+    _table(rows, ("measurement", "median", "MiB/s", "vs put_object", "goal", "", "runs (ms)"))
+    print(f"upload_folder sent {'/'.join(map(str, sorted(set(hf_requests))))} requests per push (create_repo, "
+          "validate-yaml, preupload, LFS batch, PUT to S3, verify, commit); mean ms per push: "
+          + ", ".join(f"{step} {sum(t) / args.repeats * 1000:.0f}" for step, t in steps.items()) + ".")
+    print("`verify` is the hub accepting the upload: it hashes the staged object (moto keeps no checksum of a presigned "
+          "PUT) and copies it from the caller's staging key into the blob's (CopyObject). Hub.push pays the same in its "
+          "commit; on AWS S3 its checksum-signed PUT spares the hash, a headerless LFS PUT cannot.")
     return all(goals.values())
 
 
