@@ -36,8 +36,7 @@ def quiet_logs() -> None:
     """Keep the worker's log to what an operator acts on: jobs, their steps, failures.
 
     Left out: Celery's banner; its warning about running as root (it is about unpickling
-    messages as root, and these queues accept JSON only); kombu's "No hostname was supplied"
-    for the filesystem broker (it has none); progress bars, which Celery would log line by
+    messages as root, and these queues accept JSON only); progress bars, which Celery would log line by
     line as warnings; bitsandbytes' note that an optional faster CPU kernel did not load
     (QLoRA runs on its own kernel); and transformers' deprecation of an attribute peft reads.
     """
@@ -51,8 +50,6 @@ def quiet_logs() -> None:
     for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "PEFTHUB_DISABLE_PROGRESS_BARS"):
         os.environ[name] = "1"
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    if not os.environ.get("CELERY_BROKER_URL"):
-        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,7 +73,7 @@ def celery_config(broker_url: str | None, broker_dir: str | Path) -> dict[str, A
         return config
     queue, processed = broker_folders(broker_dir)
     config.update(
-        broker_url="filesystem://",
+        broker_url="filesystem://localhost/",  # a host, or kombu warns at every connection
         broker_transport_options={
             "data_folder_in": str(queue), "data_folder_out": str(queue), "processed_folder": str(processed),
             "store_processed": False, "polling_interval": 0.1,

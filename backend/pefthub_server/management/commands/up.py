@@ -179,9 +179,6 @@ class Command(BaseCommand):
         stop = threading.Event()
         threading.Thread(target=_reap_forever, args=(stop,), name="reaper", daemon=True).start()
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-        if embedded:
-            # kombu warns that the filesystem broker's URL names no host, at every dispatch: it needs none.
-            logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         # Other `pefthub-server` commands of this user, run from any folder, find this hub's data here.
         try:
             hub_record_write(url=_client_url(opts["host"], opts["port"]), data_dir=settings.DATA_DIR,
