@@ -1,0 +1,5 @@
+"""Web routes: jobs and their live pages, versions, compare, lineage."""
+
+from __future__ import annotations
+
+urlpatterns: list = []
