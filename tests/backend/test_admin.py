@@ -15,40 +15,166 @@ from django.contrib import admin
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_every_admin_changelist_and_change_page_renders(client, catalogue, alice):
+@pytest.fixture
+def staff(client, catalogue, alice):
+    """alice, staff superuser and admin of acme, signed in to the admin; a train job into acme with two events."""
+    from pefthub_server.jobs.models import Job, JobEvent
+    from pefthub_server.registry.models import Namespace
+
     alice.user.is_staff = alice.user.is_superuser = True
     alice.user.save()
     client.force_login(alice.user)
+    job = Job.objects.create(type="train", owner=alice.user, namespace=Namespace.objects.get(name="acme"), output_name="bot",
+                             spec={"type": "train", "hyperparameters": {"lr": 0.001}}, inputs={}, last_seq=2)
+    JobEvent.objects.bulk_create([JobEvent(job=job, seq=1, type="status", time=job.created_at, data={"status": "queued"}),
+                                  JobEvent(job=job, seq=2, type="metric", time=job.created_at, data={"step": 1, "loss": 2.5})])
+    return alice
+
+
+ADMIN_APPS = ("core", "registry", "jobs")
+#: records of what happened: viewed in the admin, never added, edited or deleted there
+IMMUTABLE = {("registry", "version"), ("registry", "blob"), ("registry", "aliasmove"), ("registry", "alias"),
+             ("jobs", "job"), ("jobs", "jobevent"), ("core", "apitoken")}
+
+
+def registered_models():
+    return [m for m in admin.site._registry if m._meta.app_label in ADMIN_APPS]
+
+
+def test_every_admin_changelist_and_change_page_renders(client, staff):
     from django.apps import apps
 
-    registered = [m for m in admin.site._registry if m._meta.app_label in ("core", "registry")]
-    ours = {m for app in ("core", "registry") for m in apps.get_app_config(app).get_models()}
+    ours = {m for app in ADMIN_APPS for m in apps.get_app_config(app).get_models()}
     # shown inline: files on their version, uploads on their blob
-    assert ours - set(registered) == {apps.get_model("registry", "VersionFile"), apps.get_model("registry", "BlobUpload")}
-    for model in registered:
+    assert ours - set(registered_models()) == {apps.get_model("registry", "VersionFile"),
+                                               apps.get_model("registry", "BlobUpload")}
+    for model in registered_models():
         info = model._meta.app_label, model._meta.model_name
         listing = client.get(f"/admin/{info[0]}/{info[1]}/", {"q": "a"})
         assert listing.status_code == 200, info
         obj = model.objects.first()
         assert obj is not None, info
         assert client.get(f"/admin/{info[0]}/{info[1]}/{obj.pk}/change/").status_code == 200, info
-
-
-def test_job_admin_renders(client, alice):
-    from pefthub_server.jobs.models import Job, JobEvent
-    from pefthub_server.registry.models import Namespace
-
-    job = Job.objects.create(type="train", owner=alice.user, namespace=Namespace.objects.get(name="acme"), output_name="bot",
-                             spec={"type": "train"}, inputs={})
-    JobEvent.objects.create(job=job, seq=1, type="status", time=job.created_at, data={"status": "queued"})
-    alice.user.is_staff = alice.user.is_superuser = True
-    alice.user.save()
-    client.force_login(alice.user)
-    for url in ("/admin/jobs/job/", f"/admin/jobs/job/{job.pk}/change/", "/admin/jobs/jobevent/",
-                f"/admin/jobs/jobevent/{job.events.get().pk}/change/"):
-        response = client.get(url)
-        assert response.status_code == 200, url
     assert b"acme/bot" in client.get("/admin/jobs/job/").content
+
+
+def test_immutable_records_have_no_add_change_or_delete(client, staff):
+    for model in registered_models():
+        info = model._meta.app_label, model._meta.model_name
+        if info not in IMMUTABLE:
+            continue
+        obj = model.objects.first()
+        base = f"/admin/{info[0]}/{info[1]}/"
+        listing = client.get(base).content.decode()
+        assert f'href="{base}add/"' not in listing and 'value="delete_selected"' not in listing, info
+        assert client.get(f"{base}add/").status_code == 403, info
+        page = client.get(f"{base}{obj.pk}/change/").content.decode()
+        assert 'name="_save"' not in page and "deletelink" not in page and "<textarea" not in page, info
+        assert client.post(f"{base}{obj.pk}/change/", {}).status_code == 403, info
+        assert client.post(f"{base}{obj.pk}/delete/", {"post": "yes"}).status_code == 403, info
+        assert model.objects.filter(pk=obj.pk).exists(), info
+    # inlines: a version's files and a blob's uploads are listed without add or delete
+    from pefthub_server.registry.models import Blob, Version
+
+    version = Version.objects.get(repository__name="bot")
+    page = client.get(f"/admin/registry/version/{version.pk}/change/").content.decode()
+    assert "adapter_config.json" in page and "add-row" not in page and "DELETE" not in page
+    blob = Blob.objects.first()
+    assert "add-row" not in client.get(f"/admin/registry/blob/{blob.pk}/change/").content.decode()
+    # a repository is created by the API; its identity is read-only here, its description editable
+    assert client.get("/admin/registry/repository/add/").status_code == 403
+    repo_page = client.get(f"/admin/registry/repository/{version.repository_id}/change/").content.decode()
+    assert 'name="description"' in repo_page and 'name="name"' not in repo_page and 'name="kind"' not in repo_page
+
+
+def test_json_fields_are_pretty_printed_read_only(client, staff):
+    import json
+
+    from pefthub_server.jobs.models import Job
+    from pefthub_server.registry.models import Version
+
+    version = Version.objects.get(repository__name="bot")
+    page = client.get(f"/admin/registry/version/{version.pk}/change/").content.decode()
+    pretty = json.dumps(version.adapter_config, indent=2, sort_keys=True, ensure_ascii=False)
+    from django.utils.html import escape
+
+    assert f">{escape(pretty)}</pre>" in page
+    job = Job.objects.get()
+    page = client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert escape(json.dumps(job.spec, indent=2, sort_keys=True)) in page
+    assert 'name="spec"' not in page
+
+
+def action(client, url: str, name: str, pks, **extra):
+    return client.post(url, {"action": name, "_selected_action": [str(pk) for pk in pks], **extra}, follow=True)
+
+
+def test_move_alias_action_goes_through_the_alias_service(client, staff, api, tiny_adapter, tmp_path):
+    import shutil
+
+    from pefthub_server.registry.models import Alias, AliasMove
+    from tests.conftest import api_push
+
+    second = shutil.copytree(tiny_adapter[0], tmp_path / "second")
+    (second / "README.md").write_text("# bot, second version\n")
+    assert api_push(api(staff.token), "acme/bot", second, message="second").status_code == 201
+    prod = Alias.objects.get(repository__name="bot", name="prod")
+    assert prod.version.number == 1
+    moved = action(client, "/admin/registry/alias/", "move", [prod.pk], revision="2")
+    assert "Alias acme/bot@prod now names version 2." in moved.content.decode()
+    prod.refresh_from_db()
+    assert prod.version.number == 2 and prod.updated_by == staff.user
+    move = AliasMove.objects.filter(alias="prod").first()
+    assert (move.from_number, move.to_number, move.moved_by) == (1, 2, staff.user)
+
+    # the service's own refusals come back as messages; nothing moves
+    missing = action(client, "/admin/registry/alias/", "move", [prod.pk], revision="9")
+    assert "Alias acme/bot@prod: `acme/bot` has no version 9" in missing.content.decode()
+    assert AliasMove.objects.filter(alias="prod").count() == 2
+    prod.refresh_from_db()
+    assert prod.version.number == 2
+    assert "Name the version to move to" in action(client, "/admin/registry/alias/", "move", [prod.pk]).content.decode()
+
+    # deleting is recorded as a move to nothing, as DELETE /api/v1/repos/.../aliases/prod records it
+    action(client, "/admin/registry/alias/", "delete_through_service", [prod.pk])
+    assert not Alias.objects.filter(pk=prod.pk).exists()
+    assert AliasMove.objects.filter(alias="prod").count() == 3
+
+
+def test_cancel_job_action_goes_through_the_jobs_service(client, staff, carol):
+    from pefthub_server.jobs.models import Job
+
+    job = Job.objects.get()
+    page = action(client, "/admin/jobs/job/", "cancel", [job.pk]).content.decode()
+    assert f"Job {job.id.hex}: cancelled." in page
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert job.events.order_by("-seq").first().data["reason"] == "cancelled by alice before it started"
+    # a finished job: the service's 409 message, nothing changes
+    again = action(client, "/admin/jobs/job/", "cancel", [job.pk]).content.decode()
+    assert f"Job {job.id.hex}: Job {job.id.hex} already ended (cancelled)." in again
+
+
+def test_job_page_shows_events_a_page_at_a_time(client, staff):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from pefthub_server.jobs.admin import EVENTS_PER_PAGE
+    from pefthub_server.jobs.models import Job, JobEvent
+
+    job = Job.objects.get()
+    url = f"/admin/jobs/job/{job.pk}/change/"
+    with CaptureQueriesContext(connection) as small:
+        assert client.get(url).content.decode().count('class="job-event"') == 2
+    JobEvent.objects.bulk_create([JobEvent(job=job, seq=seq, type="metric", time=job.created_at,
+                                           data={"step": seq, "loss": 1 / seq}) for seq in range(3, 2001)])
+    with CaptureQueriesContext(connection) as big:
+        page = client.get(url).content.decode()
+    assert page.count('class="job-event"') == EVENTS_PER_PAGE
+    assert "Events (2000)" in page and "page 1 of 40" in page
+    assert len(big) == len(small)
+    last = client.get(url, {"events": 40}).content.decode()
+    assert last.count('class="job-event"') == EVENTS_PER_PAGE and "<td>2000</td>" in last and "<td>1950</td>" not in last
 
 
 # --- sign-in lockout (django-axes) ------------------------------------------------------------

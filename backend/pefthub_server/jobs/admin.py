@@ -1,40 +1,62 @@
 from __future__ import annotations
 
-from django.contrib import admin
+import json
 
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+
+from pefthub_server.core.admin import ImmutableAdmin
+from pefthub_server.core.errors import HubError
 from pefthub_server.jobs.models import Job, JobEvent
+from pefthub_server.jobs.services import job_cancel
+
+#: events on one page of a job's change page (the page once showed every event as a JSON block: 13,600 px)
+EVENTS_PER_PAGE = 50
+#: characters of an event's data shown in its row; the event's own page shows all of it
+EVENT_DATA_SHOWN = 300
 
 
-class JobEventInline(admin.TabularInline):
-    model = JobEvent
-    extra = 0
-    can_delete = False
-    readonly_fields = ["seq", "type", "attempt", "time", "data"]
-    ordering = ["-seq"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
+def event_summary(data) -> str:
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    return text if len(text) <= EVENT_DATA_SHOWN else text[:EVENT_DATA_SHOWN - 1] + "…"
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ImmutableAdmin):
+    """Jobs are submitted through the API (which validates specs) and change only through jobs.services: the
+    "cancel" action is job_cancel, as `POST /api/v1/jobs/{id}/cancel` is. The change page shows the job's
+    events a page at a time."""
+
     list_display = ["id", "type", "status", "output", "owner", "attempt", "max_attempts", "worker", "created_at", "finished_at"]
     list_filter = ["type", "status", "queue", "created_at"]
     search_fields = ["id", "output_name", "namespace__name", "owner__username", "worker"]
     list_select_related = ["namespace", "owner"]
-    readonly_fields = [f.name for f in Job._meta.fields]
-    inlines = [JobEventInline]
+    json_fields = ("spec", "inputs", "progress", "metrics", "error")
+    exclude = ["token"]  # the job's own credential: nothing for an operator to read here
+    actions = ["cancel"]
 
-    def has_add_permission(self, request):
-        return False  # submit jobs through the API, where specs are validated
+    @admin.action(description="Cancel selected jobs")
+    def cancel(self, request, queryset):
+        for job in queryset.select_related("namespace", "owner"):
+            try:
+                status = job_cancel(user=request.user, job=job).status
+            except HubError as error:
+                self.message_user(request, f"Job {job.id.hex}: {error.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"Job {job.id.hex}: {status}.")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        events = JobEvent.objects.filter(job_id=object_id).order_by("seq").only("seq", "type", "attempt", "time", "data")
+        page = Paginator(events, EVENTS_PER_PAGE).get_page(request.GET.get("events"))
+        rows = [(event, event_summary(event.data)) for event in page]
+        return super().change_view(request, object_id, form_url,
+                                   {**(extra_context or {}), "event_page": page, "event_rows": rows})
 
 
 @admin.register(JobEvent)
-class JobEventAdmin(admin.ModelAdmin):
+class JobEventAdmin(ImmutableAdmin):
     list_display = ["job", "seq", "type", "attempt", "time"]
     list_filter = ["type"]
     search_fields = ["job__id"]
     list_select_related = ["job__namespace"]
-
-    def has_change_permission(self, request, obj=None):
-        return False
+    json_fields = ("data",)
