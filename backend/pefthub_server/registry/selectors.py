@@ -2,7 +2,8 @@
 
 Rights: a namespace's own user and its `admin` members administer it; `write` members
 push; `read` members read its private repos. `internal` repos are readable by any
-signed-in user, `public` ones by anyone. Objects a caller may not read are reported as
+signed-in user, `public` ones by anyone. Staff superusers (operators) read everything;
+reading is all they get beyond their own roles. Objects a caller may not read are reported as
 not found, so their existence does not leak.
 """
 
@@ -49,9 +50,16 @@ def member_namespaces(user) -> QuerySet:
     return Namespace.objects.filter(Q(user=user) | Q(memberships__user=user)).values("id")
 
 
+def reads_everything(user) -> bool:
+    """Staff superusers (the operator) read every repository and job: the one exception to the rule."""
+    return user.is_authenticated and user.is_staff and user.is_superuser
+
+
 def readable_repositories(user) -> QuerySet[Repository]:
     if not user.is_authenticated:
         return Repository.objects.filter(visibility=Repository.Visibility.PUBLIC)
+    if reads_everything(user):
+        return Repository.objects.all()
     return Repository.objects.filter(
         Q(visibility__in=[Repository.Visibility.PUBLIC, Repository.Visibility.INTERNAL])
         | Q(namespace__in=member_namespaces(user))
