@@ -244,3 +244,12 @@ def test_adduser_sets_a_password_from_stdin_and_changepassword_works_for_non_sta
     monkeypatch.setattr("getpass.getpass", lambda prompt="": "another-long-phrase-7")
     call_command("changepassword", "erin", stdout=StringIO())
     assert Client().post("/account/sign-in", {"username": "erin", "password": "another-long-phrase-7"}).status_code == 302
+
+
+def test_guessing_tokens_at_sign_in_is_throttled_as_on_the_api(client, settings, db):
+    limit = int(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["auth_failures_per_address"].split("/")[0])
+    for i in range(limit):
+        assert client.post("/account/sign-in", {"token": f"phub_guess-{i}"}).status_code == 401
+    throttled = client.post("/account/sign-in", {"token": "phub_guess-last"})
+    assert throttled.status_code == 429 and "Too many failed authentications" in text(throttled)
+    assert int(throttled["Retry-After"]) > 0
