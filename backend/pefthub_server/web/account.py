@@ -38,7 +38,8 @@ def _refused(request, exc: HubError | Throttled, *, template: str = "web/account
     """A refusal as a page: the service's status and message (429 keeps its Retry-After)."""
     status = exc.status if isinstance(exc, HubError) else exc.status_code
     message = exc.message if isinstance(exc, HubError) else str(exc.detail)
-    response = render(request, template, {"error": message, **context}, status=status)
+    title = {401: "Not signed in", 404: "Not found", 429: "Too many attempts"}.get(status, "Not allowed")
+    response = render(request, template, {"error": message, "title": title, **context}, status=status)
     if isinstance(exc, Throttled) and exc.wait:
         response["Retry-After"] = str(int(exc.wait))
     return response
@@ -64,7 +65,7 @@ def signed_in(view):
 
 def _local_next(value: str | None) -> str:
     """Where to go after signing in: ``value`` only if it is a path on this site (no open redirect)."""
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")) \
+    if value and value.startswith("/") and not value.startswith(("//", "/\\", "/account/sign-")) \
             and url_has_allowed_host_and_scheme(value, allowed_hosts=set()):
         return value
     return "/"

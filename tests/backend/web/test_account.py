@@ -65,7 +65,7 @@ def test_password_sign_in_follows_a_local_next_and_sign_out_ends_it(client, bob)
 
 
 @pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "http:/evil.example",
-                                    "javascript:alert(1)", "evil.example"])
+                                    "javascript:alert(1)", "evil.example", "/account/sign-in?next=/account/tokens"])
 def test_next_elsewhere_is_not_followed(client, bob, target):
     with_password(bob)
     assert text(client.get("/account/sign-in", {"next": target})).count('name="next" value="/"') == 2
