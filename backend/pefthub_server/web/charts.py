@@ -47,8 +47,8 @@ def loss_series(events: Iterable[dict]) -> list[Series]:
     return series
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values covering [low, high]: steps of 1, 2 or 5 times a power of ten."""
+def nice_ticks(low: float, high: float, count: int = 5, *, whole: bool = False) -> list[float]:
+    """Round tick values covering [low, high]: steps of 1, 2 or 5 times a power of ten (``whole``: at least 1)."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return []
     if high < low:
@@ -59,6 +59,7 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     raw = (high - low) / max(count, 1)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    step = max(step, 1) if whole else step
     first = math.floor(low / step + 1e-9) * step  # 0.3 / 0.1 is 2.999...
     ticks, value = [], first
     while value <= high + step * 1e-9:
@@ -95,7 +96,8 @@ def loss_chart(series: list[Series], *, title: str, width: int = 640, height: in
         out.append(f'<text x="{width / 2:g}" y="{height / 2:g}" text-anchor="middle">No loss reported yet.</text></svg>')
         return mark_safe("".join(out))
     xs, ys = [x for x, _ in points], [y for _, y in points]
-    x_ticks, y_ticks = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+    x_ticks = nice_ticks(min(xs), max(xs), whole=all(x.is_integer() for x in xs))  # steps are whole numbers
+    y_ticks = nice_ticks(min(ys), max(ys))
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
 
     def sx(x: float) -> float:

@@ -289,6 +289,7 @@ def job_detail(request, job_ref: str):
     return render(request, "web/runs/job.html", {
         "job": job, "log": _event_rows(log), "older": log[0].seq if log and log[0].seq > 1 else None, "chart": chart,
         "series": series, "result": result, "progress": _progress(job), "active": job.status not in Job.FINISHED,
+        "paged": bool(before),  # an older page of the log is not followed live
         "pins": [(p, _pin_href(p)) for p in job.pinned_inputs() if isinstance(p, dict) and p.get("repo")],
         "last_seq": job.last_seq,
     })

@@ -34,6 +34,7 @@ def test_scales_map_the_data_inside_the_plot_and_lower_loss_is_drawn_lower():
     assert x_ticks[0] <= 1 and x_ticks[-1] >= 20 and y_ticks[0] <= 0.5 and y_ticks[-1] >= 2.0
     assert charts.nice_ticks(0.37, 2.9) == [0.0, 1.0, 2.0, 3.0] and charts.nice_ticks(0.3, 0.7) == [0.3, 0.4, 0.5, 0.6, 0.7]
     assert charts.nice_ticks(1, 1000) == [0, 200, 400, 600, 800, 1000]
+    assert charts.nice_ticks(1, 3) == [1.0, 1.5, 2.0, 2.5, 3.0] and charts.nice_ticks(1, 3, whole=True) == [1, 2, 3]
 
 
 def test_empty_and_one_point_charts():
