@@ -82,26 +82,20 @@ def _ref(version: Version, aliases: list[Alias], chosen: bool) -> str:
 def snippets(repo: Repository, ref: str, *, hub_url: str) -> list[tuple[str, str, str]]:
     """(id, title, text) of each "use it" snippet for ``repo`` at ``ref`` (an alias or a version number)."""
     full = f"{repo.full_name}@{ref}"
-    out = [("sdk", "Python SDK", f'from pefthub import Hub\n\nfolder = Hub().pull("{full}")'),
-           ("cli", "Command line", f"pefthub pull {full}")]
-    hf = f'export PEFTHUB_URL={hub_url}\neval "$(pefthub env)"   # sets HF_ENDPOINT={hub_url}/hf and HF_TOKEN\n'
     if repo.kind == Repository.Kind.DATASET:
-        out.append(("hf", "Hugging Face datasets", hf + f"""python - <<'EOF'
-from datasets import load_dataset
-dataset = load_dataset("{repo.full_name}", revision="{ref}")
-EOF"""))
+        sdk, title, code = (f'folder = Hub().pull("{full}")', "Hugging Face datasets",
+                            f'from datasets import load_dataset\ndataset = load_dataset("{repo.full_name}", revision="{ref}")')
     elif repo.kind == Repository.Kind.ADAPTER:
-        out[0] = ("sdk", "Python SDK", f'from pefthub import Hub\n\nmodel = Hub().load("{full}")  # the base with this adapter')
-        out.append(("hf", "peft / transformers", hf + f"""python - <<'EOF'
-from peft import AutoPeftModelForCausalLM
-model = AutoPeftModelForCausalLM.from_pretrained("{repo.full_name}", revision="{ref}")
-EOF"""))
+        sdk, title, code = (f'model = Hub().load("{full}")  # the base with this adapter', "peft / transformers",
+                            "from peft import AutoPeftModelForCausalLM\n"
+                            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo.full_name}", revision="{ref}")')
     else:
-        out.append(("hf", "transformers", hf + f"""python - <<'EOF'
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("{repo.full_name}", revision="{ref}")
-EOF"""))
-    return out
+        sdk, title, code = (f'model = Hub().load("{full}")', "transformers", "from transformers import AutoModelForCausalLM\n"
+                            f'model = AutoModelForCausalLM.from_pretrained("{repo.full_name}", revision="{ref}")')
+    hf = (f'export PEFTHUB_URL={hub_url}\neval "$(pefthub env)"   # sets HF_ENDPOINT={hub_url}/hf and HF_TOKEN\n'
+          f"python - <<'EOF'\n{code}\nEOF")
+    return [("sdk", "Python SDK", f"from pefthub import Hub\n\n{sdk}"), ("cli", "Command line", f"pefthub pull {full}"),
+            ("hf", title, hf)]
 
 
 def _listed(facts: dict | None) -> dict | None:

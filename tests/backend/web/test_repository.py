@@ -104,7 +104,9 @@ def test_versions_aliases_moves_and_snippets(bot, alice):
     pinned = visit(alice).get("/acme/bot?version=1").content.decode()
     assert "pefthub pull acme/bot@1" in pinned and 'revision=&quot;1&quot;' in pinned
     serving = dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]*)</dd>", page.split('id="serving-h"')[1].split("</section>")[0]))
-    assert serving == {"peft type": "LORA", "rank": "8", "lora alpha": "16", "target modules": "q_proj, v_proj",
+    targets = Version.objects.get(repository__name="bot", number=2).adapter_config["target_modules"]  # as peft wrote them
+    assert sorted(targets) == ["q_proj", "v_proj"]
+    assert serving == {"peft type": "LORA", "rank": "8", "lora alpha": "16", "target modules": ", ".join(targets),
                        "modules to save": "—", "use dora": "no", "mergeable": "yes", "multi lora servable": "yes"}
     assert visit(alice).get("/acme/bot?version=9").status_code == 404
     assert visit(alice).get("/acme/bot?version=x").status_code == 404
@@ -191,3 +193,32 @@ def test_query_counts_do_not_grow(bot, alice):
     bot_repo, base = Repository.objects.get(name="bot"), Repository.objects.get(name="llama-tiny")
     _crowd(bot_repo, base, versions=500, adapters=500)
     assert [_queries(client, url) for url in urls] == small
+
+
+def test_dataset_page_has_dataset_snippets(alice, carol, api, tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "hello"}\n')
+    client = api(alice.token)
+    assert client.post("/api/v1/repos", {"namespace": "acme", "name": "corpus", "kind": "dataset",
+                                         "visibility": "internal"}, format="json").status_code == 201
+    assert api_push(client, "acme/corpus", folder, message="one line").status_code == 201
+    page = visit(carol).get("/acme/corpus").content.decode()  # internal: any signed-in user
+    snippets = dict(re.findall(r'<code id="snippet-(\w+)">(.*?)</code>', page, re.S))
+    assert 'folder = Hub().pull(&quot;acme/corpus@1&quot;)' in snippets["sdk"]
+    assert snippets["cli"] == "pefthub pull acme/corpus@1"
+    assert 'load_dataset(&quot;acme/corpus&quot;, revision=&quot;1&quot;)' in snippets["hf"]
+    assert 'id="serving-h"' not in page and 'id="fp-h"' not in page and 'id="adapters-h"' not in page
+    assert Client().get("/acme/corpus").status_code == 404
+
+
+def test_a_readme_too_long_to_merge_is_offered_as_a_download(alice, api, tmp_path, monkeypatch):
+    monkeypatch.setattr("pefthub_server.web.repository.MAX_README", 100)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "README.md").write_text("# long\n" + "x" * 200)
+    client = api(alice.token)
+    client.post("/api/v1/repos", {"namespace": "acme", "name": "corpus", "kind": "dataset"}, format="json")
+    assert api_push(client, "acme/corpus", folder).status_code == 201
+    page = visit(alice).get("/acme/corpus").content.decode()
+    assert "too long to show here" in page and 'href="/acme/corpus/resolve/1/README.md"' in page and "xxxx" not in page
