@@ -65,6 +65,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "pefthub_server.core.auth.SessionTokenMiddleware",  # pages: the session's token (its scope caps the page), re-checked each request
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: it answers a locked-out sign-in
 ]
@@ -111,7 +112,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
-# Admin sign-in (django-axes): after PEFTHUB_ADMIN_LOCKOUT_FAILURES wrong passwords a username is
+# Admin and web sign-in (django-axes): after PEFTHUB_ADMIN_LOCKOUT_FAILURES wrong passwords a username is
 # locked out from that address for PEFTHUB_ADMIN_LOCKOUT_MINUTES (every failure while locked starts
 # the wait again); others still sign in. `pefthub-server axes_reset_username NAME` unlocks sooner.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]

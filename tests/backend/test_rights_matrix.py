@@ -40,7 +40,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from pefthub_server.core.models import ApiToken
-from pefthub_server.core.tokens import token_create
+from pefthub_server.core.tokens import operator_token_create, token_create
 from pefthub_server.registry.teams import user_ensure
 from tests.backend.routes import url_patterns
 from tests.conftest import _person, api_push
@@ -428,12 +428,12 @@ def world(db, alice, bob, carol, api, tiny_base, tiny_adapter, tmp_path, setting
     """The objects every cell is about, made through the API as users make them."""
     settings.PEFTHUB_JOB_LEASE_SECONDS = 3600  # the running jobs (and their tokens) outlive the matrix
     dave = _person("dave", team="acme", role="read")
-    op = user_ensure(username="op", staff=True)  # the staff operator who runs the workers
+    op = user_ensure(username="op")  # the operator account that runs the workers: staff (not superuser), as `up` makes it
     admin = token_create(user=alice.user, name="admin", scope="admin")[1]
     read_token, read_secret = token_create(user=alice.user, name="read-only", scope="read")
     expired_token, expired_secret = token_create(user=alice.user, name="expired", scope="admin")
     ApiToken.objects.filter(pk=expired_token.pk).update(expires_at=timezone.now() - timedelta(days=1))
-    worker_secret = token_create(user=op, name="worker", scope="worker")[1]
+    worker_secret = operator_token_create(user=op, name="worker", scope="worker")[1]
     owner = api(admin)
 
     files: dict[str, list[dict]] = {}

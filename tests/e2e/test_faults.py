@@ -88,7 +88,7 @@ def stack(tmp_path_factory, tiny_base):
         hub = HubProcess(folder / "hub", env=env)
         started.append(hub)
         alice = hub.adduser("alice", "--team", "acme", "--role", "admin")
-        worker_token = hub.adduser("gpu-node", "--scope", "worker", "--staff")
+        worker_token = hub.adduser("gpu-node", "--scope", "worker")  # staff (not superuser), as `up` makes its worker
         hub.start()
         with Hub(url=hub.url, token=alice, cache_dir=folder / "seed-cache", progress=False) as seed:
             seed.push(tiny_base, "acme/llama-tiny")

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         alice = _server_command("adduser", "alice", "--team", "acme", "--role", "admin", "--scope", "admin", env=env)
         _server_command("adduser", "bob", "--team", "acme", "--role", "write", env=env)
         _server_command("adduser", "carol", env=env)
-        worker = _server_command("adduser", "fuzz-worker", "--scope", "worker", "--staff", env=env)
+        worker = _server_command("adduser", "fuzz-worker", "--scope", "worker", env=env)  # staff, not superuser
         seeded = seed(url, alice=alice, worker=worker, folders=folders, cache=work / "cache")
         ready = time.monotonic()
         config, reports = work / "schemathesis.toml", work / "reports"

@@ -77,7 +77,8 @@ def admin_lockout(request, original_response=None, credentials=None):
     """django-axes' answer to a locked-out sign-in: 429, how long it lasts, and how an operator unlocks it."""
     seconds = int(get_cool_off(request).total_seconds())
     wait = f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
-    response = render(request, "core/admin_lockout.html",
+    template = "web/account/locked.html" if request.path.startswith("/account/") else "core/admin_lockout.html"
+    response = render(request, template,
                       {"username": get_client_username(request, credentials), "wait": wait}, status=429)
     response["Retry-After"] = str(seconds)
     return response
