@@ -12,6 +12,7 @@ from django.core.paginator import Paginator
 from django.db.models import F, FloatField, OuterRef, Q, Subquery
 from django.http import Http404
 from django.shortcuts import render
+from django.views.decorators.http import require_safe
 
 from pefthub.protocol.peft import PEFT_TYPES
 from pefthub.protocol.repos import KINDS, VISIBILITIES
@@ -66,6 +67,7 @@ def repositories(user, params) -> tuple[object, dict, list[str]]:
     return qs.order_by(*order), filters, problems
 
 
+@require_safe
 def home(request):
     qs, filters, problems = repositories(request.user, request.GET)
     page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
@@ -80,6 +82,7 @@ def home(request):
     }, status=400 if problems else 200)
 
 
+@require_safe
 def namespace(request, namespace: str):
     """A user's or team's repositories the visitor may read; a team's members for its members."""
     owner = Namespace.objects.filter(name=namespace).select_related("user").first()

@@ -8,12 +8,14 @@ a pushed README with the hub's facts merged in), rendered by :mod:`web.markdown`
 
 from __future__ import annotations
 
+import hashlib
+
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils.http import content_disposition_header
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from pefthub.protocol.errors import ProtocolError
 from pefthub.protocol.manifest import MODEL_CARD
@@ -68,9 +70,14 @@ def _card(request, version: Version, files: list[VersionFile]) -> dict:
     if pushed is not None and pushed.size > MAX_README:
         return {"too_long": True}
     card = render_card(version, hub_url=base_url(request), readme=None if pushed is None else _readme(pushed))
-    text = card.text.decode("utf-8", errors="replace")
     facts = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in card.data.items()]
-    return {"html": markdown.render(markdown.strip_front_matter(text)), "facts": facts}
+    # the same card always renders the same HTML: rendered once per card, however often the page is read
+    key = f"web:card:{hashlib.sha256(card.text).hexdigest()}"
+    html = cache.get(key)
+    if html is None:
+        html = markdown.render(markdown.strip_front_matter(card.text.decode("utf-8", errors="replace")))
+        cache.set(key, html, timeout=24 * 3600)
+    return {"html": html, "facts": facts}
 
 
 def _ref(version: Version, aliases: list[Alias], chosen: bool) -> str:
@@ -112,7 +119,7 @@ def _fingerprint(fingerprint: dict | None) -> dict | None:
             "module names": ", ".join(sorted({m.rsplit(".", 1)[-1] for m in modules}))}
 
 
-@require_GET
+@require_safe
 def repository(request, namespace: str, name: str):
     repo = readable(request, namespace, name)
     chosen = request.GET.get("version")
@@ -140,7 +147,7 @@ def repository(request, namespace: str, name: str):
     return render(request, "web/repository.html", context)
 
 
-@require_GET
+@require_safe
 def download(request, namespace: str, name: str, number: int, path: str):
     """A file of a version the visitor may read: the bytes from a local store, a redirect to a signed URL from S3."""
     repo = readable(request, namespace, name)

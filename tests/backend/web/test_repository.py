@@ -123,6 +123,8 @@ def test_files_download_with_sizes_and_digests(bot, bob, carol):
         assert response.status_code == 200
         data = b"".join(response.streaming_content) if response.streaming else response.content
         assert hashlib.sha256(data).hexdigest() == f.blob_id and len(data) == f.size
+        head = visit(bob).head(f"/acme/bot/resolve/1/{f.path}")
+        assert head.status_code == 200 and head["Content-Length"] == str(f.size) and not head.content
         if f.path != "adapter_config.json":  # the hub pins base_model_name_or_path to the base in that one
             assert data == (bot / f.path).read_bytes()
         assert visit(carol).get(f"/acme/bot/resolve/1/{f.path}").status_code == 404
