@@ -20,8 +20,8 @@ from pefthub.protocol.manifest import MODEL_CARD
 from pefthub.protocol.peft import PEFT_TYPES
 from pefthub.protocol.refs import hf_commit
 from pefthub_server.core.auth import require_scope
-from pefthub_server.hf.card import card_data
 from pefthub_server.hf.views import KINDS, HfError, cursor, hf_view, link_next, repo_summary
+from pefthub_server.registry.card import card_data
 from pefthub_server.registry.models import Membership, Namespace, Repository, Version, VersionFile
 from pefthub_server.registry.selectors import readable_repositories
 

@@ -19,7 +19,6 @@ import re
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpResponseRedirect, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -33,7 +32,7 @@ from pefthub.protocol.refs import HF_MAIN, HF_VARIANT_PREFIX, hf_commit, is_hf_c
 from pefthub_server.core.auth import JOB_TOKEN_REFUSED, TokenAuthentication
 from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
 from pefthub_server.core.http import base_url, bytes_response
-from pefthub_server.hf.card import MAX_README, Card, card_data, render_card
+from pefthub_server.registry.card import MAX_README, Card, card_data, readme_bytes, render_card
 from pefthub_server.registry.models import Repository, Version, VersionFile
 from pefthub_server.registry.selectors import repository_get, version_by_digest_prefix, version_resolve
 from pefthub_server.registry.storage import get_blob_store
@@ -174,23 +173,13 @@ def _files(request, resolved: Resolved) -> tuple[list[Entry], Card | None]:
     pushed = next((e for e in files if e.path == MODEL_CARD), None)
     if pushed is not None and pushed.size > MAX_README:
         return files, None
-    card = render_card(version, hub_url=base_url(request), readme=None if pushed is None else _stored(pushed))
+    card = render_card(version, hub_url=base_url(request), readme=None if pushed is None else readme_bytes(pushed.sha256, pushed.size))
     files = [e for e in files if e.path != MODEL_CARD] + [_generated(MODEL_CARD, card.text)]
     return sorted(files, key=lambda e: e.path), card
 
 
 def _entries(request, resolved: Resolved) -> list[Entry]:
     return _files(request, resolved)[0]
-
-
-def _stored(entry: Entry) -> bytes:
-    """A small blob's bytes; cached by hash, so a version's README is read from the store once, not per request."""
-    key = f"hf:blob:{entry.sha256}"
-    data = cache.get(key)
-    if data is None:
-        data = get_blob_store().read_range(entry.sha256, 0, entry.size)
-        cache.set(key, data, timeout=24 * 3600)
-    return data
 
 
 def _compat_config(entry: Entry, peft: str) -> Entry:

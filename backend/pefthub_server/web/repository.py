@@ -2,7 +2,7 @@
 
 Read through ``registry.selectors.repository_get``: a repository the visitor may not read
 is the same 404 as one that does not exist. ``?version=N`` shows version N's card and files
-(the latest otherwise). The card is the one the Hugging Face view serves (``hf.card.render_card``:
+(the latest otherwise). The card is the one the Hugging Face view serves (``registry.card.render_card``:
 a pushed README with the hub's facts merged in), rendered by :mod:`web.markdown`.
 """
 
@@ -21,8 +21,8 @@ from pefthub.protocol.errors import ProtocolError
 from pefthub.protocol.manifest import MODEL_CARD
 from pefthub_server.core.errors import NotFound
 from pefthub_server.core.http import base_url, bytes_response
-from pefthub_server.hf.card import MAX_README, render_card
 from pefthub_server.registry import selectors
+from pefthub_server.registry.card import MAX_README, readme_bytes, render_card
 from pefthub_server.registry.models import Alias, AliasMove, Repository, Version, VersionFile
 from pefthub_server.registry.serving import serving_facts
 from pefthub_server.registry.storage import get_blob_store
@@ -55,21 +55,11 @@ def _shown_version(repo: Repository, wanted: str | None) -> Version | None:
     return versions.order_by("-number").first()
 
 
-def _readme(entry: VersionFile) -> bytes:
-    """A pushed README's bytes, cached by hash (the same key the Hugging Face view caches it under)."""
-    key = f"hf:blob:{entry.blob_id}"
-    data = cache.get(key)
-    if data is None:
-        data = get_blob_store().read_range(entry.blob_id, 0, entry.size)
-        cache.set(key, data, timeout=24 * 3600)
-    return data
-
-
 def _card(request, version: Version, files: list[VersionFile]) -> dict:
     pushed = next((f for f in files if f.path == MODEL_CARD), None)
     if pushed is not None and pushed.size > MAX_README:
         return {"too_long": True}
-    card = render_card(version, hub_url=base_url(request), readme=None if pushed is None else _readme(pushed))
+    card = render_card(version, hub_url=base_url(request), readme=None if pushed is None else readme_bytes(pushed.blob_id, pushed.size))
     facts = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in card.data.items()]
     # the same card always renders the same HTML: rendered once per card, however often the page is read
     key = f"web:card:{hashlib.sha256(card.text).hexdigest()}"

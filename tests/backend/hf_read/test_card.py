@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import yaml
 
-from pefthub_server.hf.card import HEADING, MAX_README, render_card
+from pefthub_server.registry.card import HEADING, MAX_README, render_card
 from pefthub_server.registry.models import Version
 from tests.backend.hf_read.conftest import README
 

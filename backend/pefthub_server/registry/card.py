@@ -19,9 +19,11 @@ import json
 from dataclasses import dataclass
 
 import yaml
+from django.core.cache import cache
 
 from pefthub_server.registry.models import Repository, Version
 from pefthub_server.registry.serving import serving_facts
+from pefthub_server.registry.storage import get_blob_store
 
 #: a pushed README longer than this is served as pushed: the hub merges into it only below this size
 MAX_README = 1 << 20
@@ -30,6 +32,16 @@ MAX_FRONT_MATTER = 64 << 10
 HEADING = "## PEFT Hub"
 #: the keys whose values the hub knows for certain: its own replace the user's
 HUB_KEYS = ("library_name", "base_model", "base_model_relation")
+
+
+def readme_bytes(sha256: str, size: int) -> bytes:
+    """A pushed README's bytes, cached by hash: read from the store once, not on every page or /hf request."""
+    key = f"card:readme:{sha256}"
+    data = cache.get(key)
+    if data is None:
+        data = get_blob_store().read_range(sha256, 0, size)
+        cache.set(key, data, timeout=24 * 3600)
+    return data
 
 
 @dataclass(frozen=True)
