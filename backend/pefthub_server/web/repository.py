@@ -27,6 +27,7 @@ from pefthub_server.registry.models import Alias, AliasMove, Repository, Version
 from pefthub_server.registry.serving import serving_facts
 from pefthub_server.registry.storage import get_blob_store
 from pefthub_server.web import markdown
+from pefthub_server.web.runs import lineage_for
 
 VERSIONS_PER_PAGE = 20
 ADAPTERS_SHOWN = 50
@@ -129,7 +130,8 @@ def repository(request, namespace: str, name: str):
         files = list(VersionFile.objects.filter(version=version).order_by("path")[:FILES_SHOWN + 1])
         context.update(files=files[:FILES_SHOWN], more_files=len(files) > FILES_SHOWN, card=_card(request, version, files),
                        snippets=snippets(repo, _ref(version, aliases, bool(chosen)), hub_url=base_url(request)),
-                       serving=_listed(serving_facts(version.adapter_config)), fingerprint=_fingerprint(version.fingerprint))
+                       serving=_listed(serving_facts(version.adapter_config)), fingerprint=_fingerprint(version.fingerprint),
+                       lineage=lineage_for(user=request.user, version=version))
     if repo.kind == Repository.Kind.MODEL:
         adapters = selectors.readable_repositories(request.user).filter(base_model=repo).select_related("namespace")
         shown = list(adapters.order_by("namespace__name", "name")[:ADAPTERS_SHOWN + 1])

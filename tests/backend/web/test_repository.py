@@ -94,6 +94,9 @@ def test_versions_aliases_moves_and_snippets(bot, alice):
     assert re.findall(r"<td>(alice|bob)</td>\s*<td><time", versions) == ["bob", "alice"]
     moves = re.findall(r"<strong>(\w+)</strong>\s*(set|moved) <span class=\"chip\">prod</span> ([^<]+)</li>", page)
     assert moves == [("bob", "moved", "1 → 2"), ("alice", "set", "to 1")]
+    # the lineage graph of the version shown: its base, as a link
+    lineage = page.split('id="lineage-h"')[1].split("</section>")[0]
+    assert '<svg class="lineage"' in lineage and 'href="/acme/llama-tiny/versions/1"' in lineage
     # the snippets pin `prod` (on the version shown); a chosen version pins its number
     snippets = dict(re.findall(r'<code id="snippet-(\w+)">(.*?)</code>', page, re.S))
     assert 'Hub().load(&quot;acme/bot@prod&quot;)' in snippets["sdk"]
@@ -167,8 +170,10 @@ def _crowd(repo: Repository, base: Repository, versions: int, adapters: int) -> 
     """Many versions, aliases and moves on ``repo``; many adapters on ``base``."""
     user = repo.created_by
     start = repo.latest_number + 1
+    base_version = Version.objects.get(repository=repo, number=1).base_version  # like every pushed adapter version
     made = Version.objects.bulk_create([Version(repository=repo, number=n, digest=f"{n:064x}", created_by=user,
-                                                message=f"v{n}") for n in range(start, start + versions)])
+                                                message=f"v{n}", base_version=base_version)
+                                        for n in range(start, start + versions)])
     Alias.objects.bulk_create([Alias(repository=repo, name=f"a{i}", version=v, updated_by=user) for i, v in enumerate(made[:200])])
     AliasMove.objects.bulk_create([AliasMove(repository=repo, alias=f"a{i}", from_number=1, to_number=2, moved_by=user)
                                    for i in range(500)])
