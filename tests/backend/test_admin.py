@@ -171,6 +171,7 @@ def test_job_page_shows_events_a_page_at_a_time(client, staff):
     with CaptureQueriesContext(connection) as big:
         page = client.get(url).content.decode()
     assert page.count('class="job-event"') == EVENTS_PER_PAGE
+    assert f'<a href="/jobs/{job.id.hex}">' in page  # the loss chart and live progress are on the web page
     assert "Events (2000)" in page and "page 1 of 40" in page
     assert len(big) == len(small)
     last = client.get(url, {"events": 40}).content.decode()

@@ -4,6 +4,8 @@ import json
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
+from django.urls import reverse
+from django.utils.html import format_html
 
 from pefthub_server.core.admin import ImmutableAdmin
 from pefthub_server.core.errors import HubError
@@ -32,6 +34,7 @@ class JobAdmin(ImmutableAdmin):
     search_fields = ["id", "output_name", "namespace__name", "owner__username", "worker"]
     list_select_related = ["namespace", "owner"]
     json_fields = ("spec", "inputs", "progress", "metrics", "error")
+    readonly_fields = ["web_page"]
     exclude = ["token"]  # the job's own credential: nothing for an operator to read here
     actions = ["cancel"]
 
@@ -44,6 +47,11 @@ class JobAdmin(ImmutableAdmin):
                 self.message_user(request, f"Job {job.id.hex}: {error.message}", messages.ERROR)
             else:
                 self.message_user(request, f"Job {job.id.hex}: {status}.")
+
+    @admin.display(description="web page")
+    def web_page(self, job):
+        url = reverse("web:job", args=[job.id.hex])
+        return format_html('<a href="{}">{}</a> (loss chart, live progress)', url, url)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         events = JobEvent.objects.filter(job_id=object_id).order_by("seq").only("seq", "type", "attempt", "time", "data")
