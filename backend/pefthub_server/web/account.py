@@ -29,20 +29,10 @@ from pefthub_server.core.models import SCOPE_GRANTS, USER_SCOPES, ApiToken, Scop
 from pefthub_server.registry import teams
 from pefthub_server.registry.api.serializers import TokenCreateSerializer
 from pefthub_server.registry.models import Membership, Namespace, Role
+from pefthub_server.web.errors import refused
 
 #: tokens per page of /account/tokens
 TOKENS_PER_PAGE = 100
-
-
-def _refused(request, exc: HubError | Throttled, *, template: str = "web/account/refused.html", **context):
-    """A refusal as a page: the service's status and message (429 keeps its Retry-After)."""
-    status = exc.status if isinstance(exc, HubError) else exc.status_code
-    message = exc.message if isinstance(exc, HubError) else str(exc.detail)
-    title = {401: "Not signed in", 404: "Not found", 429: "Too many attempts"}.get(status, "Not allowed")
-    response = render(request, template, {"error": message, "title": title, **context}, status=status)
-    if isinstance(exc, Throttled) and exc.wait:
-        response["Retry-After"] = str(int(exc.wait))
-    return response
 
 
 def signed_in(view):
@@ -55,7 +45,7 @@ def signed_in(view):
         try:
             return view(request, *args, **kwargs)
         except HubError as exc:
-            return _refused(request, exc)
+            return refused(request, exc)
 
     return wrapper
 
@@ -84,7 +74,7 @@ def sign_in(request):
         try:
             token = token_session_start(request, secret[:200])
         except (HubError, Throttled) as exc:
-            return _refused(request, exc, template="web/account/sign_in.html", **context)
+            return refused(request, exc, template="web/account/sign_in.html", **context)
         messages.success(request, f"Signed in as {token.user.username} with token `{token.name}` "
                                   f"(scope {token.scope}).")
         return redirect(context["next"])

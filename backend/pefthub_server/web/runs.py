@@ -26,6 +26,7 @@ from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry import selectors
 from pefthub_server.registry.models import Alias, Repository, Version, VersionFile
 from pefthub_server.web import charts
+from pefthub_server.web.errors import refused
 
 #: files listed on a version page (the rest are counted)
 FILES_SHOWN = 200
@@ -55,7 +56,7 @@ def _pages(view):
             raise Http404(exc.message) from None
         except HubError as exc:
             error = exc
-        return render(request, "web/runs/error.html", {"error": error}, status=error.status)
+        return refused(request, error)
 
     return wrapper
 
