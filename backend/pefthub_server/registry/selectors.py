@@ -85,7 +85,10 @@ def repository_list(*, user, kind=None, namespace=None, base_model=None, peft_ty
     if peft_type:
         qs = qs.filter(peft_type__iexact=peft_type)
     if search:
-        qs = qs.filter(Q(name__icontains=search) | Q(description__icontains=search))
+        # the name, description and owner, the base model's name and owner, and the method (the repository's tags)
+        qs = qs.filter(Q(name__icontains=search) | Q(description__icontains=search) | Q(namespace__name__icontains=search)
+                       | Q(base_model__name__icontains=search) | Q(base_model__namespace__name__icontains=search)
+                       | Q(peft_type__iexact=search))
     return qs.order_by("namespace__name", "name")
 
 

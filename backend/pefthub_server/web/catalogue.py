@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
-from django.db.models import F, FloatField, OuterRef, Q, Subquery
+from django.db.models import F, FloatField, OuterRef, Subquery
 from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
@@ -52,15 +52,12 @@ def repositories(user, params) -> tuple[object, dict, list[str]]:
         "base_model": params.get("base_model", "").strip()[:MAX_QUERY],
         "sort": choice("sort", tuple(SORTS)) or "newest",
     }
+    # one search for the API and the pages
     qs = selectors.repository_list(user=user, kind=filters["kind"] or None, namespace=filters["namespace"] or None,
-                                   base_model=filters["base_model"] or None, peft_type=filters["method"] or None)
+                                   base_model=filters["base_model"] or None, peft_type=filters["method"] or None,
+                                   search=filters["q"] or None)
     if filters["visibility"]:
         qs = qs.filter(visibility=filters["visibility"])
-    if q := filters["q"]:
-        # names, descriptions, the base model's name and the method (the repository's tags)
-        qs = qs.filter(Q(name__icontains=q) | Q(description__icontains=q) | Q(namespace__name__icontains=q)
-                       | Q(base_model__name__icontains=q) | Q(base_model__namespace__name__icontains=q)
-                       | Q(peft_type__iexact=q))
     qs = qs.annotate(metric=_latest_metric())
     order = {"newest": [F("created_at").desc(), F("id").desc()], "name": ["namespace__name", "name"],
              "metric": [F("metric").asc(nulls_last=True), "namespace__name", "name"]}[filters["sort"]]
