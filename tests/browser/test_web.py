@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.browser.conftest import PHONE, screenshot, sign_in
+from tests.browser.conftest import PASSWORDS, PHONE, screenshot, sign_in
 
 
 def metric_points(world, job_id: str) -> int:
@@ -139,3 +139,27 @@ def test_the_home_page_at_phone_width(world, new_page):
     sign_in(page, "bob")
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # nothing wider than the phone
     screenshot(page, "home-phone")
+
+
+def test_the_staff_superuser_moves_an_alias_and_reads_a_job_in_the_admin(world, new_page):
+    page = new_page()
+    page.goto("/admin/login/?next=/admin/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", PASSWORDS["root"])
+    with page.expect_navigation():
+        page.get_by_role("button", name="Log in").click()
+    page.goto(f"/admin/jobs/job/{world.trained}/change/")
+    events = world.api("bob", "GET", f"jobs/{world.trained}/events").json()["events"]
+    assert page.locator("tr.job-event").count() == len(events) <= 50
+    assert page.locator("input[name=_save], .deletelink").count() == 0  # a record: nothing to save or delete
+    assert page.evaluate("document.documentElement.scrollHeight") < 4000  # once one JSON block per event: 13,600 px
+
+    # the "move" action goes through registry.aliases, whose refusal comes back as the page's message
+    page.goto("/admin/registry/alias/?q=support-bot")
+    page.locator("#result_list tbody tr", has_text="prod").locator("input[type=checkbox]").check()
+    page.select_option("select[name=action]", "move")
+    page.fill("input[name=revision]", "9")
+    with page.expect_navigation():
+        page.locator("button[name=index]").click()
+    assert page.locator(".messagelist").inner_text() == "Alias acme/support-bot@prod: `acme/support-bot` has no version 9 " \
+        "(latest is 1)."
