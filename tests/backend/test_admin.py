@@ -166,12 +166,14 @@ def test_job_page_shows_events_a_page_at_a_time(client, staff):
     url = f"/admin/jobs/job/{job.pk}/change/"
     client.get(url)  # the content types' cache, warm
     with CaptureQueriesContext(connection) as small:
-        assert client.get(url).content.decode().count('class="job-event"') == 2
+        small_page = client.get(url).content.decode()
+    assert small_page.count('class="job-event"') == 2 and small_page.count('<circle data-series="loss"') == 1
     JobEvent.objects.bulk_create([JobEvent(job=job, seq=seq, type="metric", time=job.created_at,
                                            data={"step": seq, "loss": 1 / seq}) for seq in range(3, 2001)])
     with CaptureQueriesContext(connection) as big:
         page = client.get(url).content.decode()
     assert page.count('class="job-event"') == EVENTS_PER_PAGE
+    assert page.count('<circle data-series="loss"') == 1999  # every metric event's loss, on one page
     assert f'<a href="/jobs/{job.id.hex}">' in page  # the loss chart and live progress are on the web page
     assert "Events (2000)" in page and "page 1 of 40" in page
     assert len(big) == len(small)

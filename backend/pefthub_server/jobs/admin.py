@@ -7,6 +7,7 @@ from django.core.paginator import Paginator
 from django.urls import reverse
 from django.utils.html import format_html
 
+from pefthub_server.core import charts
 from pefthub_server.core.admin import ImmutableAdmin
 from pefthub_server.core.errors import HubError
 from pefthub_server.jobs.models import Job, JobEvent
@@ -57,8 +58,11 @@ class JobAdmin(ImmutableAdmin):
         events = JobEvent.objects.filter(job_id=object_id).order_by("seq").only("seq", "type", "attempt", "time", "data")
         page = Paginator(events, EVENTS_PER_PAGE).get_page(request.GET.get("events"))
         rows = [(event, event_summary(event.data)) for event in page]
-        return super().change_view(request, object_id, form_url,
-                                   {**(extra_context or {}), "event_page": page, "event_rows": rows})
+        metrics = events.filter(type=JobEvent.Type.METRIC).values_list("data", flat=True)
+        series = charts.loss_series(metrics)  # the web job page's chart: one point per loss value, one query
+        chart = charts.loss_chart(series, title="Training and eval loss")
+        return super().change_view(request, object_id, form_url, {
+            **(extra_context or {}), "event_page": page, "event_rows": rows, "chart": chart, "series": series})
 
 
 @admin.register(JobEvent)

@@ -20,12 +20,12 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 
 from pefthub.protocol.errors import ProtocolError
+from pefthub_server.core import charts
 from pefthub_server.core.errors import HubError, NotFound, ValidationFailed, from_protocol
 from pefthub_server.jobs import selectors as job_selectors
 from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry import selectors
 from pefthub_server.registry.models import Alias, Repository, Version, VersionFile
-from pefthub_server.web import charts
 from pefthub_server.web.errors import refused
 
 #: files listed on a version page (the rest are counted)
@@ -309,5 +309,5 @@ def job_live(request, job_ref: str):
             "events": render_to_string("web/runs/_events.html", {"log": _event_rows(events)}) if events else ""}
     if any(e.type == JobEvent.Type.METRIC for e in events) or not body["active"]:
         chart, series = _chart(job)
-        body["chart"] = render_to_string("web/runs/_chart.html", {"chart": chart, "series": series})
+        body["chart"] = render_to_string("core/_chart.html", {"chart": chart, "series": series})
     return JsonResponse(body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from pefthub_server.web import charts
+from pefthub_server.core import charts
 
 
 def _points(svg: str, key: str) -> list[tuple[float, float]]:
