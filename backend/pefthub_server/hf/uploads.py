@@ -26,7 +26,7 @@ from pefthub_server.core.http import base_url
 from pefthub_server.hf.views import HfError
 from pefthub_server.hf.write import head_of, json_body, writable, write_view
 from pefthub_server.registry import acceptance
-from pefthub_server.registry.blobs import blob_uploaded, blobs_possessed
+from pefthub_server.registry.blobs import blobs_possessed, upload_accept
 from pefthub_server.registry.models import VersionFile
 from pefthub_server.registry.storage import BlobStore, get_blob_store
 
@@ -111,10 +111,9 @@ def lfs(request, repo_type, ns, name, action):
         oid, size = _oid(body)
         if blobs_possessed(user=user, sha256s={oid}).get(oid) == size:
             return JsonResponse({"oid": oid, "size": size})
-        if not store.accept_upload(oid, size, user_id=user.pk):  # size or digest mismatch: a 400 naming it
+        if not upload_accept(user_id=user.pk, sha256=oid, size=size):  # size or digest mismatch: a 400 naming it
             raise HfError(404, None, f"No upload of blob {oid} by you has arrived; PUT it to the href the LFS batch "
                           "answered, then verify again.")
-        blob_uploaded(user_id=user.pk, sha256=oid, size=size)
         return JsonResponse({"oid": oid, "size": size})
     if body.get("operation") != "upload":
         raise HfError(400, None, "The LFS batch API here takes uploads; downloads go through /resolve.")

@@ -43,6 +43,17 @@ def blob_uploaded(*, user_id: int, sha256: str, size: int) -> Blob:
     return blob
 
 
+def upload_accept(*, user_id: int, sha256: str, size: int) -> bool:
+    """Make what user ``user_id`` uploaded the blob, once the store verified it, and record the upload.
+
+    False when that user has no such upload waiting; a size or digest mismatch raises the store's 400.
+    """
+    if not get_blob_store().accept_upload(sha256, size, user_id=user_id):
+        return False
+    blob_uploaded(user_id=user_id, sha256=sha256, size=size)
+    return True
+
+
 def _job_versions(job) -> Q:
     """The versions a job token reads: its job's pinned inputs and its output repository (``job`` duck-typed)."""
     def repo(full_name: str) -> Q:

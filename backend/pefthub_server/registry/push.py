@@ -39,7 +39,7 @@ from pefthub.protocol.words import with_article
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
 from pefthub_server.registry import acceptance, compatibility
 from pefthub_server.registry.aliases import alias_move, check_settable
-from pefthub_server.registry.blobs import blob_register, blob_uploaded, blobs_possessed
+from pefthub_server.registry.blobs import blob_register, blobs_possessed, upload_accept
 from pefthub_server.registry.models import Alias, Namespace, Repository, Version, VersionFile
 from pefthub_server.registry.repositories import base_resolve, repository_insert, repository_new
 from pefthub_server.registry.selectors import namespace_role, repository_get
@@ -168,7 +168,6 @@ def _verify_blobs(*, user, entries: list[Entry], job=None) -> None:
     it, whatever size was declared: only a readable blob's size may be told.
     """
     possessed = blobs_possessed(user=user, sha256s={e.sha256 for e in entries}, job=job)
-    store = get_blob_store()
     for entry in entries:
         if entry.sha256 in possessed:
             if possessed[entry.sha256] != entry.size:
@@ -178,12 +177,11 @@ def _verify_blobs(*, user, entries: list[Entry], job=None) -> None:
                 )
             continue
         try:
-            if not store.accept_upload(entry.sha256, entry.size, user_id=user.pk):
+            if not upload_accept(user_id=user.pk, sha256=entry.sha256, size=entry.size):
                 raise missing_blob(entry.sha256)
         except ValidationFailed as exc:
             exc.message = f"`{entry.path}`: {exc.message}"
             raise
-        blob_uploaded(user_id=user.pk, sha256=entry.sha256, size=entry.size)
         possessed[entry.sha256] = entry.size
 
 
