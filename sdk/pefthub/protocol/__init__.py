@@ -14,6 +14,7 @@ these modules and write none of their rules again:
 - :mod:`~pefthub.protocol.repos`: repository kinds, visibilities, roles and token scopes;
 - :mod:`~pefthub.protocol.limits`: every size and count bound;
 - :mod:`~pefthub.protocol.words`: words messages share (``with_article``: "an adapter");
+- :mod:`~pefthub.protocol.logs`: JSON log lines carrying the request id or job id;
 - :mod:`~pefthub.protocol.errors`: :class:`ProtocolError` and its kinds, each with a stable ``code``.
 
 Importing this package never imports the SDK's client (or ``requests``).
