@@ -89,9 +89,12 @@ TEMPLATES = [
 ]
 
 _sqlite_path = DATA_DIR / "db.sqlite3"
+# Each server thread keeps its own connection for DATABASE_CONN_MAX_AGE seconds (0: one per request), checked
+# before a request reuses it (CONN_HEALTH_CHECKS), so a restarted database costs one failed check, not a 500.
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL") or f"sqlite:///{_sqlite_path}", conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0)
+        env_str("DATABASE_URL") or f"sqlite:///{_sqlite_path}", conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
