@@ -1,4 +1,4 @@
-"""`pefthub-server`: `up`, `adduser` and every Django manage command, on the running hub's data.
+"""`pefthub-server`: `up`, `serve`, `adduser` and every Django manage command, on the running hub's data.
 
 `up` and `migrate` make a hub's data where PEFTHUB_DATA_DIR says (default ./.pefthub).
 Every other command that touches data works on an existing hub's, found as:
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["PEFTHUB_DATA_DIR"] = str(data_dir)
     if note:
         sys.stderr.write(note + "\n")
+    if command == "serve":
+        os.environ.setdefault("PEFTHUB_LOG_FORMAT", "json")  # production logs are read by machines
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(["pefthub-server", *args])

@@ -1,4 +1,4 @@
-"""The HTTP server `pefthub-server up` runs: waitress, with three rules kept at the socket.
+"""The HTTP servers: waitress for `pefthub-server up`, gunicorn for `serve`; three rules kept at the socket by both.
 
 - A request body is bounded before it is read. waitress spools a body to disk before the
   application sees it, so the bound is chosen from the request line and headers alone:
@@ -10,6 +10,14 @@
   sends whatever the application returns; the hub's middleware empties it too).
 - Proxy headers (``X-Forwarded-Proto``, ``-For``, ``-Host``) are honoured only from
   ``PEFTHUB_TRUSTED_PROXY``, and cleared from everyone else.
+
+Under `serve` (gunicorn, :mod:`pefthub_server.gunicorn_conf`) the same rules hold by other means.
+gunicorn hands the application an unread body, so :class:`BoundedBody` answers the 413 before
+reading it, and :func:`refuses_body` (gunicorn's ``pre_request`` hook) withholds the
+``100 Continue`` from such a request and closes its connection after the 413. gunicorn sends
+no body with a HEAD answer itself. Proxy headers go through waitress's own
+``proxy_headers_middleware`` (:func:`production_application`), the code `up` runs, with
+gunicorn's handling of them turned off.
 """
 
 from __future__ import annotations
@@ -17,12 +25,14 @@ from __future__ import annotations
 import copy
 import json
 import re
+import tempfile
 from urllib.parse import parse_qs
 
 from django.conf import settings
 from django.core.management.base import CommandError
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
+from waitress.proxy_headers import proxy_headers_middleware
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import RequestEntityTooLarge
@@ -109,6 +119,15 @@ class HubChannel(HTTPChannel):
     error_task_class = _ErrorTask
 
 
+def check_proxy_settings() -> None:
+    """Refuse PEFTHUB_SECURE=1 without PEFTHUB_TRUSTED_PROXY: every request would be redirected to https forever."""
+    if settings.SECURE_SSL_REDIRECT and not settings.PEFTHUB_TRUSTED_PROXY:
+        raise CommandError(
+            "PEFTHUB_SECURE=1 needs PEFTHUB_TRUSTED_PROXY (the TLS proxy's address, or * when only the proxy can "
+            "reach this port): without it X-Forwarded-Proto is ignored, every request looks like plain http and is "
+            "redirected to https forever.")
+
+
 def waitress_options(*, host: str, port: int, threads: int) -> dict:
     """The keyword arguments for waitress: listen address, threads, limits and proxy trust from settings."""
     options = {
@@ -116,14 +135,10 @@ def waitress_options(*, host: str, port: int, threads: int) -> dict:
         # The largest body any request may send; each request gets its own, smaller, bound (BoundedRequest).
         "max_request_body_size": max(settings.PEFTHUB_MAX_FILE_SIZE, settings.PEFTHUB_MAX_REQUEST_BODY) + 1,
     }
+    check_proxy_settings()
     if settings.PEFTHUB_TRUSTED_PROXY:
         options["trusted_proxy"] = settings.PEFTHUB_TRUSTED_PROXY
         options["trusted_proxy_headers"] = settings.PEFTHUB_TRUSTED_PROXY_HEADERS
-    elif settings.SECURE_SSL_REDIRECT:
-        raise CommandError(
-            "PEFTHUB_SECURE=1 needs PEFTHUB_TRUSTED_PROXY (the TLS proxy's address, or * when only the proxy can "
-            "reach this port): without it X-Forwarded-Proto is ignored, every request looks like plain http and is "
-            "redirected to https forever.")
     return options
 
 
@@ -142,3 +157,73 @@ def serve(application, *, host: str, port: int, threads: int) -> None:
     server = make_server(application, host=host, port=port, threads=threads)
     server.print_listen("Serving on http://{}:{}")
     server.run()
+
+
+# --- the production server (gunicorn) ---------------------------------------------------------
+
+_SPOOL_IN_MEMORY = 1024 * 1024  # a chunked body larger than this is spooled to a temporary file
+
+
+def _declared_length(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def refuses_body(method: str, path: str, query: str, headers: dict[str, str]) -> tuple[bool, bool]:
+    """(refuse before reading, close after answering) for a request with these upper-case ``headers``.
+
+    A declared length over the route's limit is refused before a byte of it is read; after any
+    chunked request the connection closes, since its body may be refused part-way.
+    """
+    limit, _ = body_limit(method, path, query)
+    length = _declared_length(headers.get("CONTENT-LENGTH"))
+    chunked = "chunked" in headers.get("TRANSFER-ENCODING", "").lower()
+    too_large = length is not None and length > limit
+    return too_large, too_large or chunked
+
+
+class BoundedBody:
+    """WSGI middleware: the body rule of `up` for a server that hands the application an unread body.
+
+    A Content-Length over the route's limit (:func:`body_limit`) gets the 413 without a byte of the
+    body read. A chunked body is read up to the limit into a spool (memory, then a temporary file,
+    as waitress does) and handed on with its length, or refused with the 413 once it passes it.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        limit, setting = body_limit(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
+                                    environ.get("QUERY_STRING", ""))
+        length = _declared_length(environ.get("CONTENT_LENGTH"))
+        if length is not None and length > limit:
+            return self._refuse(start_response, BodyTooLarge(limit, setting, length))
+        if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by the server
+            size, stream = 0, environ["wsgi.input"]
+            while chunk := stream.read(min(65536, limit + 1 - size) or 1):
+                size += len(chunk)
+                if size > limit:
+                    spool.close()
+                    return self._refuse(start_response, BodyTooLarge(limit, setting, None))
+                spool.write(chunk)
+            spool.seek(0)
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = spool, str(size)
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _refuse(start_response, error: BodyTooLarge):
+        status, headers, body = error.to_response()
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def production_application():
+    """The WSGI application `serve` runs: the hub, its bodies bounded, proxy headers trusted only from the proxy."""
+    from pefthub_server.wsgi import application
+
+    check_proxy_settings()
+    trusted = settings.PEFTHUB_TRUSTED_PROXY or None
+    return proxy_headers_middleware(BoundedBody(application), trusted_proxy=trusted,
+                                    trusted_proxy_headers=set(settings.PEFTHUB_TRUSTED_PROXY_HEADERS),
+                                    clear_untrusted=True)

@@ -56,9 +56,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "pefthub_server.core.middleware.HeadWithoutBodyMiddleware",  # first: it sees every response
+    "pefthub_server.core.middleware.RequestIdMiddleware",  # every later log line carries the request id
+    "pefthub_server.core.middleware.AccessMiddleware",  # one access line and metrics per request
+    "pefthub_server.ops.OperationsMiddleware",  # /healthz /readyz /metrics: before the host check and https redirect
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "pefthub_server.core.middleware.RequestIdMiddleware",
     "pefthub_server.core.guards.ControlCharacterGuard",  # NUL in a URL: a 400, never a database error
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -157,6 +159,9 @@ PEFTHUB_JOB_LEASE_SECONDS = env_int("PEFTHUB_JOB_LEASE_SECONDS", 120)
 # ack) is sent again by the reaper this long after its last dispatch (doubling each time).
 PEFTHUB_REDISPATCH_SECONDS = env_int("PEFTHUB_REDISPATCH_SECONDS", 300)
 PEFTHUB_REAP_INTERVAL = env_int("PEFTHUB_REAP_INTERVAL", 15)
+# A worker says hello every third of this; one not heard from for this long no longer counts
+# as connected when the hub decides whether a job waits for a worker that can run it.
+PEFTHUB_WORKER_PRESENCE_SECONDS = env_int("PEFTHUB_WORKER_PRESENCE_SECONDS", 60)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["pefthub_server.core.auth.TokenAuthentication"],
@@ -204,13 +209,31 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# PEFTHUB_LOG_FORMAT=json (the default of `serve`): one JSON object per line with time, level, logger,
+# message and the request id (pefthub.protocol.logs); text (the default of `up`): the message alone.
+# The access log (logger pefthub.access: a line per request) is on with json, off with text;
+# PEFTHUB_ACCESS_LOG=1 or 0 says otherwise.
+PEFTHUB_LOG_FORMAT = env_str("PEFTHUB_LOG_FORMAT", "text")
+if PEFTHUB_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"PEFTHUB_LOG_FORMAT={PEFTHUB_LOG_FORMAT!r}: use json or text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"context": {"()": "pefthub.protocol.logs.ContextFilter"}},
+    "formatters": {"json": {"()": "pefthub.protocol.logs.JsonFormatter"},
+                   "text": {"format": "%(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": PEFTHUB_LOG_FORMAT,
+                             "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env_str("PEFTHUB_LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {"django.request": {"level": "ERROR"},
+                "pefthub.access": {"level": "INFO" if env_bool("PEFTHUB_ACCESS_LOG", PEFTHUB_LOG_FORMAT == "json")
+                                   else "WARNING"}},
 }
+
+# Operations endpoints (pefthub_server.ops): /readyz waits this long for its checks; /metrics needs
+# this bearer token when set (open to whoever reaches the port otherwise, like most exporters).
+PEFTHUB_READY_TIMEOUT = float(env_str("PEFTHUB_READY_TIMEOUT", "2"))
+PEFTHUB_METRICS_TOKEN = env_secret("PEFTHUB_METRICS_TOKEN")
 
 # A reverse proxy's X-Forwarded-* headers are honoured (by the server `up` runs) only from this
 # address, or from anyone with `*` when only the proxy can reach the hub; everyone else's are cleared.

@@ -1,9 +1,19 @@
-"""Middleware that holds for every answer: request ids, and HEAD answered without a body."""
+"""Middleware that holds for every answer: request ids, the access log and request metrics, HEAD without a body."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
+
+from django.conf import settings
+from django.urls import Resolver404, resolve
+
+from pefthub.protocol import logs
+from pefthub_server.core.metrics import request_observed
+
+access_log = logging.getLogger("pefthub.access")
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -34,7 +44,7 @@ class HeadWithoutBodyMiddleware:
 
 
 class RequestIdMiddleware:
-    """Every response carries ``X-Request-ID``: the client's, or a new one."""
+    """Every response carries ``X-Request-ID``: the client's, or a new one; every log line meanwhile carries it too."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -42,6 +52,50 @@ class RequestIdMiddleware:
     def __call__(self, request):
         incoming = request.headers.get("X-Request-ID", "")
         request.request_id = incoming if _SAFE.match(incoming) else uuid.uuid4().hex
-        response = self.get_response(request)
+        with logs.bound(request_id=request.request_id):
+            response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
+        return response
+
+
+def route_of(request) -> str:
+    """The URL pattern that answers ``request`` (``api/v1/repos/<str:namespace>/<str:name>``), ``static``, or ``unmatched``.
+
+    Never the path itself: a label made from paths would name private repositories and grow without bound.
+    """
+    match = request.resolver_match
+    if match is None:
+        if request.path_info.startswith("/" + settings.STATIC_URL.lstrip("/")):
+            return "static"
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return "unmatched"
+    return match.route or "unmatched"
+
+
+class AccessMiddleware:
+    """One access log line and one metrics observation per request: method, route, status, duration, bytes.
+
+    Right after :class:`RequestIdMiddleware`, so the line carries the request id and the time covers
+    every other middleware.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        seconds = time.perf_counter() - started
+        route = route_of(request)
+        request_observed(method=request.method, route=route, status=response.status_code, seconds=seconds)
+        if request.method == "HEAD":
+            size = 0  # HeadWithoutBodyMiddleware, outside this one, drops the body
+        else:
+            size = len(response.content) if not response.streaming else response.get("Content-Length")
+        access_log.info("%s %s %s", request.method, route, response.status_code,
+                        extra={"method": request.method, "route": route, "status": response.status_code,
+                               "duration_ms": round(seconds * 1000, 2),
+                               "bytes": int(size) if size not in (None, "") else None})
         return response
