@@ -79,6 +79,8 @@ def format_event(event: JobEvent) -> str:
         text = f"status {d.get('status')}"
         if event.attempt:  # 0 while still queued
             text += f" (attempt {event.attempt})"
+        if d.get("waiting_for"):
+            text += f", waiting for {d['waiting_for']}"
         error = d.get("error") if isinstance(d.get("error"), dict) else {}
         why = d.get("reason") or (error and f"{error.get('code')}: {error.get('message')}")
         if why:
@@ -106,12 +108,19 @@ def _step(job: Job) -> str | None:
     return f"{step}/{total}" if total else str(step)
 
 
+def _queue(job: Job) -> str:
+    """``gpu``, or ``gpu (position 2 of 5)`` while the job waits in it."""
+    if job.queue_position is None:
+        return job.queue or "-"
+    return f"{job.queue} (position {job.queue_position} of {job.queue_depth})"
+
+
 def describe_job(job: Job) -> str:
     attempts = f" (attempt {job.attempt}/{job.max_attempts})" if job.attempt else ""
     error = job.error and f"{job.error.get('code')}: {job.error.get('message')}"
     rows = [
-        ("type", job.type), ("status", f"{job.status}{attempts}"), ("output", job.output or "-"),
-        ("queue", job.queue or "-"), ("owner", job.owner or "-"),
+        ("type", job.type), ("status", f"{job.status}{attempts}"), ("waiting", job.waiting_for),
+        ("output", job.output or "-"), ("queue", _queue(job)), ("owner", job.owner or "-"),
         *((name, _pin(value)) for name, value in job.inputs.items()),
         ("progress", job.progress and format_metric(job.progress)), ("metrics", job.metrics and format_metric(job.metrics)),
         ("result", job.result_ref), ("error", error),
@@ -214,7 +223,7 @@ def cmd_jobs_ls(args: argparse.Namespace) -> int:
     if args.json:
         print_json([j.raw for j in jobs])
         return 0
-    rows = [(j.id, j.type, j.status, j.output, _step(j), j.created_at) for j in jobs]
+    rows = [(j.id, j.type, j.status_line, j.output, _step(j), j.created_at) for j in jobs]
     print(table(("ID", "TYPE", "STATUS", "OUTPUT", "STEP", "CREATED"), rows))
     return 0
 

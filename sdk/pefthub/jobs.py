@@ -77,6 +77,13 @@ class Job:
     metrics: dict[str, Any]
     error: dict[str, Any] | None
     worker: str | None
+    #: what its worker must have (``cuda``, ``bitsandbytes``, ``ram_bytes``)
+    needs: dict[str, Any]
+    #: while queued and no connected worker can run it: ``"a worker with CUDA and bitsandbytes"``
+    waiting_for: str | None
+    #: while queued: its 1-based place in its queue, and how many jobs the queue holds
+    queue_position: int | None
+    queue_depth: int | None
     created_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -103,6 +110,10 @@ class Job:
         self.metrics = dict(data.get("metrics") or {})
         self.error = data.get("error") or None
         self.worker = data.get("worker")
+        self.needs = dict(data.get("needs") or {})
+        self.waiting_for = data.get("waiting_for") or None
+        self.queue_position = data.get("queue_position")
+        self.queue_depth = data.get("queue_depth")
         self.created_at = data.get("created_at")
         self.started_at = data.get("started_at")
         self.finished_at = data.get("finished_at")
@@ -113,6 +124,16 @@ class Job:
     @property
     def _path(self) -> str:
         return f"jobs/{quote_segment(self.id)}"
+
+    @property
+    def status_line(self) -> str:
+        """``queued 2/5, waiting for a worker with CUDA``: the status, with its place in the queue and what it waits for."""
+        text = self.status
+        if self.queue_position is not None:
+            text += f" {self.queue_position}/{self.queue_depth}" if self.queue_depth else f" {self.queue_position}"
+        if self.waiting_for:
+            text += f", waiting for {self.waiting_for}"
+        return text
 
     @property
     def done(self) -> bool:
@@ -211,7 +232,7 @@ class Job:
             bar.total = total
         if isinstance(step, int):
             bar.n = step
-        bar.set_description(f"{self.type} {self.output or self.id} [{self.status}]", refresh=False)
+        bar.set_description(f"{self.type} {self.output or self.id} [{self.status_line}]", refresh=False)
         loss = self.metrics.get("loss")
         if isinstance(loss, (int, float)):
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)

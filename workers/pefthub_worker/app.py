@@ -3,17 +3,21 @@
 Configuration comes from the environment (no Django here): ``CELERY_BROKER_URL``
 (empty: the embedded filesystem broker under ``PEFTHUB_BROKER_DIR``, default
 ``$PEFTHUB_DATA_DIR/broker``), and for the runner ``PEFTHUB_URL``/``PEFTHUB_TOKEN``
-(a ``worker``-scope token).
+(a ``worker``-scope token). ``PEFTHUB_LOG_FORMAT=json`` writes one JSON object per log line;
+either way, every line logged while a job runs carries its id (:mod:`pefthub.protocol.logs`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready, worker_shutdown
 
+from pefthub.protocol import logs
 from pefthub.protocol.jobs import TASK_MERGE, TASK_TRAIN, celery_config
 
 
@@ -36,6 +40,50 @@ def _import_training_stack(**_) -> None:
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
+
+
+class JobTextFormatter(logging.Formatter):
+    """Celery's text format, with ``[job <id>]`` before the message of every line logged during a job."""
+
+    def __init__(self, base: logging.Formatter | None) -> None:
+        super().__init__()
+        self.base = base or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        job_id = getattr(record, "job_id", None) or logs.current("job_id")
+        text = self.base.format(record)
+        if not job_id:
+            return text
+        message = record.getMessage()
+        return text.replace(message, f"[job {job_id}] {message}", 1) if message else f"{text} [job {job_id}]"
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_job_ids(logger: logging.Logger, **_) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(logs.ContextFilter())
+        if os.environ.get("PEFTHUB_LOG_FORMAT", "").lower() == "json":
+            handler.setFormatter(logs.JsonFormatter())
+        elif not isinstance(handler.formatter, JobTextFormatter):
+            handler.setFormatter(JobTextFormatter(handler.formatter))
+
+
+_hello_stop = threading.Event()
+
+
+@worker_ready.connect
+def _say_hello(**_) -> None:
+    """Tell the hub this worker is connected and what it can run, now and every few seconds until it stops."""
+    from pefthub_worker.capabilities import say_hello_forever
+
+    _hello_stop.clear()
+    threading.Thread(target=say_hello_forever, args=(_hello_stop,), name="hello", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_hello(**_) -> None:
+    _hello_stop.set()
 
 
 @app.task(name=TASK_TRAIN)

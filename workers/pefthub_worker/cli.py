@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"],
                         help="solo runs jobs in this process (default); prefork in child processes")
     parser.add_argument("--loglevel", "-l", default=os.environ.get("PEFTHUB_LOG_LEVEL", "info"))
-    parser.add_argument("--hostname", "-n", default=None)
+    parser.add_argument("--hostname", "-n", default=None,
+                        help="the worker's name: its Celery node name, and `worker` on the jobs it claims (default host:pid)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="CPU threads per job (default: OMP_NUM_THREADS, else cores / concurrency: no oversubscription)")
     args = parser.parse_args(argv)
@@ -77,9 +78,17 @@ def main(argv: list[str] | None = None) -> None:
         exit_with_parent(int(parent))
     quiet_logs()
 
+    from pefthub.protocol.capabilities import direct_queue
     from pefthub_worker.app import app
+    from pefthub_worker.capabilities import NAME_ENV, QUEUES_ENV, worker_name
 
-    worker_args = ["--quiet", "worker", "-Q", args.queues, "--concurrency", str(args.concurrency), "--pool", args.pool,
+    os.environ[QUEUES_ENV] = args.queues
+    if args.hostname:
+        os.environ[NAME_ENV] = args.hostname
+    os.environ[NAME_ENV] = worker_name()  # the pool's processes, if any, claim under this one name
+    # its direct queue: the hub sends it the jobs only it (of the workers on its queues) can run
+    queues = f"{args.queues},{direct_queue(os.environ[NAME_ENV])}"
+    worker_args = ["--quiet", "worker", "-Q", queues, "--concurrency", str(args.concurrency), "--pool", args.pool,
                    "--loglevel", args.loglevel, "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"]
     if args.hostname:
         worker_args += ["--hostname", args.hostname]

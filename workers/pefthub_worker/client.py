@@ -23,7 +23,8 @@ from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH
 
 
 class ClaimRefused(Conflict):
-    """The job is not queued: another worker holds it, or it ended. There is nothing to do."""
+    """The job is not queued (another worker holds it, or it ended), or it needs what this worker lacks
+    (``needs_unmet``: the hub keeps it queued for a worker that can run it). There is nothing to do."""
 
 
 class LeaseLost(Conflict):
@@ -45,6 +46,16 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Hello:
+    """The hub's answer to a hello."""
+
+    #: waiting jobs the hub sent to this worker's direct queue
+    sent: int
+    #: say hello again within this many seconds to count as connected
+    hello_seconds: float
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """The server's answer to a heartbeat."""
 
@@ -60,10 +71,19 @@ class WorkerClient:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def claim(self, job_id: str, worker: str) -> Claim:
-        """Move the queued job to running under this worker; :class:`ClaimRefused` if it is not queued."""
+    def hello(self, worker: str, capabilities: dict[str, Any]) -> Hello:
+        """Tell the hub this worker is connected and what it can run."""
+        reply = self.hub.request("POST", "workers/hello", json={"worker": worker, "capabilities": capabilities})
+        return Hello(sent=int(reply["sent"]), hello_seconds=float(reply["hello_seconds"]))
+
+    def claim(self, job_id: str, worker: str, capabilities: dict[str, Any] | None = None) -> Claim:
+        """Move the queued job to running under this worker; :class:`ClaimRefused` if it is not queued
+        or needs what ``capabilities`` lack."""
+        body: dict[str, Any] = {"worker": worker}
+        if capabilities is not None:
+            body["capabilities"] = capabilities
         try:
-            reply = self.hub.request("POST", f"jobs/{job_id}/claim", json={"worker": worker})
+            reply = self.hub.request("POST", f"jobs/{job_id}/claim", json=body)
         except Conflict as exc:
             raise _as(ClaimRefused, exc) from exc
         return Claim(

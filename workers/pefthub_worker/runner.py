@@ -11,10 +11,10 @@ a heartbeat reply asking to cancel, or a lost lease, stops the recipe at its nex
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -26,10 +26,12 @@ import torch
 
 from pefthub import Hub
 from pefthub.errors import HubError
+from pefthub.protocol import logs
 from pefthub.protocol.errors import SpecError
 from pefthub.protocol.jobs import TRAIN
 from pefthub.protocol.specs import MergeSpec, TrainSpec
 
+from .capabilities import detect, worker_name
 from .client import ClaimRefused, JobClient, LeaseLost, WorkerClient
 from .merging import MergeError, merge
 from .training import Callbacks, Cancelled, DatasetError, train
@@ -50,7 +52,9 @@ class JobSession:
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"job-{job_id[:8]}", daemon=True)
+        # the thread logs with the job's id too: it runs in a copy of the caller's log context
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
+                                        name=f"job-{job_id[:8]}", daemon=True)
 
     def __enter__(self) -> JobSession:
         self._thread.start()
@@ -68,7 +72,7 @@ class JobSession:
             self._pending.append({"type": type, "data": data, "time": stamp})
 
     def log(self, message: str, level: str = "info") -> None:
-        log.info("job %s: %s", self.job_id, message)
+        log.info("%s", message)
         self.event("log", {"message": message, "level": level})
 
     def should_stop(self) -> bool:
@@ -105,10 +109,6 @@ class JobSession:
                 log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
             if self.lease_lost.is_set():
                 return
-
-
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _pinned(item: dict[str, Any]) -> str:
@@ -189,14 +189,20 @@ def _failure(exc: BaseException) -> tuple[str, str, bool]:
 
 
 def run_job(job_id: str, *, hub: Hub | None = None) -> str:
-    """Run job ``job_id`` to its end; returns what happened (for logs and tests)."""
+    """Run job ``job_id`` to its end; returns what happened (for logs and tests). Every log line meanwhile names the job."""
+    with logs.bound(job_id=job_id):
+        return _run_job(job_id, hub=hub)
+
+
+def _run_job(job_id: str, *, hub: Hub | None) -> str:
     if threads := os.environ.get("PEFTHUB_TORCH_THREADS"):
         torch.set_num_threads(int(threads))
     worker = WorkerClient(hub or Hub(progress=False))
     try:
-        claim = worker.claim(job_id, _worker_name())
+        claim = worker.claim(job_id, worker_name(), detect())
     except ClaimRefused as exc:
-        log.info("job %s not claimed: %s", job_id, exc)  # a redelivered or re-sent message, or another worker has it
+        # a redelivered or re-sent message, another worker has it, or it needs what this worker lacks
+        log.info("not claimed: %s", exc)
         return "skipped"
     attempt = claim.attempt
     client = worker.job_client(claim)
@@ -210,7 +216,7 @@ def run_job(job_id: str, *, hub: Hub | None = None) -> str:
             except Cancelled:  # asked to cancel, or the lease was lost
                 outcome = "cancelled"
             except Exception as exc:  # every failure is reported to the hub below
-                log.exception("job %s attempt %s failed", job_id, attempt)
+                log.exception("attempt %s failed", attempt)
                 outcome, failure = "failed", _failure(exc)
         if session.lease_lost.is_set():
             return "lease_lost"

@@ -25,8 +25,8 @@ app.conf.update(
 )
 
 
-def job_dispatch(*, job) -> None:
-    """Send the job's id (only) to its queue.
+def job_dispatch(*, job, queue: str | None = None) -> None:
+    """Send the job's id (only) to ``queue``: its own queue, or the direct queue of a worker that can run it.
 
     A broker that is down does not fail the request that queued the job: the job stays
     queued and the reaper sends it again after PEFTHUB_REDISPATCH_SECONDS.
@@ -34,7 +34,7 @@ def job_dispatch(*, job) -> None:
     if not settings.CELERY_BROKER_URL:
         broker_folders(settings.PEFTHUB_BROKER_DIR)  # the embedded broker's folder may have been wiped
     try:
-        app.send_task(TASKS[job.type], args=[job.id.hex], queue=job.queue)
+        app.send_task(TASKS[job.type], args=[job.id.hex], queue=queue or job.queue)
     except (KombuError, ChannelError, OSError) as exc:  # Redis down; a broker folder gone
         log.warning("could not send job %s to queue %s (%s); the reaper sends it again in %s s",
-                    job.id.hex, job.queue, exc, settings.PEFTHUB_REDISPATCH_SECONDS)
+                    job.id.hex, queue or job.queue, exc, settings.PEFTHUB_REDISPATCH_SECONDS)

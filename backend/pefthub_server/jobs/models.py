@@ -46,6 +46,11 @@ class Job(models.Model):
     dispatched_at = models.DateTimeField(null=True, blank=True,
                                          help_text="When the job's id was last sent to its queue")
     dispatches = models.PositiveIntegerField(default=0, help_text="Sends since the job last entered the queue")
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When the job last entered its queue (its place in it)")
+    needs = models.JSONField(default=dict, blank=True,
+                             help_text="What its worker must have (pefthub.protocol.capabilities): cuda, bitsandbytes, ram_bytes")
+    waiting_for = models.CharField(max_length=200, blank=True, default="",
+                                   help_text="While queued: the worker it waits for, when no connected worker can run it")
 
     class Meta:
         ordering = ["-created_at"]
@@ -70,6 +75,25 @@ class Job(models.Model):
         if "dataset" in self.inputs:
             pins.append(self.inputs["dataset"])
         return pins + list(self.inputs.get("adapters", []))
+
+
+class Worker(models.Model):
+    """A worker that said hello (at start, then every third of PEFTHUB_WORKER_PRESENCE_SECONDS, and at each claim).
+
+    ``capabilities`` is what it reported (pefthub.protocol.capabilities), its queues included.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    capabilities = models.JSONField(default=dict)
+    first_seen = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({', '.join(self.queues)})"
+
+    @property
+    def queues(self) -> list[str]:
+        return list(self.capabilities.get("queues") or [])
 
 
 class JobEvent(models.Model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 
 from pefthub.protocol.jobs import JOB_ID_MIN_PREFIX
 from pefthub_server.core.errors import NotFound, ValidationFailed
@@ -21,6 +21,24 @@ def visible_jobs(user) -> QuerySet[Job]:
     jobs = Job.objects.all() if reads_everything(user) else Job.objects.filter(
         Q(owner=user) | Q(namespace__in=member_namespaces(user)))
     return jobs.select_related("namespace", "owner", "result_version__repository__namespace")
+
+
+def queue_places(jobs) -> dict[uuid.UUID, tuple[int, int]]:
+    """For each queued job of ``jobs``: (its 1-based position in its queue, the queue's depth), in one query.
+
+    A queue's order is the order its jobs entered it (``queued_at``, then id). Every queued job
+    counts, whoever owns it: the depth says how busy the queue is, never whose the jobs are.
+    """
+    ids = [job.pk for job in jobs if job.status == Job.Status.QUEUED]
+    if not ids:
+        return {}
+    queued = Job.objects.filter(status=Job.Status.QUEUED, queue=OuterRef("queue")).order_by().values("queue")
+    ahead = queued.filter(Q(queued_at__lt=OuterRef("queued_at")) | Q(queued_at=OuterRef("queued_at"), id__lt=OuterRef("id")))
+    rows = Job.objects.filter(pk__in=ids).annotate(
+        ahead=Subquery(ahead.annotate(n=Count("id")).values("n")),
+        depth=Subquery(queued.annotate(n=Count("id")).values("n")),
+    ).values_list("pk", "ahead", "depth")
+    return {pk: ((ahead or 0) + 1, depth or 1) for pk, ahead, depth in rows}
 
 
 def job_get(*, user, job_id: uuid.UUID | str) -> Job:

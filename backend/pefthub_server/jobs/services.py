@@ -1,8 +1,17 @@
-"""Job lifecycle: submit, claim, heartbeat, events, complete, fail, cancel, reap.
+"""Job lifecycle: submit, route, claim, heartbeat, events, complete, fail, cancel, reap; workers' hellos.
 
 State changes are conditional updates or run under a row lock, so a job is claimed by
 one worker at a time, its events get gap-free sequence numbers, and a job produces at
 most one result version (``Version.job`` is unique).
+
+Routing by capability: a job states its needs at submit (``Job.needs``, from
+:func:`pefthub.protocol.capabilities.job_needs`); workers say hello with their
+capabilities (``Worker``). A job with needs is sent to its queue when every connected
+worker there can run it, to the direct queue of one that can when only some can, and
+nowhere when none can: it stays queued with ``waiting_for`` until a worker that can run
+it says hello, which sends it the job. A claim whose capabilities miss the job's needs
+is refused (409 ``needs_unmet``) and the job routed again, so it never fails for want
+of a capable worker and burns no attempt.
 """
 
 from __future__ import annotations
@@ -11,27 +20,31 @@ import hashlib
 import json
 import logging
 import math
+import random
+import time
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from pefthub.protocol.jobs import PROGRESS_KEYS, WORKER_EVENT_TYPES
+from pefthub.protocol.capabilities import check_capabilities, direct_queue, job_needs, unmet, waiting_reason
+from pefthub.protocol.jobs import MERGE, PROGRESS_KEYS, TRAIN, WORKER_EVENT_TYPES
 from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH, MAX_IDEMPOTENCY_KEY_LENGTH
 from pefthub.protocol.peft import MERGE_JOB_TYPES, VIRTUAL_TOKEN_METHODS
 from pefthub.protocol.refs import parse_ref
 from pefthub.protocol.specs import MergeSpec, TrainSpec, parse_job_request
 from pefthub.protocol.words import with_article
+from pefthub_server.core import metrics
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.tokens import job_token_create
 from pefthub_server.jobs.dispatch import job_dispatch
-from pefthub_server.jobs.models import Job, JobEvent
+from pefthub_server.jobs.models import Job, JobEvent, Worker
 from pefthub_server.registry import compatibility
-from pefthub_server.registry.models import Namespace, Repository, Role, Version
+from pefthub_server.registry.models import Namespace, Repository, Role, Version, VersionFile
 from pefthub_server.registry.selectors import namespace_role, repository_get, require_namespace_role, version_resolve
 
 log = logging.getLogger(__name__)
@@ -77,7 +90,7 @@ def _output_namespace(*, user, output: str, kind: str, base: Repository | None) 
     return ns, name
 
 
-def _check_train(*, user, spec: TrainSpec) -> tuple[dict, Namespace, str]:
+def _check_train(*, user, spec: TrainSpec) -> tuple[dict, Namespace, str, dict]:
     base = _readable_version(user=user, ref=spec.base_model, field="base_model", kind=Repository.Kind.MODEL)
     dataset = _readable_version(user=user, ref=spec.dataset, field="dataset", kind=Repository.Kind.DATASET)
     targets = spec.hyperparameters.target_modules
@@ -90,10 +103,10 @@ def _check_train(*, user, spec: TrainSpec) -> tuple[dict, Namespace, str]:
             raise ValidationFailed(f"hyperparameters.target_modules: {exc.message}", code="invalid_spec",
                                    detail={"field": "hyperparameters.target_modules", **(exc.detail or {})}) from None
     ns, name = _output_namespace(user=user, output=spec.output, kind=Repository.Kind.ADAPTER, base=base.repository)
-    return {"base_model": _pin(base), "dataset": _pin(dataset)}, ns, name
+    return {"base_model": _pin(base), "dataset": _pin(dataset)}, ns, name, job_needs(type=TRAIN, method=spec.method)
 
 
-def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str]:
+def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str, dict]:
     pinned, base = [], None
     for i, item in enumerate(spec.adapters):
         field = f"adapters[{i}].ref"
@@ -113,7 +126,8 @@ def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str]:
                 code="invalid_spec", detail={"field": field})
         pinned.append({**_pin(version), "weight": item.weight})
     ns, name = _output_namespace(user=user, output=spec.output, kind=Repository.Kind.MODEL, base=None)
-    return {"base_model": _pin(base), "adapters": pinned}, ns, name
+    shard = VersionFile.objects.filter(version=base, path__endswith=".safetensors").aggregate(size=Max("size"))["size"]
+    return {"base_model": _pin(base), "adapters": pinned}, ns, name, job_needs(type=MERGE, largest_shard=shard)
 
 
 def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple[Job, bool]:
@@ -130,16 +144,16 @@ def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple
             return existing, False
     request = parse_job_request(body)
     check = _check_train if request.type == Job.Type.TRAIN else _check_merge
-    inputs, ns, name = check(user=user, spec=request.spec)
+    inputs, ns, name, needs = check(user=user, spec=request.spec)
     try:
         with transaction.atomic():
             job = Job.objects.create(
                 type=request.type, queue=request.queue, owner=user, namespace=ns, output_name=name,
                 spec=request.spec.to_dict(), inputs=inputs, idempotency_key=idempotency_key or None,
-                request_digest=digest, max_attempts=request.max_attempts,
+                request_digest=digest, max_attempts=request.max_attempts, needs=needs,
             )
-            _event(job, JobEvent.Type.STATUS, {"status": Job.Status.QUEUED})
             _enqueue(job, first=True)
+            _event(job, JobEvent.Type.STATUS, _queued(job))
     except IntegrityError:
         # Two requests raced with one key: the loser returns the winner's job.
         if idempotency_key and (winner := Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()):
@@ -157,16 +171,56 @@ def _event(job: Job, type: str, data: dict, *, attempt: int | None = None) -> Jo
                                    attempt=job.attempt if attempt is None else attempt)
 
 
-def _enqueue(job: Job, *, first: bool) -> None:
-    """Record a send of the job's id and send it once the transaction commits.
+def _queued(job: Job, **more) -> dict:
+    """A ``queued`` status event's data, saying what the job waits for when no connected worker can run it."""
+    return {"status": Job.Status.QUEUED, **more, **({"waiting_for": job.waiting_for} if job.waiting_for else {})}
 
-    ``first``: the job (re-)entered the queue; otherwise the reaper sends it again because
-    no worker took it (its message may be lost).
+
+def _connected_workers(queue: str) -> list[Worker]:
+    seen = timezone.now() - timedelta(seconds=settings.PEFTHUB_WORKER_PRESENCE_SECONDS)
+    # the table holds one row per worker: filtered here, as SQLite has no JSON containment
+    return [w for w in Worker.objects.filter(last_seen__gte=seen).order_by("name") if queue in w.queues]
+
+
+def _route(job: Job) -> str | None:
+    """Where the job's id goes now, setting ``job.waiting_for``; None: nowhere, it waits for a capable worker.
+
+    A job without needs goes to its queue. One with needs goes there when every connected
+    worker on the queue can run it, to one capable worker's direct queue when only some
+    can (the others would refuse it), and nowhere when none can.
     """
-    job.dispatched_at = timezone.now()
+    job.waiting_for = ""
+    if not job.needs:
+        return job.queue
+    connected = _connected_workers(job.queue)
+    capable = [w for w in connected if not unmet(job.needs, w.capabilities)]
+    if not capable:
+        job.waiting_for = waiting_reason(job.needs)
+        return None
+    if len(capable) == len(connected):
+        return job.queue
+    return direct_queue(random.choice(capable).name)
+
+
+def _enqueue(job: Job, *, first: bool) -> str | None:
+    """Route the job, record the send and send it once the transaction commits; the queue it goes to, or None.
+
+    ``first``: the job (re-)entered the queue (its place in it starts now); otherwise the
+    reaper sends it again because no worker took it (its message may be lost), or a
+    worker that cannot run it refused it.
+    """
+    now = timezone.now()
+    queue = _route(job)
+    job.dispatched_at = now
     job.dispatches = 1 if first else job.dispatches + 1
-    job.save(update_fields=["dispatched_at", "dispatches"])
-    transaction.on_commit(lambda: job_dispatch(job=job))
+    fields = ["dispatched_at", "dispatches", "waiting_for"]
+    if first:
+        job.queued_at = now
+        fields.append("queued_at")
+    job.save(update_fields=fields)
+    if queue is not None:
+        transaction.on_commit(lambda: job_dispatch(job=job, queue=queue))
+    return queue
 
 
 def _lease() -> timedelta:
@@ -181,18 +235,72 @@ def _extend_lease(job: Job, now) -> None:
     job.heartbeat_at, job.lease_expires_at = now, lease
 
 
-def job_claim(*, job_id, worker: str) -> tuple[Job, str]:
+def _worker_seen(*, name: str, capabilities: dict, now) -> Worker:
+    worker, _ = Worker.objects.update_or_create(name=name[:200], defaults={"capabilities": capabilities, "last_seen": now})
+    return worker
+
+
+def worker_hello(*, name: str, capabilities) -> dict:
+    """Record that worker ``name`` is connected with ``capabilities``; send it the waiting jobs it can run.
+
+    Returns how many jobs it was sent and how often it should say hello again.
+    """
+    capabilities = check_capabilities(capabilities)
+    worker = _worker_seen(name=name, capabilities=capabilities, now=timezone.now())
+    waiting = (Job.objects.filter(status=Job.Status.QUEUED, queue__in=worker.queues).exclude(waiting_for="")
+               .order_by("queued_at", "id").values_list("pk", flat=True))
+    sent = 0
+    for pk in list(waiting):
+        with transaction.atomic():
+            job = Job.objects.select_for_update().filter(pk=pk, status=Job.Status.QUEUED).exclude(waiting_for="").first()
+            if job is None or unmet(job.needs, capabilities):
+                continue  # claimed, cancelled or sent meanwhile; or this worker cannot run it either
+            reason = job.waiting_for
+            job.waiting_for, job.dispatched_at, job.dispatches = "", timezone.now(), job.dispatches + 1
+            job.save(update_fields=["waiting_for", "dispatched_at", "dispatches"])
+            queue = direct_queue(worker.name)
+            transaction.on_commit(lambda job=job, queue=queue: job_dispatch(job=job, queue=queue))
+            _event(job, JobEvent.Type.LOG, {"level": "info", "message": (
+                f"worker {worker.name} can run the job (it waited for {reason}); sent the job to it")})
+            sent += 1
+    return {"sent": sent, "hello_seconds": max(settings.PEFTHUB_WORKER_PRESENCE_SECONDS / 3, 0.5)}
+
+
+def _refuse_needs(job_id, *, worker: str, capabilities: dict) -> None:
+    """Refuse a claim by a worker that cannot run the job (409 ``needs_unmet``), routing the job again first."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, status=Job.Status.QUEUED).first()
+        missing = unmet(job.needs, capabilities) if job is not None else []
+        if missing:
+            was = job.waiting_for
+            _enqueue(job, first=False)
+            if job.waiting_for and job.waiting_for != was:
+                _event(job, JobEvent.Type.STATUS, _queued(job, reason=f"worker {worker} refused it: it has no {' and no '.join(missing)}"))
+    if missing:
+        raise HubError(
+            f"Job {job.id.hex} needs {waiting_reason(job.needs)}; worker `{worker}` has no {' and no '.join(missing)} "
+            "(as it reported). It stays queued for a worker that can run it; take the next job.",
+            code="needs_unmet", status=409, detail={"needs": job.needs, "missing": missing})
+
+
+def job_claim(*, job_id, worker: str, capabilities: dict | None = None) -> tuple[Job, str]:
     """Atomically move a queued job to running; returns the job and its job token.
 
+    ``capabilities`` (what the worker reported) must meet the job's needs, else the claim is
+    refused with 409 ``needs_unmet`` and the job stays queued; a claim counts as a hello.
     The job token acts for the job's owner but only on this job (core.auth.JobTokenPolicy):
     it reads the pinned inputs, pushes the result, reports; it expires with the lease and is
     revoked when the attempt ends.
     """
+    capabilities = check_capabilities(capabilities or {})
     now = timezone.now()
+    if capabilities:
+        _worker_seen(name=worker, capabilities=capabilities, now=now)
+    _refuse_needs(job_id, worker=worker, capabilities=capabilities)
     with transaction.atomic():
         claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
             status=Job.Status.RUNNING, attempt=F("attempt") + 1, worker=worker[:200], heartbeat_at=now,
-            lease_expires_at=now + _lease(), started_at=now,
+            lease_expires_at=now + _lease(), started_at=now, waiting_for="",
         )
         job = Job.objects.select_for_update().select_related("namespace", "owner").filter(pk=job_id).first()
         if job is None:
@@ -225,6 +333,7 @@ def job_heartbeat(*, job_id, attempt: int, progress: dict | None = None) -> Job:
         if isinstance(progress, dict):
             job.progress = {**job.progress, **progress}
             job.save(update_fields=["progress"])
+    metrics.heartbeat_received(job.worker, time.time())
     return job
 
 
@@ -288,8 +397,8 @@ def _requeue(job: Job, reason: str) -> None:
     job.save(update_fields=["status", "lease_expires_at", "worker"])
     if job.token_id:
         ApiToken.objects.filter(pk=job.token_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    _event(job, JobEvent.Type.STATUS, {"status": Job.Status.QUEUED, "reason": reason})
     _enqueue(job, first=True)
+    _event(job, JobEvent.Type.STATUS, _queued(job, reason=reason))
 
 
 def job_fail(*, job_id, attempt: int, code: str, message: str, retryable: bool = False) -> Job:
@@ -349,7 +458,11 @@ def _redispatch(now) -> int:
             if job is None or not _redispatch_due(job, now):
                 continue  # claimed or cancelled meanwhile, or it waits for its backoff
             waited = int((now - job.dispatched_at).total_seconds()) if job.dispatched_at else None
-            _enqueue(job, first=False)
+            was = job.waiting_for
+            if _enqueue(job, first=False) is None:
+                if job.waiting_for != was:  # the workers that could run it left
+                    _event(job, JobEvent.Type.STATUS, _queued(job))
+                continue
             _event(job, JobEvent.Type.LOG, {"level": "warning", "message": (
                 f"no worker took the job {waited} s after it was sent; sent it again (send {job.dispatches})"
                 if waited is not None else "sent the job to its queue again")})

@@ -11,6 +11,7 @@ from pefthub.protocol.jobs import DEFAULT_QUEUE, MERGE, QUEUES, TRAIN, WORKER_EV
 from pefthub.protocol.limits import DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_MESSAGE_LENGTH
 from pefthub.protocol.peft import METHODS
 from pefthub.protocol.specs import COMBINATIONS, DTYPES, TrainHyperparameters
+from pefthub_server.jobs import selectors
 from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry.api.serializers import BaseRefSerializer
 
@@ -21,17 +22,43 @@ class JobSerializer(serializers.ModelSerializer):
     output = serializers.CharField()
     result = serializers.SerializerMethodField()
     error = serializers.JSONField(help_text="Why the job failed (`code`, `message`); null unless it did.")
+    needs = serializers.JSONField(help_text=(
+        "What its worker must have: `cuda`, `bitsandbytes` (a qlora train), `ram_bytes` (a merge: one shard of its base)."))
+    waiting_for = serializers.SerializerMethodField(help_text=(
+        "While queued and no connected worker can run it: the worker it waits for "
+        "(`a worker with CUDA and bitsandbytes`); else null."))
+    queue_position = serializers.SerializerMethodField(help_text="While queued: its 1-based place in its queue; else null.")
+    queue_depth = serializers.SerializerMethodField(help_text="While queued: how many jobs its queue holds; else null.")
 
     class Meta:
         model = Job
         fields = [
             "id", "type", "status", "queue", "owner", "output", "spec", "inputs", "attempt", "max_attempts",
-            "progress", "metrics", "result", "error", "worker", "created_at", "started_at", "finished_at",
-            "heartbeat_at", "lease_expires_at",
+            "progress", "metrics", "result", "error", "worker", "needs", "waiting_for", "queue_position", "queue_depth",
+            "created_at", "started_at", "finished_at", "heartbeat_at", "lease_expires_at",
         ]
+
+    @classmethod
+    def placed(cls, jobs, *, many: bool = False) -> JobSerializer:
+        """The serializer of ``jobs`` (one, or a page with ``many``) with their places in their queues (one query)."""
+        return cls(jobs, many=many, context={"places": selectors.queue_places(jobs if many else [jobs])})
 
     def get_id(self, job) -> str:
         return job.id.hex
+
+    def get_waiting_for(self, job) -> str | None:
+        return job.waiting_for or None if job.status == Job.Status.QUEUED else None
+
+    def _place(self, job) -> tuple[int, int] | None:
+        return self.context.get("places", {}).get(job.pk)
+
+    def get_queue_position(self, job) -> int | None:
+        place = self._place(job)
+        return place[0] if place else None
+
+    def get_queue_depth(self, job) -> int | None:
+        place = self._place(job)
+        return place[1] if place else None
 
     @extend_schema_field(BaseRefSerializer(allow_null=True))
     def get_result(self, job) -> dict | None:
@@ -126,6 +153,19 @@ class EventsAppendedSerializer(serializers.Serializer):
 
 class ClaimRequestSerializer(serializers.Serializer):
     worker = serializers.CharField(max_length=200)
+    capabilities = serializers.DictField(required=False, help_text=(
+        "What the worker can run (pefthub.protocol.capabilities): `cuda`, `gpu_count`, `gpu_memory` (bytes per GPU), "
+        "`bitsandbytes`, `torch`, `ram_bytes`, `queues`. A job whose needs they miss is refused (409 `needs_unmet`)."))
+
+
+class HelloRequestSerializer(serializers.Serializer):
+    worker = serializers.CharField(max_length=200)
+    capabilities = serializers.DictField(help_text="As in a claim; `queues` names the queues it consumes.")
+
+
+class HelloSerializer(serializers.Serializer):
+    sent = serializers.IntegerField(help_text="Waiting jobs sent to the worker's direct queue by this hello.")
+    hello_seconds = serializers.FloatField(help_text="Say hello again within this many seconds to count as connected.")
 
 
 class ClaimSerializer(serializers.Serializer):

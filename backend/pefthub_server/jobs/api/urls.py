@@ -45,4 +45,5 @@ urlpatterns = [
     path("jobs/<jobid:job_id>/heartbeat", views.JobHeartbeatView.as_view(), name="job-heartbeat"),
     path("jobs/<jobid:job_id>/complete", views.JobCompleteView.as_view(), name="job-complete"),
     path("jobs/<jobid:job_id>/fail", views.JobFailView.as_view(), name="job-fail"),
+    path("workers/hello", views.WorkerHelloView.as_view(), name="worker-hello"),
 ]

@@ -30,7 +30,7 @@ from pefthub_server.jobs.models import Job, JobEvent
 def _job_data(job: Job) -> dict:
     """The job as it is now in the database (a service may have changed it)."""
     fresh = Job.objects.select_related("namespace", "owner", "result_version__repository__namespace").get(pk=job.pk)
-    return s.JobSerializer(fresh).data
+    return s.JobSerializer.placed(fresh).data
 
 
 def _job_body(request, serializer_class, action: str) -> dict:
@@ -65,7 +65,7 @@ class JobListView(APIView):
             qs = qs.filter(namespace__name=ns, output_name=name)
         paginator = Pagination()
         page = paginator.paginate_queryset(qs.order_by("-created_at"), request, view=self)
-        return paginator.get_paginated_response(s.JobSerializer(page, many=True).data)
+        return paginator.get_paginated_response(s.JobSerializer.placed(page, many=True).data)
 
     @extend_schema(
         summary="Submit a train or merge job (send Idempotency-Key to make retries safe)",
@@ -85,7 +85,7 @@ class JobDetailView(APIView):
     @extend_schema(summary="A job, by its id or a prefix of it (at least 8 hex digits) that names one job you may see",
                    responses=s.JobSerializer)
     def get(self, request, job_id):
-        return Response(s.JobSerializer(selectors.job_get(user=request.user, job_id=job_id)).data)
+        return Response(s.JobSerializer.placed(selectors.job_get(user=request.user, job_id=job_id)).data)
 
 
 class JobEventsView(APIView):
@@ -135,10 +135,19 @@ class JobClaimView(APIView):
     def post(self, request, job_id):
         require_scope(request, "worker", "claim jobs")
         data = validated(s.ClaimRequestSerializer, request.data)
-        job, secret = services.job_claim(job_id=job_id, worker=data["worker"])
+        job, secret = services.job_claim(job_id=job_id, worker=data["worker"], capabilities=data.get("capabilities"))
         lease = settings.PEFTHUB_JOB_LEASE_SECONDS
         return Response({"job": _job_data(job), "attempt": job.attempt, "token": secret, "lease_seconds": lease,
                          "heartbeat_seconds": max(lease / 4, 0.5)})
+
+
+class WorkerHelloView(APIView):
+    @extend_schema(summary="Say a worker is connected, with its capabilities (worker); sends it the waiting jobs it can run",
+                   request=s.HelloRequestSerializer, responses={200: s.HelloSerializer, **errors(400)})
+    def post(self, request):
+        require_scope(request, "worker", "say hello as a worker")
+        data = validated(s.HelloRequestSerializer, request.data)
+        return Response(services.worker_hello(name=data["worker"], capabilities=data["capabilities"]))
 
 
 class JobHeartbeatView(APIView):
