@@ -162,9 +162,6 @@ PEFTHUB_REAP_INTERVAL = env_int("PEFTHUB_REAP_INTERVAL", 15)
 # A worker says hello every third of this; one not heard from for this long no longer counts
 # as connected when the hub decides whether a job waits for a worker that can run it.
 PEFTHUB_WORKER_PRESENCE_SECONDS = env_int("PEFTHUB_WORKER_PRESENCE_SECONDS", 60)
-# A worker says hello every third of this; one not heard from for this long no longer counts
-# as connected when the hub decides whether a job waits for a worker that can run it.
-PEFTHUB_WORKER_PRESENCE_SECONDS = env_int("PEFTHUB_WORKER_PRESENCE_SECONDS", 60)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["pefthub_server.core.auth.TokenAuthentication"],
