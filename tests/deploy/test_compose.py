@@ -35,7 +35,7 @@ def test_the_schema_refuses_what_compose_refuses():
     """The check can fail: a misspelt key and a bad depends_on condition are errors under the vendored schema."""
     validator = jsonschema.Draft7Validator(SCHEMA)
     broken = compose()
-    broken["services"]["api"]["healthcheck"]["intervall"] = "10s"
+    broken["services"]["api"]["healthcheck"] = {"intervall": "10s"}
     broken["services"]["beat"]["depends_on"]["migrate"]["condition"] = "service_finished"
     messages = [e.message for e in validator.iter_errors(broken)]
     assert any("intervall" in m for m in messages) and any("service_finished" in m for m in messages), messages
@@ -88,7 +88,9 @@ def test_the_production_topology():
         assert services[role]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, role
     api = services["api"]
     assert api["command"][:2] == ["pefthub-server", "serve"], "the API runs the production server, not `up`"
-    assert any("/healthz" in part for part in api["healthcheck"]["test"])
+    assert "healthcheck" not in api, "the API keeps its image's HEALTHCHECK (GET /healthz: tests/deploy/test_images.py)"
+    for role in ("migrate", "beat"):  # the same image, no HTTP server: never reported unhealthy
+        assert services[role]["healthcheck"] == {"disable": True}, role
     for role in ("worker-gpu", "worker-cpu"):
         assert services[role]["depends_on"]["api"] == {"condition": "service_healthy"}, role
     assert services["worker-gpu"]["command"][-2:] == ["--queues", "gpu"]
