@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 
+from pefthub_server.core import metrics
 from pefthub_server.core.errors import HubError, ValidationFailed
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -110,6 +111,7 @@ def bytes_response(request, *, size: int, headers: dict[str, str], path: Path | 
         if byte_range:
             response["Content-Range"] = f"bytes {start}-{end}/{size}"
         response["Content-Length"] = str(end - start + 1) if size else "0"
+        metrics.PULL_BYTES.inc(end - start + 1 if size else 0)
     for name, value in headers.items():  # after FileResponse, which would name the file by its blob path
         response[name] = value
     return response

@@ -16,6 +16,7 @@ from pefthub_server.core.metrics import request_observed
 access_log = logging.getLogger("pefthub.access")
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAMED_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 
 
 class HeadWithoutBodyMiddleware:
@@ -59,9 +60,10 @@ class RequestIdMiddleware:
 
 
 def route_of(request) -> str:
-    """The URL pattern that answers ``request`` (``api/v1/repos/<str:namespace>/<str:name>``), ``static``, or ``unmatched``.
+    """The URL pattern that answers ``request`` (``api/v1/repos/<ns>/<name>``), ``static``, or ``unmatched``.
 
     Never the path itself: a label made from paths would name private repositories and grow without bound.
+    A regex pattern's named groups are written ``<name>``, as a path converter's are.
     """
     match = request.resolver_match
     if match is None:
@@ -71,7 +73,7 @@ def route_of(request) -> str:
             match = resolve(request.path_info)
         except Resolver404:
             return "unmatched"
-    return match.route or "unmatched"
+    return _NAMED_GROUP.sub(r"<\1>", match.route).replace("^", "").replace("$", "") or "unmatched"
 
 
 class AccessMiddleware:

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from pefthub_server.core import metrics
 from pefthub_server.registry.models import Blob, BlobUpload, VersionFile
 from pefthub_server.registry.selectors import readable_repositories
 from pefthub_server.registry.storage import get_blob_store
@@ -36,6 +37,7 @@ def blob_register(*, sha256: str, size: int) -> Blob:
 def blob_uploaded(*, user_id: int, sha256: str, size: int) -> Blob:
     """Register the blob user ``user_id`` just sent and the hub verified, and record that it did."""
     blob = blob_register(sha256=sha256, size=size)
+    metrics.PUSH_BYTES.inc(size)
     BlobUpload.objects.bulk_create(
         [BlobUpload(blob=blob, user_id=user_id, created_at=timezone.now())],
         update_conflicts=True, unique_fields=["blob", "user"], update_fields=["created_at"],
