@@ -10,7 +10,7 @@ from django.utils.html import format_html
 from pefthub_server.core import charts
 from pefthub_server.core.admin import ImmutableAdmin
 from pefthub_server.core.errors import HubError
-from pefthub_server.jobs.models import Job, JobEvent
+from pefthub_server.jobs.models import Job, JobEvent, Worker
 from pefthub_server.jobs.services import job_cancel
 
 #: events on one page of a job's change page (the page once showed every event as a JSON block: 13,600 px)
@@ -30,11 +30,12 @@ class JobAdmin(ImmutableAdmin):
     "cancel" action is job_cancel, as `POST /api/v1/jobs/{id}/cancel` is. The change page shows the job's
     events a page at a time."""
 
-    list_display = ["id", "type", "status", "output", "owner", "attempt", "max_attempts", "worker", "created_at", "finished_at"]
+    list_display = ["id", "type", "status", "output", "owner", "attempt", "max_attempts", "worker", "waiting_for",
+                    "created_at", "finished_at"]
     list_filter = ["type", "status", "queue", "created_at"]
     search_fields = ["id", "output_name", "namespace__name", "owner__username", "worker"]
     list_select_related = ["namespace", "owner"]
-    json_fields = ("spec", "inputs", "progress", "metrics", "error")
+    json_fields = ("spec", "inputs", "needs", "progress", "metrics", "error")
     readonly_fields = ["web_page"]
     exclude = ["token"]  # the job's own credential: nothing for an operator to read here
     actions = ["cancel"]
@@ -72,3 +73,12 @@ class JobEventAdmin(ImmutableAdmin):
     search_fields = ["job__id"]
     list_select_related = ["job__namespace"]
     json_fields = ("data",)
+
+
+@admin.register(Worker)
+class WorkerAdmin(ImmutableAdmin):
+    """Workers that said hello, with the capabilities they reported (they keep these rows up to date)."""
+
+    list_display = ["name", "last_seen", "first_seen"]
+    search_fields = ["name"]
+    json_fields = ("capabilities",)
