@@ -187,6 +187,9 @@ CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": PEFTHUB_CACHE_URL}
     if PEFTHUB_CACHE_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
+# Each process keeps a valid user token it looked up for this many seconds (0: off): a revocation made
+# in another process takes effect within it (core.tokens).
+PEFTHUB_TOKEN_CACHE_SECONDS = env_int("PEFTHUB_TOKEN_CACHE_SECONDS", 1)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "PEFT Hub API",

@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from pefthub_server.core.models import ApiToken
+from pefthub_server.core.tokens import tokens_revoke
 
 
 def pretty_json(value) -> str:
@@ -74,6 +75,4 @@ class ApiTokenAdmin(ImmutableAdmin):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request, queryset):
-        from django.utils import timezone
-
-        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        tokens_revoke(queryset)

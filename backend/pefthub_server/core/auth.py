@@ -14,8 +14,9 @@ from rest_framework.permissions import BasePermission
 
 from pefthub.protocol.jobs import ACTIVE
 from pefthub_server.core.errors import AuthenticationFailed, PermissionDenied
-from pefthub_server.core.models import ApiToken, Scope, hash_secret
+from pefthub_server.core.models import ApiToken, Scope
 from pefthub_server.core.throttling import failure_recorded
+from pefthub_server.core.tokens import token_by_secret, token_used
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -41,7 +42,7 @@ class TokenAuthentication(BaseAuthentication):
 
 def token_check(request, secret: str) -> ApiToken:
     """The valid token whose secret ``secret`` is, its use recorded; raises 401 (429 when failing too often) saying why not."""
-    token = ApiToken.objects.select_related("user").filter(secret_hash=hash_secret(secret)).first()
+    token = token_by_secret(secret)
     if token is None or not token.user.is_active:
         raise _failed(request, secret, "Invalid token. Create one with `pefthub-server adduser` or POST /api/v1/tokens.")
     if token.revoked:
@@ -57,7 +58,7 @@ def _record_use(token: ApiToken) -> None:
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
         # One write a minute at most, not one per request.
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token_used(token, now)
 
 
 def _failed(request, secret: str | None, message: str) -> Exception:

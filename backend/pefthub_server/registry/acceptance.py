@@ -14,7 +14,7 @@ import codecs
 import collections
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ijson.backends.yajl2_c as yajl
@@ -201,23 +201,44 @@ def read_document(path: str, category: str, size: int, read_range: Callable[[int
     return None
 
 
-class Documents:
-    """The JSON and text files of one push: each blob's content checked once per kind, however
-    many paths hold it (a manifest may name one 64 MiB blob 10,000 times), and the configs read."""
+def check_kind(path: str, category: str) -> str:
+    """What a file's content is checked as: its category (:func:`check_file_type`), or `config` for the
+    configs the hub reads and keeps (:data:`CONFIGS`)."""
+    return "config" if category == "json" and path in CONFIGS else category
 
-    def __init__(self) -> None:
-        self.configs: dict[str, dict] = {}
-        self._checked: set[tuple[str, str]] = set()
 
-    def check(self, entry: Entry, category: str, read_range: Callable[[int, int], bytes]) -> None:
-        """:func:`read_document` for ``entry``, unless its blob was checked as this kind already."""
-        if entry.path not in CONFIGS and (entry.sha256, category) in self._checked:
-            return
-        config = read_document(entry.path, category, entry.size, read_range)
-        if config is not None:
-            self.configs[entry.path] = config
-        else:
-            self._checked.add((entry.sha256, category))
+def check_blob(path: str, kind: str, size: int, read_range: Callable[[int, int], bytes]) -> Any:
+    """Check one file's content as ``kind`` (:func:`check_kind`): no pickle or zip magic, then a safetensors
+    header (its tensors returned), a config (its object returned), other JSON or text (None returned).
+
+    What it returns depends on the blob's bytes alone (``path`` only names the file in errors), so
+    :class:`BlobChecks` keeps it by the blob's sha256.
+    """
+    check_magic(path, read_range(0, min(size, 16)))
+    if kind == "safetensors":
+        return parse_safetensors_header(path, size, read_range)
+    return read_document(path, "json" if kind == "config" else kind, size, read_range)
+
+
+class BlobChecks:
+    """What :func:`check_blob` found for each blob and kind, so each blob is read once as each kind, however
+    many paths of a push (a manifest may name one 64 MiB blob 10,000 times) or later commits name it.
+
+    ``known``: (sha256, kind) -> the JSON text earlier commits recorded; :attr:`fresh` holds what this
+    push read, in the same form, for the commit to record.
+    """
+
+    def __init__(self, known: Mapping[tuple[str, str], str] | None = None) -> None:
+        self._found: dict[tuple[str, str], str] = dict(known or {})
+        self.fresh: dict[tuple[str, str], str] = {}
+
+    def result(self, entry: Entry, kind: str, reader: Callable[[], Callable[[int, int], bytes]]) -> Any:
+        """:func:`check_blob` for ``entry`` unless its blob was checked as ``kind`` before; a new object each time
+        (a caller may change it). ``reader()`` makes the blob's range reader, only when it must be read."""
+        key = (entry.sha256, kind)
+        if (text := self._found.get(key)) is None:
+            text = self._found[key] = self.fresh[key] = json.dumps(check_blob(entry.path, kind, entry.size, reader()))
+        return json.loads(text)
 
 
 def parse_adapter_config(data: bytes) -> dict:

@@ -12,6 +12,7 @@ from pefthub_server.registry.models import (
     Alias,
     AliasMove,
     Blob,
+    BlobCheck,
     BlobUpload,
     Membership,
     Namespace,
@@ -81,11 +82,18 @@ class BlobUploadInline(ImmutableInline):
     fields = readonly_fields = ["user", "created_at"]
 
 
+class BlobCheckInline(ImmutableInline):
+    """What reading the blob's content found, as each kind of file a commit cited it as (kept, never read again)."""
+
+    model = BlobCheck
+    fields = readonly_fields = ["kind", "result"]
+
+
 @admin.register(Blob)
 class BlobAdmin(ImmutableAdmin):
     list_display = ["sha256", "size", "created_at"]
     search_fields = ["sha256"]
-    inlines = [BlobUploadInline]
+    inlines = [BlobUploadInline, BlobCheckInline]
 
 
 class MoveAliasForm(ActionForm):

@@ -12,6 +12,7 @@ versions it pinned, its output repository's) and what was uploaded since it star
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from functools import reduce
 
@@ -20,7 +21,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from pefthub_server.core import metrics
-from pefthub_server.registry.models import Blob, BlobUpload, VersionFile
+from pefthub_server.registry.models import Blob, BlobCheck, BlobUpload, VersionFile
 from pefthub_server.registry.selectors import readable_repositories
 from pefthub_server.registry.storage import get_blob_store
 
@@ -54,6 +55,18 @@ def upload_accept(*, user_id: int, sha256: str, size: int) -> bool:
         return False
     blob_uploaded(user_id=user_id, sha256=sha256, size=size)
     return True
+
+
+def blob_checks_found(sha256s: Iterable[str]) -> dict[tuple[str, str], str]:
+    """What earlier commits found reading these blobs: (sha256, kind) -> result as JSON text (one query)."""
+    rows = BlobCheck.objects.filter(blob_id__in=set(sha256s)).values_list("blob_id", "kind", "result")
+    return {(sha256, kind): result for sha256, kind, result in rows}
+
+
+def blob_checks_record(found: Mapping[tuple[str, str], str]) -> None:
+    """Record what reading verified blobs found (``acceptance.BlobChecks.fresh``); a result recorded already stays."""
+    BlobCheck.objects.bulk_create([BlobCheck(blob_id=sha256, kind=kind, result=result)
+                                   for (sha256, kind), result in found.items()], ignore_conflicts=True)
 
 
 def _job_versions(job) -> Q:

@@ -98,6 +98,25 @@ class Blob(models.Model):
         return self.sha256
 
 
+class BlobCheck(models.Model):
+    """What the hub found reading a verified blob as one kind of file (``acceptance.check_blob``).
+
+    It depends on the blob's bytes alone, so it is written once, by the first commit whose checks
+    pass, and a later commit citing the blob reads nothing from the store.
+    """
+
+    blob = models.ForeignKey(Blob, on_delete=models.CASCADE, related_name="checks")
+    kind = models.CharField(max_length=16, help_text="safetensors, config, json, text, jsonl or tokenizer")
+    # Text, not a JSON column: PostgreSQL's jsonb reorders keys, and a header's tensor order is kept as read.
+    result = models.TextField(help_text="JSON: a safetensors header's tensors, a config's object, or null")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["blob", "kind"], name="uniq_blob_check")]
+
+    def __str__(self) -> str:
+        return f"{self.blob_id} as {self.kind}"
+
+
 class BlobUpload(models.Model):
     """Proof of possession: ``user`` sent the hub these exact bytes and the hub verified them.
 

@@ -15,6 +15,11 @@ content (:func:`_inspect`, which writes nothing), store what the hub rewrites (a
 adapter's config names its base by hub reference), then create the repository if it is
 new, the version, its files and its aliases in one transaction under the repository's
 row lock.
+
+What reading a blob finds depends on its bytes alone, so it is recorded by sha256
+(:class:`~pefthub_server.registry.models.BlobCheck`): a commit citing blobs an earlier
+commit read reads nothing from the store. The rewritten config is deterministic (sorted
+keys), so the same pushed config on the same base is stored once.
 """
 
 from __future__ import annotations
@@ -39,8 +44,14 @@ from pefthub.protocol.words import with_article
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
 from pefthub_server.registry import acceptance, compatibility
 from pefthub_server.registry.aliases import alias_move, check_settable
-from pefthub_server.registry.blobs import blob_register, blobs_possessed, upload_accept
-from pefthub_server.registry.models import Alias, Namespace, Repository, Version, VersionFile
+from pefthub_server.registry.blobs import (
+    blob_checks_found,
+    blob_checks_record,
+    blob_register,
+    blobs_possessed,
+    upload_accept,
+)
+from pefthub_server.registry.models import Alias, Blob, Namespace, Repository, Version, VersionFile
 from pefthub_server.registry.repositories import base_resolve, repository_insert, repository_new
 from pefthub_server.registry.selectors import namespace_role, repository_get
 from pefthub_server.registry.storage import BlobStore, get_blob_store, missing_blob
@@ -196,7 +207,7 @@ class _Inspection:
 
 
 def _prefix_reader(store: BlobStore, entry: Entry):
-    """The file's first 64 KiB (one ranged GET on S3) and a reader that serves from it when it can.
+    """A reader of the file that fetches its first 64 KiB (one ranged GET on S3) and serves from them when it can.
 
     The magic-byte check and most safetensors headers then cost one request per file.
     """
@@ -207,23 +218,24 @@ def _prefix_reader(store: BlobStore, entry: Entry):
             return head[start : start + length]
         return store.read_range(entry.sha256, start, length)
 
-    return head, read_range
+    return read_range
 
 
-def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | None) -> _Inspection:
-    """Check every file's content and compute what the version records; reads blobs, writes nothing."""
+def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | None,
+             checks: acceptance.BlobChecks) -> _Inspection:
+    """Check every file's content and compute what the version records; reads the blobs ``checks`` has
+    not seen (``checks.fresh`` then holds what it found), writes nothing."""
     store = get_blob_store()
     by_path = {e.path: e for e in entries}
     headers: dict[str, dict] = {}
-    documents = acceptance.Documents()
+    configs: dict[str, dict] = {}
     for entry in entries:
-        category = acceptance.check_file_type(entry.path)
-        head, read_range = _prefix_reader(store, entry)
-        acceptance.check_magic(entry.path, head[:16])
-        if category == "safetensors":
-            headers[entry.path] = acceptance.parse_safetensors_header(entry.path, entry.size, read_range)
-        else:
-            documents.check(entry, category, read_range)
+        kind = acceptance.check_kind(entry.path, acceptance.check_file_type(entry.path))
+        found = checks.result(entry, kind, lambda entry=entry: _prefix_reader(store, entry))
+        if kind == "safetensors":
+            headers[entry.path] = found
+        elif kind == "config":
+            configs[entry.path] = found
     result = _Inspection()
     if repo.kind == Repository.Kind.MODEL:
         if MODEL_CONFIG not in by_path or not headers:
@@ -232,14 +244,14 @@ def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | 
                 code="validation_error",
             )
         tensors = {name: info for header in headers.values() for name, info in header.items()}
-        result.fingerprint = compatibility.compute_fingerprint(documents.configs[MODEL_CONFIG], tensors)
+        result.fingerprint = compatibility.compute_fingerprint(configs[MODEL_CONFIG], tensors)
     elif repo.kind == Repository.Kind.ADAPTER:
         if ADAPTER_CONFIG not in by_path:
             raise ValidationFailed(
                 f"An adapter version needs `{ADAPTER_CONFIG}` at the top level (what peft's save_pretrained writes).",
                 code="invalid_adapter_config",
             )
-        config = documents.configs[ADAPTER_CONFIG]
+        config = configs[ADAPTER_CONFIG]
         adapter = acceptance.adapter_fields(config)
         weights = headers.get(ADAPTER_WEIGHTS)
         if weights is None:
@@ -260,7 +272,8 @@ def _inspect(*, repo: Repository, entries: list[Entry], base_version: Version | 
 
 
 def _store_rewrites(entries: list[Entry], rewrites: dict[str, bytes]) -> list[Entry]:
-    """Store each rewritten file as a blob; the entries with the rewritten files in place of the pushed ones."""
+    """Store each rewritten file as a blob, unless the hub holds those bytes already; the entries with the
+    rewritten files in place of the pushed ones."""
     store = get_blob_store()
     out = []
     for entry in entries:
@@ -269,8 +282,10 @@ def _store_rewrites(entries: list[Entry], rewrites: dict[str, bytes]) -> list[En
             out.append(entry)
             continue
         rewritten = Entry(entry.path, hashlib.sha256(data).hexdigest(), len(data))
-        store.save_bytes(rewritten.sha256, data)
-        blob_register(sha256=rewritten.sha256, size=rewritten.size)
+        # A blob row is made only once the store holds its bytes.
+        if not Blob.objects.filter(sha256=rewritten.sha256).exists():
+            store.save_bytes(rewritten.sha256, data)
+            blob_register(sha256=rewritten.sha256, size=rewritten.size)
         out.append(rewritten)
     return out
 
@@ -320,7 +335,9 @@ def version_create(
     base_version = _base_for_push(user=user, repo=repo, base_model=base_model)
 
     _verify_blobs(user=user, entries=entries, job=job)
-    inspected = _inspect(repo=repo, entries=entries, base_version=base_version)
+    checks = acceptance.BlobChecks(blob_checks_found(e.sha256 for e in entries))
+    inspected = _inspect(repo=repo, entries=entries, base_version=base_version, checks=checks)
+    blob_checks_record(checks.fresh)
     entries = _store_rewrites(entries, inspected.rewrites)
     digest = manifest_digest(entries)
 

@@ -135,20 +135,33 @@ def test_a_tensor_name_a_database_cannot_store_is_refused(name: str, named: str)
     assert "`model.safetensors`" in err.message and named in err.message, err.message
 
 
-def test_a_blob_under_many_paths_is_checked_once(monkeypatch) -> None:
-    """10,000 paths may name one 64 MiB blob: its content is checked once per kind, configs always read."""
+def test_a_blob_under_many_paths_is_read_once_per_kind() -> None:
+    """10,000 paths may name one 64 MiB blob: its content is read once per kind, and never again once known."""
     from pefthub.protocol.manifest import Entry
 
-    checked = []
-    monkeypatch.setattr(acceptance, "check_json", lambda path, data: checked.append(path))
-    documents = acceptance.Documents()
-    data = b'{"model_type": "llama"}'
-    read_range, _ = reader(data)
-    for path in ["config.json", "a/config.json", "b.json", "c/d.json", "config.json"]:
-        documents.check(Entry(path, "a" * 64, len(data)), "json", read_range)
-    documents.check(Entry("notes.txt", "a" * 64, len(data)), "text", read_range)
-    assert checked == ["a/config.json"]
-    assert documents.configs == {"config.json": {"model_type": "llama"}}
+    data, sha = b'{"model_type": "llama"}', "a" * 64
+    reads: list[list[int]] = []
+
+    def make_reader():
+        read_range, asked = reader(data)
+        reads.append(asked)
+        return read_range
+
+    def results(checks, paths):
+        return [checks.result(Entry(path, sha, len(data)), acceptance.check_kind(path, acceptance.check_file_type(path)),
+                              make_reader) for path in paths]
+
+    paths = ["config.json", "a/config.json", "b.json", "c/d.json", "config.json", "notes.txt"]
+    checks = acceptance.BlobChecks()
+    found = results(checks, paths)
+    assert found == [{"model_type": "llama"}, None, None, None, {"model_type": "llama"}, None]
+    assert len(reads) == 3 and set(checks.fresh) == {(sha, "config"), (sha, "json"), (sha, "text")}
+    found[0]["model_type"] = "changed"  # each result is the caller's own object
+    assert results(checks, ["config.json"]) == [{"model_type": "llama"}]
+
+    known = acceptance.BlobChecks(checks.fresh)  # what a later commit finds recorded
+    assert results(known, paths) == [{"model_type": "llama"}, None, None, None, {"model_type": "llama"}, None]
+    assert len(reads) == 3 and known.fresh == {}
 
 
 # --- text ------------------------------------------------------------------------------------------

@@ -1,8 +1,14 @@
-"""Request and response shapes of the registry API (also the OpenAPI schema)."""
+"""Request and response shapes of the registry API (also the OpenAPI schema).
+
+The shapes a list renders by the hundred (repositories, versions) declare their fields for the
+schema and render with one plain function each: DRF's per-field machinery was most of a page's
+time. Their times are rendered by :func:`iso_utc`.
+"""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema_field
+from datetime import UTC, datetime, timedelta
+
 from rest_framework import serializers
 
 from pefthub_server.core.models import USER_SCOPES, ApiToken, Scope
@@ -10,12 +16,28 @@ from pefthub_server.core.tokens import MAX_TOKEN_DAYS
 from pefthub_server.registry.models import Membership, Repository, Role
 from pefthub_server.registry.serving import serving_facts
 
+_ZERO = timedelta(0)
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """A stored time as DRF's DateTimeField writes it in the API's time zone (UTC): ISO 8601 with `Z`.
+
+    The database hands times back in UTC, so there is nothing to convert (DRF looks the time zone up
+    and converts every value: a third of a list page's time); any other offset is converted.
+    """
+    if value is None:
+        return None
+    if value.utcoffset() != _ZERO:
+        value = value.astimezone(UTC)
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
 
 class RepoSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="full_name", read_only=True)
     namespace = serializers.CharField(source="namespace.name", read_only=True)
-    base_model = serializers.SerializerMethodField()
-    peft_type = serializers.SerializerMethodField()
+    base_model = serializers.CharField(read_only=True, allow_null=True, help_text="Adapters: `namespace/name` of their base")
+    peft_type = serializers.CharField(read_only=True, allow_null=True)
     latest_version = serializers.IntegerField(source="latest_number", read_only=True, allow_null=True)
 
     class Meta:
@@ -25,11 +47,20 @@ class RepoSerializer(serializers.ModelSerializer):
             "latest_version", "created_at", "updated_at",
         ]
 
-    def get_base_model(self, repo) -> str | None:
-        return repo.base_model.full_name if repo.base_model_id else None
+    #: the columns :meth:`to_representation` reads: a list selects only these (``QuerySet.only``)
+    columns = ("name", "kind", "visibility", "description", "peft_type", "latest_number", "created_at", "updated_at",
+               "namespace__name", "base_model__name", "base_model__namespace__name")
 
-    def get_peft_type(self, repo) -> str | None:
-        return repo.peft_type or None
+    def to_representation(self, repo) -> dict:
+        namespace = repo.namespace.name
+        base = repo.base_model
+        return {
+            "id": f"{namespace}/{repo.name}", "namespace": namespace, "name": repo.name, "kind": repo.kind,
+            "visibility": repo.visibility, "description": repo.description,
+            "base_model": f"{base.namespace.name}/{base.name}" if base is not None else None,
+            "peft_type": repo.peft_type or None, "latest_version": repo.latest_number,
+            "created_at": iso_utc(repo.created_at), "updated_at": iso_utc(repo.updated_at),
+        }
 
 
 class RepoCreateSerializer(serializers.Serializer):
@@ -121,43 +152,35 @@ class VersionSerializer(serializers.Serializer):
 
     repo = serializers.CharField(source="repository.full_name")
     number = serializers.IntegerField()
-    digest = serializers.SerializerMethodField()
+    digest = serializers.CharField(read_only=True)
     message = serializers.CharField()
     created_at = serializers.DateTimeField()
-    created_by = serializers.SerializerMethodField()
-    aliases = serializers.SerializerMethodField()
+    created_by = serializers.CharField(allow_null=True, read_only=True)
+    aliases = serializers.ListField(child=serializers.CharField(), read_only=True)
     size = serializers.IntegerField()
     file_count = serializers.IntegerField()
-    base_model = serializers.SerializerMethodField()
+    base_model = BaseRefSerializer(allow_null=True, read_only=True)
     adapter = serializers.JSONField(source="adapter_config", help_text="adapter_config.json (adapters); null otherwise")
     metadata = serializers.JSONField()
-    job = serializers.SerializerMethodField()
-    serving = serializers.SerializerMethodField(help_text="Adapters: rank, targets, modules_to_save, mergeable, …")
+    job = serializers.CharField(allow_null=True, read_only=True)
+    serving = serializers.DictField(allow_null=True, read_only=True, help_text="Adapters: rank, targets, modules_to_save, mergeable, …")
 
-    def get_serving(self, version) -> dict | None:
-        return serving_facts(version.adapter_config)
-
-    def get_job(self, version) -> str | None:
-        return version.job_id.hex if version.job_id else None
-
-    def get_digest(self, version) -> str:
-        return f"sha256:{version.digest}"
-
-    def get_created_by(self, version) -> str | None:
-        return version.created_by.username if version.created_by_id else None
-
-    def get_aliases(self, version) -> list[str]:
-        names = [a.name for a in version.aliases.all()]
-        if version.number == version.repository.latest_number:
-            names.insert(0, "latest")
-        return names
-
-    @extend_schema_field(BaseRefSerializer(allow_null=True))
-    def get_base_model(self, version) -> dict | None:
-        base = version.base_version
-        if base is None:
-            return None
-        return {"repo": base.repository.full_name, "number": base.number, "digest": f"sha256:{base.digest}"}
+    def to_representation(self, version) -> dict:
+        """A version from ``selectors.version_list`` (relations joined, aliases prefetched)."""
+        repo, base = version.repository, version.base_version
+        aliases = [a.name for a in version.aliases.all()]
+        if version.number == repo.latest_number:
+            aliases.insert(0, "latest")
+        return {
+            "repo": f"{repo.namespace.name}/{repo.name}", "number": version.number, "digest": f"sha256:{version.digest}",
+            "message": version.message, "created_at": iso_utc(version.created_at),
+            "created_by": version.created_by.username if version.created_by_id else None, "aliases": aliases,
+            "size": version.size, "file_count": version.file_count,
+            "base_model": None if base is None else {"repo": f"{base.repository.namespace.name}/{base.repository.name}",
+                                                     "number": base.number, "digest": f"sha256:{base.digest}"},
+            "adapter": version.adapter_config, "metadata": version.metadata,
+            "job": version.job_id.hex if version.job_id else None, "serving": serving_facts(version.adapter_config),
+        }
 
 
 class VersionDetailSerializer(VersionSerializer):

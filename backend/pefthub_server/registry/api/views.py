@@ -82,7 +82,7 @@ class RepoListView(APIView):
             peft_type=q.get("peft_type"), search=q.get("search"),
         )
         paginator = Pagination()
-        page = paginator.paginate_queryset(qs, request, view=self)
+        page = paginator.paginate_queryset(qs.only(*s.RepoSerializer.columns), request, view=self)
         return paginator.get_paginated_response(s.RepoSerializer(page, many=True).data)
 
     @extend_schema(summary="Create a repository", request=s.RepoCreateSerializer,
