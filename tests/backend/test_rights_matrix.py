@@ -146,6 +146,10 @@ JOBS = {
 
 #: route template -> method -> rule. HEAD follows GET everywhere.
 RULES: dict[str, dict[str, str]] = {
+    # operations (pefthub_server.ops): probes and scrapes carry no token; /metrics holds no repository name
+    "healthz": {"GET": "operations"},
+    "readyz": {"GET": "operations"},
+    "metrics": {"GET": "operations"},
     "api/v1/": {"GET": "anyone"},
     "api/v1/whoami": {"GET": "signed_in:read"},
     "api/v1/repos": {"GET": "anyone", "POST": "create_repo"},
@@ -266,6 +270,8 @@ def _int(text: str) -> int | None:
 def expect(rule: str, route: str, caller: Caller, target, params: dict) -> frozenset[int]:
     """The statuses cell (rule, caller, target) may answer."""
     kind, _, need = rule.partition(":")
+    if kind == "operations":  # /healthz, /readyz, /metrics read no credentials: a probe's answer is everyone's
+        return ALLOWED
     if kind == "nowhere":
         return frozenset({404} | ({401} if caller.expired else set()))
     if caller.expired:
@@ -376,8 +382,9 @@ def _template(text: str) -> str:
 
 
 def routes() -> dict[str, object]:
-    """Template -> view callback of every route under api/v1/ and hf/."""
-    return {_template(text): entry.callback for text, entry in url_patterns(("api/v1/", "hf/"))}
+    """Template -> view callback of every route under api/v1/ and hf/, and the operations endpoints."""
+    return {_template(text): entry.callback for text, entry in url_patterns(("api/v1/", "hf/", "healthz", "readyz",
+                                                                              "metrics"))}
 
 
 def served_methods(template: str, callback) -> set[str]:
