@@ -15,6 +15,9 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+#: a request never answered within this is a broken server, not a slow one
+HARD_TIMEOUT = 120.0
+
 
 @dataclass
 class Load:
@@ -96,33 +99,43 @@ async def _open_loop(url: str, headers: dict[str, str], rate: float, seconds: fl
     """Requests sent on a fixed schedule (``rate`` per second for ``seconds``), each timed from its scheduled start.
 
     Open loop: a slow answer does not delay the next request, so queueing in the server shows in the latencies (no
-    coordinated omission). At most ``max_conns`` connections; a request with none free waits, and that wait
-    counts. A request not answered ``timeout`` s after its scheduled start is an error.
+    coordinated omission). At most ``max_conns`` requests are outstanding, and a request waits for its answer even
+    past ``timeout``: the server never holds more than ``max_conns`` (a client that hung up would leave its request
+    in the server's queue, still to be worked off). A request waiting for a free connection waits on the clock; one
+    not sent, or not answered, within ``timeout`` of its scheduled start is an error.
     """
     host, port, request = _request(url, headers)
     load, idle, slots = Load(), [], asyncio.Semaphore(max_conns)
     loop = asyncio.get_running_loop()
 
     async def one(scheduled: float) -> None:
-        async with slots:
-            conn = idle.pop() if idle else None
+        try:
+            await asyncio.wait_for(slots.acquire(), max(0.0, timeout - (loop.time() - scheduled)))
+        except asyncio.TimeoutError:
+            load.error("not sent in time")
+            return
+        try:
+            conn = idle.pop() if idle else await _Conn.open(host, port)
             try:
-                if conn is None:
-                    conn = await _Conn.open(host, port)
-                status, reusable = await asyncio.wait_for(conn.get(request), timeout - (loop.time() - scheduled))
-            except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                load.error(type(exc).__name__)
-                if conn is not None:
-                    conn.close()
-                return
-            if status == 200:
-                load.latencies.append(loop.time() - scheduled)
-            else:
+                status, reusable = await asyncio.wait_for(conn.get(request), HARD_TIMEOUT)
+            except BaseException:
+                conn.close()
+                raise
+            elapsed = loop.time() - scheduled
+            if status != 200:
                 load.error(f"HTTP {status}")
+            elif elapsed > timeout:
+                load.error("answered too late")
+            else:
+                load.latencies.append(elapsed)
             if reusable:
                 idle.append(conn)
             else:
                 conn.close()
+        except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            load.error(type(exc).__name__)
+        finally:
+            slots.release()
 
     cpu0, start, tasks = cpu_seconds(), loop.time(), []
     for i in range(int(rate * seconds)):
@@ -137,7 +150,7 @@ async def _open_loop(url: str, headers: dict[str, str], rate: float, seconds: fl
     return load
 
 
-async def _closed_loop(url: str, headers: dict[str, str], clients: int, seconds: float, timeout: float) -> Load:
+async def _closed_loop(url: str, headers: dict[str, str], clients: int, seconds: float) -> Load:
     """``clients`` connections, each sending its next request as soon as the last is answered, for ``seconds``."""
     host, port, request = _request(url, headers)
     load = Load()
@@ -152,7 +165,7 @@ async def _closed_loop(url: str, headers: dict[str, str], clients: int, seconds:
             try:
                 if conn is None:
                     conn = await _Conn.open(host, port)
-                status, reusable = await asyncio.wait_for(conn.get(request), timeout)
+                status, reusable = await asyncio.wait_for(conn.get(request), HARD_TIMEOUT)
             except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 load.error(type(exc).__name__)
                 if conn is not None:
@@ -179,8 +192,8 @@ def open_loop(url: str, headers: dict[str, str], *, rate: float, seconds: float,
     return asyncio.run(_open_loop(url, headers, rate, seconds, max_conns, timeout))
 
 
-def closed_loop(url: str, headers: dict[str, str], *, clients: int, seconds: float, timeout: float = 10.0) -> Load:
-    return asyncio.run(_closed_loop(url, headers, clients, seconds, timeout))
+def closed_loop(url: str, headers: dict[str, str], *, clients: int, seconds: float) -> Load:
+    return asyncio.run(_closed_loop(url, headers, clients, seconds))
 
 
 def probe(urls: list[str], headers: dict[str, str], *, keep_alive: bool) -> list[float]:
@@ -193,7 +206,7 @@ def probe(urls: list[str], headers: dict[str, str], *, keep_alive: bool) -> list
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         t0 = time.perf_counter()
         if conn is None:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=HARD_TIMEOUT)
             conn.connect()
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.request("GET", target, headers=headers)

@@ -179,7 +179,12 @@ def settle(url: str, headers: dict[str, str], *, within: float = 0.5, limit: flo
     """Wait until one request is answered within ``within`` s: an overloaded server first works off the backlog
     of requests whose clients gave up, which would otherwise land on the next phase."""
     deadline = time.monotonic() + limit
-    while probe([url], headers, keep_alive=False)[0] > within and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        try:
+            if probe([url], headers, keep_alive=False)[0] <= within:
+                return
+        except (OSError, RuntimeError):
+            pass
         time.sleep(1)
 
 
@@ -314,8 +319,8 @@ def report(args, ctx, seed_took, reg, loads, probes, memory) -> bool:
         "hub's is a whole Hub.push (hashing, negotiate, commit with validation).",
         f"Load generator CPU (share of one core): {cpu}.",
         "Errors in the closed loops: " + "; ".join(f"{s} {k}: {_errors(loads[s, k])}" for s, k in loads if k != "open") + ".",
-        "Latencies of the open loop count from each request's scheduled start (queueing included); errors are "
-        "non-200 answers and requests unanswered 10 s after their start.",
+        "Open loop: latencies count from each request's scheduled start (queueing included), at most 64 requests "
+        "outstanding; errors are non-200 answers and requests not sent or not answered 10 s after their start.",
         "get / alias p95 (ms), new connection / keep-alive: " + "; ".join(
             f"{s} {w} {quantile(probes[s, w, False], 0.95) * 1000:.1f} / {quantile(probes[s, w, True], 0.95) * 1000:.1f}"
             for s in ("hub", "mlflow") for w in ("get", "alias")),
