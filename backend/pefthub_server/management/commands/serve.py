@@ -6,7 +6,7 @@ makes the folder the workers share their metrics in, then *becomes* gunicorn's m
 ones gracefully (no request is dropped); ``SIGTERM`` stops after the requests in flight.
 The master does not load Django; each worker does.
 
-Defaults, from measurement on a 2-core machine (bench/server.py): workers = 2 per core, threads = 4
+Defaults, from measurement on a 2-core machine (bench/server.py): workers = 2 per core, threads = 8
 (``PEFTHUB_SERVER_WORKERS``, ``PEFTHUB_SERVER_THREADS``, or ``--workers``/``--threads``).
 """
 
@@ -27,7 +27,7 @@ from pefthub_server.server import check_proxy_settings
 
 log = logging.getLogger(__name__)
 
-THREADS = 4
+THREADS = 8
 
 
 def default_workers() -> int:
