@@ -17,6 +17,7 @@ says hello; the worker evaluates the same :func:`unmet`. Standard library only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -40,7 +41,8 @@ NEED_TYPES: dict[str, type] = {"cuda": bool, "bitsandbytes": bool, "ram_bytes": 
 #: how a worker may declare capabilities itself (tests, or overriding what it detects)
 CAPABILITIES_ENV = "PEFTHUB_WORKER_CAPABILITIES"
 
-_QUEUE_NAME = re.compile(r"[^A-Za-z0-9_.@:-]")
+#: what a queue name may hold on every broker (kombu's filesystem transport refuses `@` and `:`)
+_QUEUE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def check_capabilities(value: Any, *, field: str = "capabilities") -> dict[str, Any]:
@@ -107,8 +109,13 @@ def waiting_reason(needs: dict[str, Any]) -> str:
 
 
 def direct_queue(worker: str) -> str:
-    """A worker's own queue, which it consumes beside its shared ones: the hub sends it the jobs only it can run."""
-    return "worker." + _QUEUE_NAME.sub("-", worker)[:180]
+    """A worker's own queue, which it consumes beside its shared ones: the hub sends it the jobs only it can run.
+
+    ``gpu@node-1`` -> ``worker.gpu-node-1.<8 hex>``: the name's safe letters, and a hash of the whole name
+    so that two names that differ only in the letters replaced get two queues.
+    """
+    digest = hashlib.sha256(worker.encode()).hexdigest()[:8]
+    return f"worker.{_QUEUE_NAME.sub('-', worker)[:120]}.{digest}"
 
 
 def _gib(size: int) -> str:
