@@ -148,9 +148,12 @@ def test_a_signed_blob_upload_may_be_larger_than_the_limit(server, open_hub, tmp
 
 
 def test_proxy_headers_from_an_untrusted_peer_are_cleared(server):
-    spoofed = requests.get(f"{server.url}/api/v1/", headers={"X-Forwarded-Proto": "https",
-                                                             "X-Forwarded-Host": "evil.example"})
+    spoofed = requests.get(f"{server.url}/api/v1/", headers={"X-Forwarded-Proto": "https", "X-Request-ID": "spoof-1",
+                                                             "X-Forwarded-Host": "evil.example",
+                                                             "X-Forwarded-For": "203.0.113.9"})
     assert spoofed.json()["links"]["repos"] == f"{server.url}/api/v1/repos"
+    access = [line for line in request_ids_logged(server, "spoof-1") if line["logger"] == "pefthub.access"]
+    assert [line["client"] for line in access] == ["127.0.0.1"]  # the peer, not what it claimed
 
 
 def test_static_files_are_served(server):
@@ -223,8 +226,11 @@ def test_behind_a_trusted_proxy_https_is_honoured_and_probes_are_not_redirected(
     env = {"PEFTHUB_SECURE": "1", "PEFTHUB_TRUSTED_PROXY": "127.0.0.1", "DJANGO_ALLOWED_HOSTS": "127.0.0.1,hub.example",
            "DJANGO_SECRET_KEY": "a-production-grade-secret-for-this-test-only-0123456789abcdef"}
     with running_serve(tmp_path / "hub", "--workers", "1", env=env) as hub:
-        named = requests.get(f"{hub.url}/api/v1/", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hub.example"})
+        named = requests.get(f"{hub.url}/api/v1/", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hub.example",
+                                                            "X-Forwarded-For": "203.0.113.9", "X-Request-ID": "proxied-1"})
         assert named.json()["links"]["repos"] == "https://hub.example/api/v1/repos"
+        access = [line for line in request_ids_logged(hub, "proxied-1") if line["logger"] == "pefthub.access"]
+        assert [line["client"] for line in access] == ["203.0.113.9"]  # the client the trusted proxy names
         plain = requests.get(f"{hub.url}/api/v1/", allow_redirects=False)
         assert plain.status_code == 301 and plain.headers["Location"].startswith("https://127.0.0.1")
         assert requests.get(f"{hub.url}/healthz", allow_redirects=False).status_code == 200

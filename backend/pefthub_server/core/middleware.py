@@ -77,7 +77,9 @@ def route_of(request) -> str:
 
 
 class AccessMiddleware:
-    """One access log line and one metrics observation per request: method, route, status, duration, bytes.
+    """One access log line and one metrics observation per request: method, route, status, duration, bytes, client.
+
+    ``client`` is ``REMOTE_ADDR``: the peer, or what a trusted proxy's ``X-Forwarded-For`` says (server.py).
 
     Right after :class:`RequestIdMiddleware`, so the line carries the request id and the time covers
     every other middleware.
@@ -98,6 +100,7 @@ class AccessMiddleware:
             size = len(response.content) if not response.streaming else response.get("Content-Length")
         access_log.info("%s %s %s", request.method, route, response.status_code,
                         extra={"method": request.method, "route": route, "status": response.status_code,
+                               "client": request.META.get("REMOTE_ADDR", ""),
                                "duration_ms": round(seconds * 1000, 2),
                                "bytes": int(size) if size not in (None, "") else None})
         return response

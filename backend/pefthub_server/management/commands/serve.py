@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
@@ -83,6 +84,10 @@ class Command(BaseCommand):
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise CommandError(f"the database lacks {len(missing)} migration(s) ({shown}): run `pefthub-server migrate` "
                                "first (serve never migrates: several servers may start at once)")
+        if opts["workers"] > 1 and not settings.PEFTHUB_CACHE_URL:
+            log.warning("PEFTHUB_CACHE_URL is not set: each of the %s processes counts failed sign-ins on its own, "
+                        "so the limits are %s times looser; set it to a Redis URL (redis://host:6379/1)",
+                        opts["workers"], opts["workers"])
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_folder())
         host = f"[{opts['host']}]" if ":" in opts["host"] else opts["host"]
         argv = [sys.executable, "-m", "gunicorn", "--config", "python:pefthub_server.gunicorn_conf",
