@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -22,6 +23,7 @@ import requests
 from tests.e2e.conftest import BIN, _database_of_its_own
 from tests.e2e.serve import ServeServer, migrate, request_ids_logged, running_serve, serve_env, wait_for_workers
 from tests.e2e.test_server_protocol import HEAD_PATHS, _answer, _headers, _post_headers, _read_until_closed
+from tests.fixtures.services import children
 
 LIMIT = 1024 * 1024  # PEFTHUB_MAX_REQUEST_BODY of the server below
 REDIS = "redis://127.0.0.1:6379/9"
@@ -245,3 +247,17 @@ def test_secure_without_a_trusted_proxy_refuses_to_start(tmp_path):
         done = subprocess.run([str(BIN / "pefthub-server"), "serve", "--port", "1"], env=env, capture_output=True,
                               text=True, timeout=120)
     assert done.returncode != 0 and "PEFTHUB_SECURE=1 needs PEFTHUB_TRUSTED_PROXY" in done.stderr, done.stderr
+
+
+def test_serve_starts_no_worker_and_removes_its_metrics_folder_when_stopped(tmp_path):
+    """Even on the embedded broker, where `up` would start a pefthub-worker: serve's tree is gunicorn alone."""
+    with running_serve(tmp_path / "hub", "--workers", "1", env={"CELERY_BROKER_URL": None}) as hub:
+        workers = wait_for_workers(hub, 1)
+        assert children(workers[0]) == []  # the gunicorn worker started nothing either
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{hub.proc.pid}/environ").read_text().split("\0") if "=" in item)
+        folder = Path(environ["PROMETHEUS_MULTIPROC_DIR"])
+        assert requests.get(f"{hub.url}/metrics").status_code == 200
+        assert list(folder.glob("*.db"))  # the worker's counts live there
+        assert requests.get(f"{hub.url}/readyz").json()["checks"]["broker"]["kind"] == "embedded"
+    assert hub.proc.returncode == 0 and not folder.exists()
