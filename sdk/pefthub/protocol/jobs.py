@@ -45,13 +45,16 @@ TASK_REAP = "pefthub.reap_jobs"
 HUB_QUEUE = "hub"
 
 
-def broker_folders(broker_dir: str | Path) -> tuple[Path, Path]:
-    """The embedded broker's (queue, processed) folders, made if missing (again, if someone wiped them)."""
-    folder = Path(broker_dir)
-    queue, processed = folder / "queue", folder / "processed"
-    queue.mkdir(parents=True, exist_ok=True)
-    processed.mkdir(parents=True, exist_ok=True)
-    return queue, processed
+def broker_folders(broker_dir: str | Path) -> tuple[Path, Path, Path]:
+    """The embedded broker's (queue, processed, control) folders, made if missing (again, if someone wiped them).
+
+    control holds kombu's exchange tables; left unset, kombu writes them to ./control of whatever folder the
+    process started in.
+    """
+    folders = tuple(Path(broker_dir) / name for name in ("queue", "processed", "control"))
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders
 
 
 def celery_config(broker_url: str | None, broker_dir: str | Path) -> dict[str, Any]:
@@ -71,12 +74,12 @@ def celery_config(broker_url: str | None, broker_dir: str | Path) -> dict[str, A
             # message is harmless (the claim refuses it) but wasteful.
             config["broker_transport_options"] = {"visibility_timeout": 24 * 3600}
         return config
-    queue, processed = broker_folders(broker_dir)
+    queue, processed, control = broker_folders(broker_dir)
     config.update(
         broker_url="filesystem://localhost/",  # a host, or kombu warns at every connection
         broker_transport_options={
             "data_folder_in": str(queue), "data_folder_out": str(queue), "processed_folder": str(processed),
-            "store_processed": False, "polling_interval": 0.1,
+            "control_folder": str(control), "store_processed": False, "polling_interval": 0.1,
         },
         # The filesystem transport has no fanout: no remote control, gossip or mingle.
         worker_enable_remote_control=False,
