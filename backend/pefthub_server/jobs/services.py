@@ -182,12 +182,14 @@ def _connected_workers(queue: str) -> list[Worker]:
     return [w for w in Worker.objects.filter(last_seen__gte=seen).order_by("name") if queue in w.queues]
 
 
-def _route(job: Job) -> str | None:
+def _route(job: Job, *, shared: bool = True) -> str | None:
     """Where the job's id goes now, setting ``job.waiting_for``; None: nowhere, it waits for a capable worker.
 
     A job without needs goes to its queue. One with needs goes there when every connected
-    worker on the queue can run it, to one capable worker's direct queue when only some
-    can (the others would refuse it), and nowhere when none can.
+    worker on the queue can run it (and ``shared``), to one capable worker's direct queue when
+    only some can (the others would refuse it), and nowhere when none can. After a refusal
+    ``shared`` is False: the refusing worker (one that never said hello, say) may consume the
+    shared queue too, and must not get the job back.
     """
     job.waiting_for = ""
     if not job.needs:
@@ -197,12 +199,12 @@ def _route(job: Job) -> str | None:
     if not capable:
         job.waiting_for = waiting_reason(job.needs)
         return None
-    if len(capable) == len(connected):
+    if shared and len(capable) == len(connected):
         return job.queue
     return direct_queue(random.choice(capable).name)
 
 
-def _enqueue(job: Job, *, first: bool) -> str | None:
+def _enqueue(job: Job, *, first: bool, shared: bool = True) -> str | None:
     """Route the job, record the send and send it once the transaction commits; the queue it goes to, or None.
 
     ``first``: the job (re-)entered the queue (its place in it starts now); otherwise the
@@ -210,7 +212,7 @@ def _enqueue(job: Job, *, first: bool) -> str | None:
     worker that cannot run it refused it.
     """
     now = timezone.now()
-    queue = _route(job)
+    queue = _route(job, shared=shared)
     job.dispatched_at = now
     job.dispatches = 1 if first else job.dispatches + 1
     fields = ["dispatched_at", "dispatches", "waiting_for"]
@@ -273,7 +275,7 @@ def _refuse_needs(job_id, *, worker: str, capabilities: dict) -> None:
         missing = unmet(job.needs, capabilities) if job is not None else []
         if missing:
             was = job.waiting_for
-            _enqueue(job, first=False)
+            _enqueue(job, first=False, shared=False)
             if job.waiting_for and job.waiting_for != was:
                 _event(job, JobEvent.Type.STATUS, _queued(job, reason=f"worker {worker} refused it: it has no {' and no '.join(missing)}"))
     if missing:

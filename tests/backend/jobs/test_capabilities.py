@@ -95,10 +95,15 @@ def test_with_capable_and_incapable_workers_a_job_goes_to_a_capable_ones_queue(
     assert sorted(broker("gpu")) == sorted([repr([lora["id"]]), repr([again["id"]])])
 
 
-def test_a_claim_without_capabilities_runs_jobs_without_needs_only(alice, api, acme_base, acme_data, worker, run_commits):
+def test_a_claim_without_capabilities_runs_jobs_without_needs_only(
+        alice, api, acme_base, acme_data, worker, broker, run_commits):
+    run_commits(_hello, api, worker, "cuda-node", CUDA)
     qlora = run_commits(submit, api(alice.token), QLORA).json()
-    refused = api(worker).post(f"/api/v1/jobs/{qlora['id']}/claim", {"worker": "old"}, format="json")
+    assert broker("gpu") == [repr([qlora["id"]])]  # every worker that said hello can run it
+    refused = run_commits(lambda: api(worker).post(f"/api/v1/jobs/{qlora['id']}/claim", {"worker": "old"}, format="json"))
     assert refused.status_code == 409 and refused.json()["error"]["detail"]["missing"] == ["CUDA", "bitsandbytes"]
+    # the worker that never said hello also consumes the shared queue: the job goes to the capable one's own queue
+    assert broker("gpu") == [repr([qlora["id"]])] and broker(direct_queue("cuda-node")) == [repr([qlora["id"]])]
     lora = run_commits(submit, api(alice.token), train_spec(output="acme/bot2")).json()
     assert api(worker).post(f"/api/v1/jobs/{lora['id']}/claim", {"worker": "old"}, format="json").status_code == 200
 
