@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -65,3 +68,10 @@ def test_direct_queue_names_suit_every_broker_and_stay_distinct():
     names = [direct_queue(n) for n in ("gpu@node-1", "gpu-node-1", "vm:4242", "a" * 300)]
     assert all(re.fullmatch(r"worker\.[A-Za-z0-9._-]+", n) and len(n) < 150 for n in names)
     assert len(set(names)) == len(names) and direct_queue("gpu@node-1") == direct_queue("gpu@node-1")
+
+
+def test_a_worker_with_a_bad_override_does_not_start(tmp_path):
+    env = {**os.environ, "PEFTHUB_TOKEN": "phub_unused", "PEFTHUB_WORKER_CAPABILITIES": '{"gpus": 2}'}
+    done = subprocess.run([sys.executable, "-m", "pefthub_worker.cli", "-Q", "gpu"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2 and "PEFTHUB_WORKER_CAPABILITIES.gpus is unknown" in done.stderr

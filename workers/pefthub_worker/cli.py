@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["PEFTHUB_TORCH_THREADS"] = str(threads)
     if not os.environ.get("PEFTHUB_TOKEN"):
         parser.error("PEFTHUB_TOKEN must hold a worker-scope token (pefthub-server adduser worker --scope worker)")
+    from pefthub.protocol.capabilities import capabilities_from_env
+    from pefthub.protocol.errors import SpecError
+
+    try:
+        capabilities_from_env(os.environ)  # a bad override stops the worker here, not at its first job
+    except SpecError as exc:
+        parser.error(exc.message)
     if parent := os.environ.get("PEFTHUB_EXIT_WITH_PARENT"):  # set by `pefthub-server up`
         exit_with_parent(int(parent))
     quiet_logs()
