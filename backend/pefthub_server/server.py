@@ -38,6 +38,7 @@ from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import RequestEntityTooLarge
 
 from pefthub_server.core.errors import error_body
+from pefthub_server.core.middleware import access_logged, route_of_path
 from pefthub_server.registry.storage import get_blob_store
 
 _BLOB = re.compile(r"^/api/v1/blobs/(?P<sha256>[0-9a-f]{64})$")
@@ -197,7 +198,7 @@ class BoundedBody:
                                     environ.get("QUERY_STRING", ""))
         length = _declared_length(environ.get("CONTENT_LENGTH"))
         if length is not None and length > limit:
-            return self._refuse(start_response, BodyTooLarge(limit, setting, length))
+            return self._refuse(environ, start_response, BodyTooLarge(limit, setting, length))
         if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by the server
             size, stream = 0, environ["wsgi.input"]
@@ -205,15 +206,18 @@ class BoundedBody:
                 size += len(chunk)
                 if size > limit:
                     spool.close()
-                    return self._refuse(start_response, BodyTooLarge(limit, setting, None))
+                    return self._refuse(environ, start_response, BodyTooLarge(limit, setting, None))
                 spool.write(chunk)
             spool.seek(0)
             environ["wsgi.input"], environ["CONTENT_LENGTH"] = spool, str(size)
         return self.app(environ, start_response)
 
     @staticmethod
-    def _refuse(start_response, error: BodyTooLarge):
+    def _refuse(environ, start_response, error: BodyTooLarge):
+        """The 413, logged and counted like every answer (no request id: the hub never saw the request)."""
         status, headers, body = error.to_response()
+        access_logged(method=environ["REQUEST_METHOD"], route=route_of_path(environ.get("PATH_INFO", "")), status=413,
+                      seconds=0.0, size=len(body), client=environ.get("REMOTE_ADDR", ""))
         start_response(status, [*headers, ("Content-Length", str(len(body)))])
         return [body]
 

@@ -65,15 +65,29 @@ def route_of(request) -> str:
     Never the path itself: a label made from paths would name private repositories and grow without bound.
     A regex pattern's named groups are written ``<name>``, as a path converter's are.
     """
-    match = request.resolver_match
-    if match is None:
-        if request.path_info.startswith("/" + settings.STATIC_URL.lstrip("/")):
-            return "static"
-        try:
-            match = resolve(request.path_info)
-        except Resolver404:
-            return "unmatched"
+    return route_label(request.resolver_match) if request.resolver_match else route_of_path(request.path_info)
+
+
+def route_of_path(path_info: str) -> str:
+    """:func:`route_of` for a path no view has answered (a 404, a static file, a body refused before Django)."""
+    if path_info.startswith("/" + settings.STATIC_URL.lstrip("/")):
+        return "static"
+    try:
+        return route_label(resolve(path_info))
+    except Resolver404:
+        return "unmatched"
+
+
+def route_label(match) -> str:
     return _NAMED_GROUP.sub(r"<\1>", match.route).replace("^", "").replace("$", "") or "unmatched"
+
+
+def access_logged(*, method: str, route: str, status: int, seconds: float, size: int | None, client: str) -> None:
+    """The access line and the request metrics of one answer."""
+    request_observed(method=method, route=route, status=status, seconds=seconds)
+    access_log.info("%s %s %s", method, route, status,
+                    extra={"method": method, "route": route, "status": status, "client": client,
+                           "duration_ms": round(seconds * 1000, 2), "bytes": size})
 
 
 class AccessMiddleware:
@@ -92,15 +106,10 @@ class AccessMiddleware:
         started = time.perf_counter()
         response = self.get_response(request)
         seconds = time.perf_counter() - started
-        route = route_of(request)
-        request_observed(method=request.method, route=route, status=response.status_code, seconds=seconds)
         if request.method == "HEAD":
             size = 0  # HeadWithoutBodyMiddleware, outside this one, drops the body
         else:
             size = len(response.content) if not response.streaming else response.get("Content-Length")
-        access_log.info("%s %s %s", request.method, route, response.status_code,
-                        extra={"method": request.method, "route": route, "status": response.status_code,
-                               "client": request.META.get("REMOTE_ADDR", ""),
-                               "duration_ms": round(seconds * 1000, 2),
-                               "bytes": int(size) if size not in (None, "") else None})
+        access_logged(method=request.method, route=route_of(request), status=response.status_code, seconds=seconds,
+                      size=int(size) if size not in (None, "") else None, client=request.META.get("REMOTE_ADDR", ""))
         return response
