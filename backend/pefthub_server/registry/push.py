@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
 
 from pefthub.protocol.manifest import (
     ADAPTER_CONFIG,
@@ -100,6 +99,8 @@ class PushTarget:
     namespace: Namespace
     name: str
     repo: Repository | None
+    #: the pusher's role in ``namespace`` where it was looked up already (a repository to create), else None
+    role: str | None = None
 
     @property
     def full_name(self) -> str:
@@ -116,9 +117,10 @@ def push_target(*, user, namespace: str, name: str, create: bool) -> PushTarget:
         repo = repository_get(user=user, namespace=namespace, name=name)
     except NotFound:
         ns = Namespace.objects.filter(name=namespace).first()
-        if not create or ns is None or namespace_role(user, ns) is None:
+        role = namespace_role(user, ns) if create and ns is not None else None
+        if role is None:
             raise
-        return PushTarget(ns, name, None)
+        return PushTarget(ns, name, None, role)
     return PushTarget(repo.namespace, repo.name, repo)
 
 
@@ -358,7 +360,7 @@ def version_create(
         if latest is not None and latest.digest == digest and job is None:
             version, created = latest, False
         else:
-            number = (Version.objects.filter(repository=locked).aggregate(m=Max("number"))["m"] or 0) + 1
+            number = latest.number + 1 if latest is not None else 1
             version = Version.objects.create(
                 repository=locked, number=number, digest=digest, message=message or "", metadata=metadata or {},
                 adapter_config=inspected.adapter_config, fingerprint=inspected.fingerprint, base_version=base_version,

@@ -35,8 +35,9 @@ def namespace_role(user, namespace: Namespace) -> str | None:
     return Membership.objects.filter(namespace=namespace, user=user).values_list("role", flat=True).first()
 
 
-def require_namespace_role(user, namespace: Namespace, need: str, *, action: str) -> str:
-    role = namespace_role(user, namespace)
+def require_namespace_role(user, namespace: Namespace, need: str, *, action: str, role: str | None = None) -> str:
+    """``user``'s role in ``namespace`` (``role``: as looked up already), if it is ``need`` or stronger; else 403."""
+    role = role or namespace_role(user, namespace)
     if role is None or ROLE_RANK[role] < ROLE_RANK[need]:
         raise PermissionDenied(
             f"You need the `{need}` role in `{namespace.name}` to {action}"
@@ -116,9 +117,13 @@ def _versions(repo: Repository) -> QuerySet[Version]:
         "created_by", "base_version__repository__namespace", "repository__namespace", "repository__base_model__namespace")
 
 
+#: a version's aliases as the API lists them
+VERSION_ALIASES = Prefetch("aliases", queryset=Alias.objects.order_by("name"))
+
+
 def version_list(*, repo: Repository) -> QuerySet[Version]:
     """A repository's versions, newest first, with what the API shows of each (aliases prefetched)."""
-    return _versions(repo).prefetch_related(Prefetch("aliases", queryset=Alias.objects.order_by("name"))).order_by("-number")
+    return _versions(repo).prefetch_related(VERSION_ALIASES).order_by("-number")
 
 
 def version_by_digest_prefix(*, repo: Repository, prefix: str) -> Version | None:

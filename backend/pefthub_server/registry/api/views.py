@@ -6,6 +6,7 @@ import re
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db.models import prefetch_related_objects
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
@@ -137,7 +138,8 @@ def _push_target(request, ns: str, name: str) -> push.PushTarget:
     create = isinstance(request.data, dict) and request.data.get("kind") is not None
     target = push.push_target(user=request.user, namespace=ns, name=name, create=create)
     require_scope(request, "write", "push")
-    selectors.require_namespace_role(request.user, target.namespace, "write", action=f"push to `{target.full_name}`")
+    selectors.require_namespace_role(request.user, target.namespace, "write", action=f"push to `{target.full_name}`",
+                                     role=target.role)
     return target
 
 
@@ -147,7 +149,7 @@ def _push_target(request, ns: str, name: str) -> push.PushTarget:
 def version_detail_data(request, version: Version, *, created: bool | None = None) -> dict:
     store = get_blob_store()
     root = base_url(request)
-    version = selectors.version_list(repo=version.repository).get(pk=version.pk)
+    prefetch_related_objects([version], selectors.VERSION_ALIASES)
     data = s.VersionSerializer(version).data
     if created is not None:
         data["created"] = created
