@@ -17,6 +17,7 @@ needs ``Authorization: Bearer <that token>``); what it holds is in :mod:`pefthub
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import tempfile
@@ -41,14 +42,13 @@ log = logging.getLogger(__name__)
 
 
 def _only_get(view):
+    @functools.wraps(view)
     def answer(request):
         if request.method not in ("GET", "HEAD"):
             return JsonResponse(error_body("method_not_allowed", f"{request.path} answers GET and HEAD only."),
                                 status=405, headers={"Allow": "GET, HEAD"})
         return view(request)
 
-    answer.__name__ = answer.__qualname__ = view.__name__
-    answer.__doc__ = view.__doc__
     return answer
 
 

@@ -200,9 +200,10 @@ class BoundedBody:
         if length is not None and length > limit:
             return self._refuse(environ, start_response, BodyTooLarge(limit, setting, length))
         if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by the server
+            # closed with the request's environ (a temporary file is deleted when closed)
+            spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
             size, stream = 0, environ["wsgi.input"]
-            while chunk := stream.read(min(65536, limit + 1 - size) or 1):
+            while chunk := stream.read(min(65536, limit + 1 - size)):  # one byte past the limit is enough to refuse
                 size += len(chunk)
                 if size > limit:
                     spool.close()
