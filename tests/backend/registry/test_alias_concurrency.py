@@ -22,11 +22,15 @@ MOVERS = 30
 
 
 @pytest.fixture
-def hub_url(transactional_db):
+def hub_url(transactional_db, monkeypatch):
     """waitress serving the hub in this process (so it uses the test database), a thread per mover."""
     from django.core.wsgi import get_wsgi_application
+    from django.db import connections
     from waitress.server import create_server
 
+    # Each thread closes its connection after each request: waitress's threads outlive the server, and 30 kept
+    # connections each would keep the test database from being dropped (and crowd the shared PostgreSQL).
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
     server = create_server(get_wsgi_application(), host="127.0.0.1", port=0, threads=MOVERS)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
