@@ -10,8 +10,8 @@ so a client's requests cost no token query. What that delays: a token revoked (o
 deactivated) in another process stops working within that many seconds; every revocation
 made here (:func:`token_revoke`, :func:`tokens_revoke_named`, :func:`tokens_revoke`) and every
 user saved here (staff rights taken away, deactivated) empties this process's cache at once,
-and expiry is checked on every request. Job tokens are never
-kept: they die with their job's lease, checked on every request.
+and expiry is checked on every request. Job tokens are never kept: they die with their job's
+lease, checked on every request.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import QuerySet
 from django.db.models.signals import post_save
 from django.utils import timezone
@@ -166,6 +167,7 @@ def tokens_revoke(tokens: QuerySet[ApiToken]) -> int:
     """Revoke the live tokens among ``tokens``, at once in this process; how many were."""
     revoked = tokens.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
     _known.forget()
+    transaction.on_commit(_known.forget)  # inside a transaction, a lookup meanwhile still saw the token live
     return revoked
 
 
