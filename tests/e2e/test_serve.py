@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import select
 import signal
 import subprocess
@@ -21,7 +22,15 @@ import pytest
 import requests
 
 from tests.e2e.conftest import BIN, _database_of_its_own
-from tests.e2e.serve import ServeServer, migrate, request_ids_logged, running_serve, serve_env, wait_for_workers
+from tests.e2e.serve import (
+    ServeServer,
+    migrate,
+    request_ids_logged,
+    running_serve,
+    serve_env,
+    serving,
+    wait_for_workers,
+)
 from tests.e2e.test_server_protocol import HEAD_PATHS, _answer, _headers, _post_headers, _read_until_closed
 from tests.fixtures.services import children
 
@@ -269,3 +278,15 @@ def test_serve_starts_no_worker_and_removes_its_metrics_folder_when_stopped(tmp_
         assert list(folder.glob("*.db"))  # the worker's counts live there
         assert requests.get(f"{hub.url}/readyz").json()["checks"]["broker"]["kind"] == "embedded"
     assert hub.proc.returncode == 0 and not folder.exists()
+
+
+def test_a_killed_servers_metrics_folder_is_removed_by_the_next_serve(tmp_path):
+    with running_serve(tmp_path / "hub", "--workers", "1") as hub:
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{hub.proc.pid}/environ").read_text().split("\0") if "=" in item)
+        folder = Path(environ["PROMETHEUS_MULTIPROC_DIR"])
+        os.killpg(hub.proc.pid, signal.SIGKILL)  # no on_exit: the folder stays behind
+        hub.proc.wait()
+        assert folder.exists()
+        with serving(hub.env, "--workers", "1", log=tmp_path / "again.log"):
+            assert not folder.exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -55,7 +56,12 @@ def metrics_folder() -> Path:
         for stale in folder.glob("*.db"):  # a previous server's counts would be added to this one's
             stale.unlink()
         return folder
-    folder = Path(tempfile.mkdtemp(prefix="pefthub-metrics-"))
+    for stale in Path(tempfile.gettempdir()).glob("pefthub-metrics-*-*"):  # of servers killed (SIGKILL) before on_exit
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc/self").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    # this process's pid names it: exec keeps the pid, so it is gunicorn's master's
+    folder = Path(tempfile.mkdtemp(prefix=f"pefthub-metrics-{os.getpid()}-"))
     os.environ["PEFTHUB_METRICS_DIR_OWNED"] = "1"  # gunicorn_conf.on_exit removes it
     return folder
 
