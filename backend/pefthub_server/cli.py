@@ -150,7 +150,8 @@ def find_data_dir(command: str, environ: dict[str, str] | os._Environ = os.envir
     if explicit:
         data_dir = Path(explicit).expanduser().resolve()
         if not database_url and not (data_dir / "db.sqlite3").exists():
-            raise NoHubData(f"no hub database in PEFTHUB_DATA_DIR={data_dir}; `pefthub-server up` makes one there"
+            maker = "migrate" if command == "serve" else "up"  # serve never migrates: it is told to
+            raise NoHubData(f"no hub database in PEFTHUB_DATA_DIR={data_dir}; `pefthub-server {maker}` makes one there"
                             + (f", or point PEFTHUB_DATA_DIR at a running hub's:{running(live)}" if live else ""))
         return same_database(data_dir), ""
     here = Path(DEFAULT_DATA_DIR).resolve()
