@@ -6,8 +6,12 @@ cannot both exist); a clash is a 409 naming the holder.
 
 from __future__ import annotations
 
+from functools import cache
+
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.urls import URLResolver, get_resolver
 
 from pefthub.protocol.refs import check_namespace
 from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
@@ -29,6 +33,32 @@ def _name_taken(name: str) -> Conflict:
                     "may not differ only in case: pick another name.")
 
 
+@cache
+def reserved_names() -> frozenset[str]:
+    """The hub's own first path segments (`api`, `jobs`, `healthz`, `static`...), read from the URL conf.
+
+    A user or team with one of these names would have a page at `/<name>` that the hub's own route answers.
+    """
+    names, patterns = {settings.STATIC_URL.strip("/").split("/")[0]}, list(get_resolver().url_patterns)
+    while patterns:
+        pattern = patterns.pop()
+        route = str(pattern.pattern).lstrip("^")
+        if not route and isinstance(pattern, URLResolver):
+            patterns.extend(pattern.url_patterns)  # an include at the root: its routes are top-level too
+            continue
+        first = route.split("/")[0]
+        if first and first.replace("-", "").replace("_", "").isalnum():  # a literal segment, not <namespace>
+            names.add(first.lower())
+    return frozenset(names)
+
+
+def _check_new_namespace(name: str, *, field: str) -> None:
+    check_namespace(name, field=field)
+    if name.lower() in reserved_names():
+        raise ValidationFailed(f"The {field} `{name}` is one of the hub's own addresses (/{name.lower()}); pick another "
+                               "name.", detail={"field": field, "reserved": sorted(reserved_names())})
+
+
 def user_namespace_ensure(*, user) -> Namespace:
     ns = Namespace.objects.filter(user=user).first()
     if ns is not None:
@@ -44,7 +74,7 @@ def user_namespace_ensure(*, user) -> Namespace:
 
 
 def team_create(*, user, name: str) -> Namespace:
-    check_namespace(name, field="team name")
+    _check_new_namespace(name, field="team name")
     try:
         with transaction.atomic():
             team = Namespace.objects.create(name=name, kind=Namespace.Kind.TEAM)
@@ -115,7 +145,10 @@ def member_remove(*, user, team: str, username: str) -> None:
 
 def user_ensure(*, username: str, team: str | None = None, role: str = Role.WRITE, staff: bool = False):
     """Create the user (and team, and membership) if missing; used by `pefthub-server adduser`."""
-    check_namespace(username, field="user name")
+    if Namespace.objects.filter(name__iexact=username).exists():
+        check_namespace(username, field="user name")  # an existing user keeps a name reserved since
+    else:
+        _check_new_namespace(username, field="user name")
     _check_role(role)
     with transaction.atomic():
         user, created = User.objects.get_or_create(username=username)
@@ -130,6 +163,7 @@ def user_ensure(*, username: str, team: str | None = None, role: str = Role.WRIT
         if team:
             ns = Namespace.objects.filter(name__iexact=team).first()
             if ns is None:
+                _check_new_namespace(team, field="team name")
                 ns = Namespace.objects.create(name=team, kind=Namespace.Kind.TEAM)
             elif ns.name != team:
                 raise _name_taken(team)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_teams_and_members(alice, bob, carol, api):
     client = api(alice.token)
@@ -26,3 +28,18 @@ def test_root_and_whoami(alice, api):
     assert me["username"] == "alice" and me["teams"] == [{"name": "acme", "role": "admin"}]
     assert me["token"]["scope"] == "write"
     assert api().get("/api/v1/whoami").status_code == 401
+
+
+def test_names_of_the_hubs_own_addresses_are_refused_for_new_users_and_teams(carol, api):
+    from pefthub_server.core.errors import ValidationFailed
+    from pefthub_server.registry.teams import reserved_names, user_ensure
+
+    # read from the URL conf: the API, the HF API, the admin, static files, web pages and the operations probes
+    assert {"api", "hf", "admin", "static", "jobs", "account", "healthz", "readyz", "metrics"} <= reserved_names()
+    for name in ("metrics", "Jobs", "healthz"):
+        refused = api(carol.token).post("/api/v1/teams", {"name": name}, format="json")
+        assert refused.status_code == 400, name
+        assert f"/{name.lower()}" in refused.json()["error"]["message"]
+    with pytest.raises(ValidationFailed, match="hub's own addresses"):
+        user_ensure(username="readyz")
+    assert api(carol.token).post("/api/v1/teams", {"name": "metrics-team"}, format="json").status_code == 201
