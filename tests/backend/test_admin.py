@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def staff(client, catalogue, alice):
     """alice, staff superuser and admin of acme, signed in to the admin; a train job into acme with two events."""
-    from pefthub_server.jobs.models import Job, JobEvent
+    from django.utils import timezone
+
+    from pefthub_server.jobs.models import Job, JobEvent, Worker
     from pefthub_server.registry.models import Namespace
 
     alice.user.is_staff = alice.user.is_superuser = True
@@ -28,13 +30,15 @@ def staff(client, catalogue, alice):
                              spec={"type": "train", "hyperparameters": {"lr": 0.001}}, inputs={}, last_seq=2)
     JobEvent.objects.bulk_create([JobEvent(job=job, seq=1, type="status", time=job.created_at, data={"status": "queued"}),
                                   JobEvent(job=job, seq=2, type="metric", time=job.created_at, data={"step": 1, "loss": 2.5})])
+    Worker.objects.create(name="gpu@node-1", last_seen=timezone.now(),
+                          capabilities={"queues": ["gpu"], "cuda": True, "gpu_count": 1, "bitsandbytes": True})
     return alice
 
 
 ADMIN_APPS = ("core", "registry", "jobs")
 #: records of what happened: viewed in the admin, never added, edited or deleted there
 IMMUTABLE = {("registry", "version"), ("registry", "blob"), ("registry", "aliasmove"), ("registry", "alias"),
-             ("jobs", "job"), ("jobs", "jobevent"), ("core", "apitoken")}
+             ("jobs", "job"), ("jobs", "jobevent"), ("jobs", "worker"), ("core", "apitoken")}
 
 
 def registered_models():
