@@ -17,6 +17,7 @@ import argparse
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/registry.py` puts bench/, not the
 from bench import _registry_mlflow as mlf  # noqa: E402
 from bench._registry_http import Load, closed_loop, median_ms, open_loop, probe, quantile  # noqa: E402
 from bench.dispatch import adduser, answers, free_port, start, stop  # noqa: E402
-from bench.transfer import AWS_ENV, run_cleanly  # noqa: E402
+from bench.transfer import AWS_ENV, Traffic, push_breakdown, run_cleanly  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
@@ -188,21 +189,27 @@ def settle(url: str, headers: dict[str, str], *, within: float = 0.5, limit: flo
         time.sleep(1)
 
 
-def registration(args: argparse.Namespace, tmp: Path, ctx: dict, adapter_dir: Path, bases: list[str]) -> dict[str, float]:
+def registration(args: argparse.Namespace, tmp: Path, ctx: dict, adapter_dir: Path, bases: list[str]) -> dict:
     """Adapters registered per second from one client: `Hub.push` of a folder whose bytes the hub holds, into new
     repositories; MLflow's create_registered_model + create_model_version pointing at the stored artifact."""
     import requests
 
     from pefthub import Hub
 
-    rates = {}
+    rates, parts = {}, []
     with Hub(ctx["hub_url"], ctx["token"], cache_dir=tmp / "cache", progress=False) as hub:
         hub.push(adapter_dir, "acme/reg-warm", base_model=bases[0])  # connection and server caches warm
         t0 = time.perf_counter()
         for i in range(args.pushes):
-            version = hub.push(adapter_dir, f"acme/reg-{i:05d}", base_model=bases[i % len(bases)])
+            with Traffic(ctx["hub_url"]) as traffic:
+                t1 = time.perf_counter()
+                version = hub.push(adapter_dir, f"acme/reg-{i:05d}", base_model=bases[i % len(bases)])
+                took = time.perf_counter() - t1
             assert version.created and version.number == 1
+            parts.append((len(traffic.log), push_breakdown(traffic.log, took, traffic.api_prefix)))
         rates["hub"] = args.pushes / (time.perf_counter() - t0)
+    rates["hub requests"] = statistics.median(n for n, _ in parts)
+    rates["hub parts"] = {k: statistics.median(p[k] for _, p in parts) for k in parts[0][1]}
     registry = mlf.Registry(ctx["mlflow_url"])
     with requests.Session() as session:
         registry.register(session, "reg-warm", "s3://bench/mlflow/adapter", bases[0])
@@ -316,7 +323,8 @@ def report(args, ctx, seed_took, reg, loads, probes, memory) -> bool:
         f"then bulk copies of those rows) and {seed_took['mlflow']:.0f} s for MLflow (3 REST calls per adapter, "
         f"{args.seed_threads} threads).",
         f"Registration: {args.pushes} each, one after another; MLflow's figure is metadata only (2 REST calls), the "
-        "hub's is a whole Hub.push (hashing, negotiate, commit with validation).",
+        f"hub's is a whole Hub.push ({reg['hub requests']:.0f} requests; median ms: "
+        + ", ".join(f"{k} {v * 1000:.1f}" for k, v in reg["hub parts"].items()) + ").",
         f"Load generator CPU (share of one core): {cpu}.",
         "Errors in the closed loops: " + "; ".join(f"{s} {k}: {_errors(loads[s, k])}" for s, k in loads if k != "open") + ".",
         "Open loop: latencies count from each request's scheduled start (queueing included), at most 64 requests "
