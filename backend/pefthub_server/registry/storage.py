@@ -33,6 +33,7 @@ from botocore.exceptions import ClientError, FlexibleChecksumError
 
 from pefthub.protocol.refs import is_sha256
 from pefthub_server.core.errors import HubError, NotFound, ValidationFailed
+from pefthub_server.registry.presign import GetPresigner
 
 CHUNK = 1024 * 1024
 SPOOL_MAX = 8 * 1024 * 1024
@@ -321,6 +322,8 @@ class S3BlobStore(BlobStore):
         self.presigner = (
             session.client("s3", **{**kwargs, "endpoint_url": public_endpoint_url}) if public_endpoint_url else self.client
         )
+        # Download URLs are signed without botocore's per-call machinery, once proven to be botocore's own.
+        self.get_presigner = GetPresigner(self.presigner, bucket)
 
     def key(self, sha256: str) -> str:
         return self.prefix + blob_key(sha256)
@@ -471,10 +474,8 @@ class S3BlobStore(BlobStore):
         return {"method": "PUT", "url": url, "headers": {}}
 
     def download_url(self, sha256: str, *, base_url: str, filename: str | None = None, expires: int = 3600) -> str:
-        params = {"Bucket": self.bucket, "Key": self.key(sha256)}
-        if filename:
-            params["ResponseContentDisposition"] = _content_disposition(filename)
-        return self.presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        return self.get_presigner.url(self.key(sha256), disposition=_content_disposition(filename) if filename else None,
+                                      expires=expires)
 
 
 def _is_404(exc: ClientError) -> bool:
