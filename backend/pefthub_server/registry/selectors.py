@@ -113,8 +113,10 @@ def repository_get(*, user, namespace: str, name: str, kinds=None) -> Repository
 
 
 def _versions(repo: Repository) -> QuerySet[Version]:
-    return Version.objects.filter(repository=repo).select_related(
-        "created_by", "base_version__repository__namespace", "repository__namespace", "repository__base_model__namespace")
+    """``repo``'s versions through its related manager: each comes back with ``repo`` itself as its repository
+    (Django sets the known object), so the repository, its namespace and its base are not joined again. Give every
+    query an explicit ``order_by``: the model's default ordering (by repository) would join them back in."""
+    return repo.versions.select_related("created_by", "base_version__repository__namespace")
 
 
 #: a version's aliases as the API lists them
@@ -145,11 +147,12 @@ def version_resolve(*, repo: Repository, revision: str, hf: bool = False) -> Ver
         if revision == LATEST:
             version = qs.order_by("-number").first()
         elif is_number(revision):
-            version = qs.filter(number=int(revision)).first()
+            version = qs.filter(number=int(revision)).order_by("-number").first()
         elif is_digest(revision):
             version = qs.filter(digest=revision.removeprefix("sha256:")).order_by("-number").first()
         else:
-            version = qs.filter(pk__in=Alias.objects.filter(repository=repo, name=revision).values("version_id")).first()
+            # one join on the alias, unique per (repository, name): at most one row
+            version = qs.filter(aliases__repository=repo, aliases__name=revision).order_by("-number").first()
     if version is None:
         raise NotFound(_missing_revision(repo, revision))
     return version
