@@ -47,19 +47,27 @@ class RepoSerializer(serializers.ModelSerializer):
             "latest_version", "created_at", "updated_at",
         ]
 
-    #: the columns :meth:`to_representation` reads: a list selects only these (``QuerySet.only``)
-    columns = ("name", "kind", "visibility", "description", "peft_type", "latest_number", "created_at", "updated_at",
-               "namespace__name", "base_model__name", "base_model__namespace__name")
+    #: what :meth:`render_row` renders: a list reads these columns as tuples (``values_list``), no model instances
+    row_columns = ("namespace__name", "name", "kind", "visibility", "description", "base_model__namespace__name",
+                   "base_model__name", "peft_type", "latest_number", "created_at", "updated_at")
 
     def to_representation(self, repo) -> dict:
-        namespace = repo.namespace.name
         base = repo.base_model
+        return self.render_row((
+            repo.namespace.name, repo.name, repo.kind, repo.visibility, repo.description,
+            base.namespace.name if base is not None else None, base.name if base is not None else None,
+            repo.peft_type, repo.latest_number, repo.created_at, repo.updated_at))
+
+    @staticmethod
+    def render_row(row: tuple) -> dict:
+        """One repository as the API shows it, from its :attr:`row_columns`."""
+        namespace, name, kind, visibility, description, base_namespace, base_name, peft_type, latest, created, updated = row
         return {
-            "id": f"{namespace}/{repo.name}", "namespace": namespace, "name": repo.name, "kind": repo.kind,
-            "visibility": repo.visibility, "description": repo.description,
-            "base_model": f"{base.namespace.name}/{base.name}" if base is not None else None,
-            "peft_type": repo.peft_type or None, "latest_version": repo.latest_number,
-            "created_at": iso_utc(repo.created_at), "updated_at": iso_utc(repo.updated_at),
+            "id": f"{namespace}/{name}", "namespace": namespace, "name": name, "kind": kind, "visibility": visibility,
+            "description": description,
+            "base_model": f"{base_namespace}/{base_name}" if base_name is not None else None,
+            "peft_type": peft_type or None, "latest_version": latest,
+            "created_at": iso_utc(created), "updated_at": iso_utc(updated),
         }
 
 

@@ -20,7 +20,7 @@ from pefthub_server.core.auth import require_scope
 from pefthub_server.core.errors import AuthenticationFailed, NotFound, PermissionDenied, TooLarge, ValidationFailed
 from pefthub_server.core.http import base_url, bytes_response, choice_param, validated
 from pefthub_server.core.models import ApiToken
-from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
+from pefthub_server.core.pagination import PAGE_PARAMETERS, GroupedRows, Pagination, paginated
 from pefthub_server.core.schema import ANONYMOUS_OK, errors
 from pefthub_server.registry import aliases, blobs, push, repositories, selectors
 from pefthub_server.registry.api import job_token_rules
@@ -83,8 +83,10 @@ class RepoListView(APIView):
             peft_type=q.get("peft_type"), search=q.get("search"),
         )
         paginator = Pagination()
-        page = paginator.paginate_queryset(qs.only(*s.RepoSerializer.columns), request, view=self)
-        return paginator.get_paginated_response(s.RepoSerializer(page, many=True).data)
+        # rows paged by owner, so a page is read through the (namespace, name) index instead of sorting them all
+        rows = GroupedRows(qs, columns=s.RepoSerializer.row_columns)
+        page = paginator.paginate_queryset(rows, request, view=self)
+        return paginator.get_paginated_response([s.RepoSerializer.render_row(row) for row in page])
 
     @extend_schema(summary="Create a repository", request=s.RepoCreateSerializer,
                    responses={201: s.RepoSerializer, **errors(404, 409)})
