@@ -79,7 +79,7 @@ def _broker() -> str:
         return "embedded"
     scheme = url.split("://", 1)[0]
     if scheme not in ("redis", "rediss", "unix"):
-        raise NotImplementedError(f"no readiness check for a {scheme} broker")
+        raise NotImplementedError(f"no readiness check for the broker scheme `{scheme}`")
     import redis
 
     timeout = settings.PEFTHUB_READY_TIMEOUT

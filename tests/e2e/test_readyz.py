@@ -97,7 +97,7 @@ def _metrics(server: ServeServer) -> str:
 
 
 def test_metrics_move_by_the_requests_and_bytes_made_over_both_workers(server, open_hub, tmp_path):
-    token = server.adduser("mona", "--team", "metrics", "--role", "admin")
+    token = server.adduser("mona", "--team", "metrics-team", "--role", "admin")
     hub = open_hub(url=server.url, token=token, cache_dir=tmp_path / "cache")
     before = _metrics(server)
     for _ in range(20):  # a new connection each: gunicorn's two workers take them as they come
@@ -115,13 +115,13 @@ def test_metrics_move_by_the_requests_and_bytes_made_over_both_workers(server, o
     folder.mkdir()
     (folder / "train.jsonl").write_text("".join(f'{{"text": "row {i}"}}\n' for i in range(500)))
     size = (folder / "train.jsonl").stat().st_size
-    hub.push(folder, "metrics/private-set", kind="dataset")
+    hub.push(folder, "metrics-team/private-set", kind="dataset")
     pushed = _metrics(server)
     assert _sample(pushed, "pefthub_push_bytes_total") - _sample(after, "pefthub_push_bytes_total") == size
-    hub.push(folder, "metrics/private-set", kind="dataset")  # the same bytes again: nothing uploaded
+    hub.push(folder, "metrics-team/private-set", kind="dataset")  # the same bytes again: nothing uploaded
     again = _metrics(server)
     assert _sample(again, "pefthub_push_bytes_total") == _sample(pushed, "pefthub_push_bytes_total")
-    hub.pull("metrics/private-set")
+    hub.pull("metrics-team/private-set")
     pulled = _metrics(server)
     assert _sample(pulled, "pefthub_pull_bytes_total") - _sample(again, "pefthub_pull_bytes_total") == size
     assert "private-set" not in pulled and "nope" not in pulled

@@ -235,6 +235,8 @@ def test_sighup_replaces_the_workers_and_drops_no_request(server):
 def test_serve_refuses_an_unmigrated_database_naming_migrate(tmp_path):
     with _database_of_its_own() as database_url:
         env = serve_env(tmp_path, database_url)
+        if database_url is None:
+            (tmp_path / "db.sqlite3").touch()  # a database, but without the hub's tables
         done = subprocess.run([str(BIN / "pefthub-server"), "serve", "--port", "1"], env=env, capture_output=True,
                               text=True, timeout=120)
     assert done.returncode != 0
