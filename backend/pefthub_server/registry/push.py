@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 
 from pefthub.protocol.manifest import (
     ADAPTER_CONFIG,
@@ -39,8 +40,9 @@ from pefthub.protocol.manifest import (
     manifest_digest,
     parse_manifest,
 )
+from pefthub.protocol.refs import check_name, check_namespace
 from pefthub.protocol.words import with_article
-from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
+from pefthub_server.core.errors import Conflict, HubError, ValidationFailed
 from pefthub_server.registry import acceptance, compatibility
 from pefthub_server.registry.aliases import alias_move, check_settable
 from pefthub_server.registry.blobs import (
@@ -50,9 +52,18 @@ from pefthub_server.registry.blobs import (
     blobs_possessed,
     upload_accept,
 )
-from pefthub_server.registry.models import Alias, Blob, Namespace, Repository, Version, VersionFile
-from pefthub_server.registry.repositories import base_resolve, repository_insert, repository_new
-from pefthub_server.registry.selectors import namespace_role, repository_get
+from pefthub_server.registry.models import (
+    Alias,
+    Blob,
+    Membership,
+    Namespace,
+    Repository,
+    Role,
+    Version,
+    VersionFile,
+)
+from pefthub_server.registry.repositories import base_resolve, names_like, repository_insert, repository_new
+from pefthub_server.registry.selectors import repository_get
 from pefthub_server.registry.storage import BlobStore, get_blob_store, missing_blob
 
 #: the prefix read of every file: its magic bytes and (mostly) its whole safetensors header
@@ -99,12 +110,23 @@ class PushTarget:
     namespace: Namespace
     name: str
     repo: Repository | None
-    #: the pusher's role in ``namespace`` where it was looked up already (a repository to create), else None
+    #: the pusher's role in ``namespace`` where it was looked up already, else None
     role: str | None = None
+    #: (``repo`` None) no repository of ``namespace`` had this name in any case when the target was found
+    name_free: bool = False
 
     @property
     def full_name(self) -> str:
         return f"{self.namespace.name}/{self.name}"
+
+
+def _namespace_with_role(user, namespace: str) -> tuple[Namespace | None, str | None]:
+    """The namespace named so and ``user``'s role in it (as ``selectors.namespace_role`` says), in one query."""
+    role = Membership.objects.filter(namespace=OuterRef("pk"), user=user).values("role")[:1]
+    ns = Namespace.objects.filter(name=namespace).annotate(member_role=Subquery(role)).order_by().first()
+    if ns is None:
+        return None, None
+    return ns, (Role.ADMIN if ns.user_id == user.id else ns.member_role)
 
 
 def push_target(*, user, namespace: str, name: str, create: bool) -> PushTarget:
@@ -113,14 +135,21 @@ def push_target(*, user, namespace: str, name: str, create: bool) -> PushTarget:
     A repository ``user`` cannot read and a namespace it is no member of get the same 404, so
     existence does not leak. The caller checks the token's scope and the `write` role next.
     """
-    try:
-        repo = repository_get(user=user, namespace=namespace, name=name)
-    except NotFound:
-        ns = Namespace.objects.filter(name=namespace).first()
-        role = namespace_role(user, ns) if create and ns is not None else None
-        if role is None:
-            raise
-        return PushTarget(ns, name, None, role)
+    check_namespace(namespace)
+    check_name(name)
+    ns, role = _namespace_with_role(user, namespace) if user.is_authenticated else (None, None)
+    if role is not None:
+        # A member reads every repository of its namespace (selectors.readable_repositories): one lookup, in any
+        # case, finds the repository, or tells that the name is free.
+        found = next(iter(names_like(ns, name).select_related("base_model__namespace")[:1]), None)
+        if found is not None and found.name == name:
+            found.namespace = ns
+            return PushTarget(ns, name, found, role)
+        if create:
+            return PushTarget(ns, name, None, role, name_free=found is None)
+    # Not a member (a readable repository here is a 403 for the role, an unreadable one a 404), or no such
+    # repository to push to: what reading it says.
+    repo = repository_get(user=user, namespace=namespace, name=name)
     return PushTarget(repo.namespace, repo.name, repo)
 
 
@@ -138,7 +167,8 @@ def _repository(*, user, target: PushTarget, kind: str | None, visibility: str |
     (checked, not saved yet)."""
     if target.repo is None:
         return repository_new(user=user, namespace=target.namespace, name=target.name, kind=kind or "",
-                              visibility=visibility or Repository.Visibility.PRIVATE, description=description or "")
+                              visibility=visibility or Repository.Visibility.PRIVATE, description=description or "",
+                              name_free=target.name_free)
     repo = target.repo
     repo.kind = kind_for_files(repo, {e.path for e in entries})
     if kind not in (None, repo.kind):
@@ -345,16 +375,23 @@ def version_create(
 
     with transaction.atomic():
         if repo.pk is None:
-            repository_insert(repo)
-        locked = Repository.objects.select_for_update().get(pk=repo.pk)
-        if locked.kind != repo.kind:  # decided by the first version's files; another push's first version won
-            if locked.latest_number:
-                raise Conflict(f"`{repo.full_name}` became {with_article(locked.kind)} repository meanwhile; this push is "
-                               f"{with_article(repo.kind)}.", code="kind_mismatch")
-            locked.kind = repo.kind
-        if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
-            return earlier, False
-        latest = Version.objects.filter(repository=locked).order_by("-number").first()
+            # A new repository: inserted here with what its first version sets, so this transaction holds its
+            # only row lock and knows it has no version yet.
+            if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
+                return earlier, False
+            repo.latest_number, repo.peft_type = 1, inspected.peft_type
+            locked, latest = repository_insert(repo), None
+        else:
+            locked = Repository.objects.select_for_update().get(pk=repo.pk)
+            locked.namespace = repo.namespace  # what the answer shows; a repository never changes namespace
+            if locked.kind != repo.kind:  # decided by the first version's files; another push's first version won
+                if locked.latest_number:
+                    raise Conflict(f"`{repo.full_name}` became {with_article(locked.kind)} repository meanwhile; this "
+                                   f"push is {with_article(repo.kind)}.", code="kind_mismatch")
+                locked.kind = repo.kind
+            if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
+                return earlier, False
+            latest = Version.objects.filter(repository=locked).order_by("-number").first()
         if head is not None:
             head.check(locked, latest)
         if latest is not None and latest.digest == digest and job is None:
@@ -370,11 +407,12 @@ def version_create(
                 [VersionFile(version=version, path=e.path, blob_id=e.sha256, size=e.size) for e in entries]
             )
             created = True
-            locked.latest_number = number
-            locked.peft_type = inspected.peft_type
-            if repo.kind == Repository.Kind.ADAPTER and locked.base_model_id is None:
-                locked.base_model = repo.base_model
-            locked.save(update_fields=["kind", "latest_number", "peft_type", "base_model", "updated_at"])
+            if locked is not repo:
+                locked.latest_number = number
+                locked.peft_type = inspected.peft_type
+                if repo.kind == Repository.Kind.ADAPTER and locked.base_model_id is None:
+                    locked.base_model = repo.base_model
+                locked.save(update_fields=["kind", "latest_number", "peft_type", "base_model", "updated_at"])
         for alias in aliases:
             alias_move(user=user, repo=locked, alias=alias, version=version)
     return version, created

@@ -8,18 +8,35 @@ namespace ignoring case: `acme/Bot` cannot join `acme/bot`.
 from __future__ import annotations
 
 from django.db import IntegrityError, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Lower
 
 from pefthub.protocol.refs import check_name, parse_ref
 from pefthub.protocol.words import with_article
 from pefthub_server.core.errors import Conflict, NotFound, ValidationFailed
 from pefthub_server.registry.models import Membership, Namespace, Repository, Role, Version
-from pefthub_server.registry.selectors import repository_get, require_namespace_role, version_resolve
+from pefthub_server.registry.selectors import (
+    readable_repositories,
+    repository_get,
+    require_namespace_role,
+    version_resolve,
+)
 from pefthub_server.registry.teams import user_namespace_ensure
 
 
 def base_resolve(*, user, ref: str) -> tuple[Repository, Version | None]:
     """The model repository ``ref`` names (readable by ``user``) and its version, None while it has none."""
     parsed = parse_ref(ref, field="base_model")
+    if not parsed.explicit:
+        # A push's common case in one query: the readable model's newest version, with what a push shows of it.
+        newest = (
+            Version.objects.filter(repository__in=readable_repositories(user), repository__namespace__name=parsed.namespace,
+                                   repository__name=parsed.name, repository__kind=Repository.Kind.MODEL,
+                                   number=F("repository__latest_number"))
+            .select_related("repository__namespace").order_by()[:1]
+        )
+        for version in newest:
+            return version.repository, version
     base = repository_get(user=user, namespace=parsed.namespace, name=parsed.name)
     if base.kind != Repository.Kind.MODEL:
         raise ValidationFailed(f"base_model `{base.full_name}` is {with_article(base.kind)} repository, not a model.")
@@ -32,9 +49,16 @@ def _check_choice(field: str, value: str, choices) -> None:
         raise ValidationFailed(f"{field} {value!r} is invalid; use one of {', '.join(choices.values)}.")
 
 
+def names_like(namespace: Namespace, name: str):
+    """The repositories of ``namespace`` named ``name`` in any case (at most one): a lookup the unique index on
+    (namespace, LOWER(name)) serves, where ``name__iexact`` (UPPER) reads every repository of the namespace."""
+    return Repository.objects.alias(lower_name=Lower("name")).filter(namespace=namespace,
+                                                                     lower_name=Lower(Value(name))).order_by()
+
+
 def _name_taken(namespace: Namespace, name: str) -> Conflict | None:
     """A 409 naming the repository that holds ``name`` in ``namespace`` (in any case), or None."""
-    existing = Repository.objects.filter(namespace=namespace, name__iexact=name).values_list("name", flat=True).first()
+    existing = next(iter(names_like(namespace, name).values_list("name", flat=True)[:1]), None)
     if existing is None:
         return None
     if existing == name:
@@ -45,13 +69,17 @@ def _name_taken(namespace: Namespace, name: str) -> Conflict | None:
 
 def repository_new(
     *, user, namespace: Namespace, name: str, kind: str, visibility: str = Repository.Visibility.PRIVATE,
-    description: str = "",
+    description: str = "", name_free: bool = False,
 ) -> Repository:
-    """A repository not saved yet, each field checked, its name free in its namespace (in any case)."""
+    """A repository not saved yet, each field checked, its name free in its namespace (in any case).
+
+    ``name_free``: the caller just found no repository named so in any case (:func:`names_like`); a
+    repository made meanwhile still makes :func:`repository_insert` a 409.
+    """
     check_name(name)
     _check_choice("kind", kind, Repository.Kind)
     _check_choice("visibility", visibility, Repository.Visibility)
-    if (taken := _name_taken(namespace, name)) is not None:
+    if not name_free and (taken := _name_taken(namespace, name)) is not None:
         raise taken
     return Repository(namespace=namespace, name=name, kind=kind, visibility=visibility, description=description or "",
                       created_by=user)
