@@ -20,3 +20,7 @@ os.environ.setdefault("PEFTHUB_REAP_INTERVAL", "1")
 from pefthub_server.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# In-process requests keep a token they looked up for the whole test however slow the machine, so a counted
+# request costs the same queries every run; tests of the cache's lifetime set their own.
+PEFTHUB_TOKEN_CACHE_SECONDS = 3600
