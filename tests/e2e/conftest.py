@@ -87,6 +87,22 @@ def _database_of_its_own() -> Iterator[str | None]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def hub_env(data_dir: Path, database_url: str | None, env: dict[str, str | None] | None = None,
+            **fixed: str) -> dict[str, str]:
+    """The environment of a hub process: the user's shell's (less the test-only variables), its own data dir and
+    database, ``fixed``, then ``env`` (a value of None removes the variable)."""
+    server_env = {k: v for k, v in os.environ.items() if k not in _TEST_ONLY_ENV}
+    server_env.update({"PEFTHUB_DATA_DIR": str(data_dir), **fixed})
+    if database_url:
+        server_env["DATABASE_URL"] = database_url
+    for key, value in (env or {}).items():
+        if value is None:
+            server_env.pop(key, None)
+        else:
+            server_env[key] = value
+    return server_env
+
+
 @contextlib.contextmanager
 def running_hub(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[UpServer]:
     """``pefthub-server up --port <free> ARGS`` with its own data dir (and database on PostgreSQL), until the block ends.
@@ -95,15 +111,7 @@ def running_hub(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     with _database_of_its_own() as database_url:
-        server_env = {k: v for k, v in os.environ.items() if k not in _TEST_ONLY_ENV}
-        server_env["PEFTHUB_DATA_DIR"] = str(data_dir)
-        if database_url:
-            server_env["DATABASE_URL"] = database_url
-        for key, value in (env or {}).items():
-            if value is None:
-                server_env.pop(key, None)
-            else:
-                server_env[key] = value
+        server_env = hub_env(data_dir, database_url, env)
         port = free_port()
         log = data_dir / "server.log"
         with open(log, "wb") as out:  # the child keeps its own descriptor

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.conftest import _TEST_ONLY_ENV, BIN, _database_of_its_own
+from tests.e2e.conftest import BIN, _database_of_its_own, hub_env
 from tests.fixtures.services import children, free_port, wait_until
 
 
@@ -42,17 +42,8 @@ class ServeServer:
 
 def serve_env(data_dir: Path, database_url: str | None, env: dict[str, str | None] | None = None) -> dict[str, str]:
     """The environment of a `serve` process: the user's shell's, its own data dir and database, then ``env``."""
-    server_env = {k: v for k, v in os.environ.items() if k not in _TEST_ONLY_ENV}
-    server_env.update({"PEFTHUB_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
-                       "DJANGO_SECRET_KEY": "test-only-secret-key-not-for-production-0123456789"})
-    if database_url:
-        server_env["DATABASE_URL"] = database_url
-    for key, value in (env or {}).items():
-        if value is None:
-            server_env.pop(key, None)
-        else:
-            server_env[key] = value
-    return server_env
+    return hub_env(data_dir, database_url, env, PYTHONUNBUFFERED="1",
+                   DJANGO_SECRET_KEY="test-only-secret-key-not-for-production-0123456789")
 
 
 def migrate(server_env: dict[str, str]) -> None:

@@ -7,12 +7,11 @@ moves by exactly the requests, bytes and jobs the test makes, summed over both g
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import requests
 
 from tests.e2e.serve import ServeServer, migrate, serve_env, serving
+from tests.fixtures.metrics import sample
 from tests.fixtures.services import PostgresCluster, RedisServer, temp_folder, wait_until
 
 
@@ -83,15 +82,6 @@ def test_database_down_is_named_then_ready_after_its_restart(server, parts):
         assert requests.get(f"{server.url}/api/v1/repos").status_code == 200
 
 
-def _sample(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
-            return float(match.group(2))
-    return 0.0
-
-
 def _metrics(server: ServeServer) -> str:
     return requests.get(f"{server.url}/metrics").text
 
@@ -104,11 +94,11 @@ def test_metrics_move_by_the_requests_and_bytes_made_over_both_workers(server, o
         assert requests.get(f"{server.url}/api/v1/", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert requests.get(f"{server.url}/api/v1/repos/metrics/nope").status_code == 404
     after = _metrics(server)
-    counted = _sample(after, "pefthub_http_requests_total", method="GET", route="api/v1/", status="200") - _sample(
+    counted = sample(after, "pefthub_http_requests_total", method="GET", route="api/v1/", status="200") - sample(
         before, "pefthub_http_requests_total", method="GET", route="api/v1/", status="200")
     assert counted == 20
     route = "api/v1/repos/<ns>/<name>"
-    assert _sample(after, "pefthub_http_requests_total", method="GET", route=route, status="404") - _sample(
+    assert sample(after, "pefthub_http_requests_total", method="GET", route=route, status="404") - sample(
         before, "pefthub_http_requests_total", method="GET", route=route, status="404") == 1
 
     folder = tmp_path / "data"
@@ -117,11 +107,11 @@ def test_metrics_move_by_the_requests_and_bytes_made_over_both_workers(server, o
     size = (folder / "train.jsonl").stat().st_size
     hub.push(folder, "metrics-team/private-set", kind="dataset")
     pushed = _metrics(server)
-    assert _sample(pushed, "pefthub_push_bytes_total") - _sample(after, "pefthub_push_bytes_total") == size
+    assert sample(pushed, "pefthub_push_bytes_total") - sample(after, "pefthub_push_bytes_total") == size
     hub.push(folder, "metrics-team/private-set", kind="dataset")  # the same bytes again: nothing uploaded
     again = _metrics(server)
-    assert _sample(again, "pefthub_push_bytes_total") == _sample(pushed, "pefthub_push_bytes_total")
+    assert sample(again, "pefthub_push_bytes_total") == sample(pushed, "pefthub_push_bytes_total")
     hub.pull("metrics-team/private-set")
     pulled = _metrics(server)
-    assert _sample(pulled, "pefthub_pull_bytes_total") - _sample(again, "pefthub_pull_bytes_total") == size
+    assert sample(pulled, "pefthub_pull_bytes_total") - sample(again, "pefthub_pull_bytes_total") == size
     assert "private-set" not in pulled and "nope" not in pulled

@@ -32,6 +32,7 @@ from tests.e2e.serve import (
     wait_for_workers,
 )
 from tests.e2e.test_server_protocol import HEAD_PATHS, _answer, _headers, _post_headers, _read_until_closed
+from tests.fixtures.metrics import sample
 from tests.fixtures.services import children
 
 LIMIT = 1024 * 1024  # PEFTHUB_MAX_REQUEST_BODY of the server below
@@ -43,11 +44,6 @@ def server(tmp_path_factory):
     env = {"PEFTHUB_MAX_REQUEST_BODY": str(LIMIT), "CELERY_BROKER_URL": REDIS}
     with running_serve(tmp_path_factory.mktemp("serve"), "--workers", "2", "--threads", "4", env=env) as running:
         yield running
-
-
-def _sample(text: str, sample: str) -> float:
-    """The value of the line ``sample value`` in Prometheus text (labels in the order the server writes them), or 0."""
-    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.rsplit(" ", 1)[0] == sample), 0.0)
 
 
 def _connect(server: ServeServer):
@@ -79,8 +75,11 @@ def test_head_has_no_body_and_the_next_answer_on_the_connection_is_intact(server
 
 
 def test_a_100_mb_post_is_refused_after_its_headers_and_the_connection_closed(server):
-    counted = 'pefthub_http_requests_total{method="POST",route="api/v1/repos",status="413"}'
-    before = _sample(requests.get(f"{server.url}/metrics").text, counted)
+    def refused() -> float:
+        metrics = requests.get(f"{server.url}/metrics").text
+        return sample(metrics, "pefthub_http_requests_total", method="POST", route="api/v1/repos", status="413")
+
+    before = refused()
     with _connect(server) as sock:
         sock.sendall(_post_headers("/api/v1/repos", 100 * 1024**2))
         started = time.monotonic()
@@ -89,7 +88,7 @@ def test_a_100_mb_post_is_refused_after_its_headers_and_the_connection_closed(se
     assert headers["content-type"] == "application/json" and headers["connection"] == "close"
     assert body["error"]["code"] == "too_large" and body["error"]["detail"] == {"limit": LIMIT}
     assert "PEFTHUB_MAX_REQUEST_BODY" in body["error"]["message"]
-    assert _sample(requests.get(f"{server.url}/metrics").text, counted) == before + 1  # counted like any answer
+    assert refused() == before + 1  # counted like any answer
 
 
 def test_a_body_sent_anyway_is_not_read(server):

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client
 
 from tests.conftest import api_push, file_specs
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text (0 when absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
-            return float(match.group(2))
-    return 0.0
+from tests.fixtures.metrics import sample
 
 
 @pytest.mark.django_db
@@ -76,11 +66,11 @@ def test_request_counts_move_by_route_pattern_never_by_path(alice, api, tiny_ada
     assert client.get("/api/v1/repos/acme/no-such-thing").status_code == 404
     after = Client().get("/metrics").content.decode()
     route = "api/v1/repos/<ns>/<name>"
-    assert _sample(after, "pefthub_http_requests_total", method="GET", route=route, status="200") - _sample(
+    assert sample(after, "pefthub_http_requests_total", method="GET", route=route, status="200") - sample(
         before, "pefthub_http_requests_total", method="GET", route=route, status="200") == 3
-    assert _sample(after, "pefthub_http_requests_total", method="GET", route=route, status="404") - _sample(
+    assert sample(after, "pefthub_http_requests_total", method="GET", route=route, status="404") - sample(
         before, "pefthub_http_requests_total", method="GET", route=route, status="404") == 1
-    assert _sample(after, "pefthub_http_request_duration_seconds_count", method="GET", route=route) - _sample(
+    assert sample(after, "pefthub_http_request_duration_seconds_count", method="GET", route=route) - sample(
         before, "pefthub_http_request_duration_seconds_count", method="GET", route=route) == 4
     assert "secret-plans" not in after and "no-such-thing" not in after
 
@@ -93,13 +83,13 @@ def test_push_and_pull_bytes_count_what_the_store_took_and_the_hub_sent(alice, a
     assert api_push(client, "acme/bot", tiny_adapter[0]).status_code == 201
     middle = Client().get("/metrics").content.decode()
     pushed = sum(spec["size"] for spec in file_specs(tiny_adapter[0]))  # none of them is in the base
-    assert _sample(middle, "pefthub_push_bytes_total") - _sample(before, "pefthub_push_bytes_total") == pushed
+    assert sample(middle, "pefthub_push_bytes_total") - sample(before, "pefthub_push_bytes_total") == pushed
     manifest = client.get("/api/v1/repos/acme/bot/versions/1").json()
     entry = next(f for f in manifest["files"] if f["path"] == "adapter_config.json")
     url = urlsplit(entry["url"])
     body = Client().get(f"{url.path}?{url.query}").getvalue()
     after = Client().get("/metrics").content.decode()
-    assert _sample(after, "pefthub_pull_bytes_total") - _sample(middle, "pefthub_pull_bytes_total") == len(body) > 0
+    assert sample(after, "pefthub_pull_bytes_total") - sample(middle, "pefthub_pull_bytes_total") == len(body) > 0
 
 
 def test_every_log_line_of_a_request_carries_its_id(api, alice, caplog):
@@ -120,7 +110,7 @@ def test_jobs_are_counted_by_queue_and_status_when_scraped(alice):
         Job.objects.create(type="train", queue=queue, status=status, owner=alice.user, namespace=acme,
                            output_name="out", spec={})
     text = Client().get("/metrics").content.decode()
-    assert _sample(text, "pefthub_jobs", queue="gpu", status="queued") == 2
-    assert _sample(text, "pefthub_jobs", queue="gpu", status="running") == 1
-    assert _sample(text, "pefthub_jobs", queue="cpu", status="failed") == 1
+    assert sample(text, "pefthub_jobs", queue="gpu", status="queued") == 2
+    assert sample(text, "pefthub_jobs", queue="gpu", status="running") == 1
+    assert sample(text, "pefthub_jobs", queue="cpu", status="failed") == 1
     assert 'pefthub_jobs{queue="cpu",status="succeeded"} 0.0' in text  # every status of the known queues, 0 too
