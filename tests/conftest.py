@@ -94,10 +94,11 @@ def api():
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    """Each test starts with an empty cache: no failed-authentication counts left by another test."""
-    from django.core.cache import cache
+    """Each test starts with empty caches: no failed-authentication counts or list pages left by another test."""
+    from django.core.cache import caches
 
-    cache.clear()
+    for cache in caches.all():
+        cache.clear()
 
 
 @pytest.fixture(autouse=True)

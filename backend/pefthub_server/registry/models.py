@@ -215,3 +215,14 @@ class AliasMove(models.Model):
 
     def __str__(self) -> str:
         return f"{self.repository}@{self.alias}: {self.from_number} -> {self.to_number}"
+
+
+class CatalogueGeneration(models.Model):
+    """One row whose ``value`` changes, in the writing transaction, whenever anything a repository list shows or
+    whom it shows it to may have changed (``registry.generation``): list pages are cached under it."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    value = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"catalogue generation {self.value}"

@@ -25,6 +25,7 @@ from pefthub_server.core.schema import ANONYMOUS_OK, errors
 from pefthub_server.registry import aliases, blobs, push, repositories, selectors
 from pefthub_server.registry.api import job_token_rules
 from pefthub_server.registry.api import serializers as s
+from pefthub_server.registry.api.page_cache import cached_page
 from pefthub_server.registry.models import Alias, AliasMove, Membership, Repository, Version
 from pefthub_server.registry.storage import get_blob_store
 
@@ -76,6 +77,10 @@ class RepoListView(APIView):
         responses={200: paginated(s.RepoSerializer), **errors(404)},
     )
     def get(self, request):
+        return cached_page(request, lambda: self._page(request))
+
+    def _page(self, request) -> tuple[bytes, str]:
+        """The page's bytes and content type, as DRF's renderer writes them."""
         q = request.query_params
         qs = selectors.repository_list(
             user=request.user, kind=choice_param(request, "kind", Repository.Kind.values), namespace=q.get("namespace"),
@@ -86,7 +91,10 @@ class RepoListView(APIView):
         # rows paged by owner, so a page is read through the (namespace, name) index instead of sorting them all
         rows = GroupedRows(qs, columns=s.RepoSerializer.row_columns)
         page = paginator.paginate_queryset(rows, request, view=self)
-        return paginator.get_paginated_response([s.RepoSerializer.render_row(row) for row in page])
+        data = paginator.get_paginated_response([s.RepoSerializer.render_row(row) for row in page]).data
+        renderer = request.accepted_renderer
+        body = renderer.render(data, request.accepted_media_type, self.get_renderer_context())
+        return body, renderer.media_type if renderer.charset is None else f"{renderer.media_type}; charset={renderer.charset}"
 
     @extend_schema(summary="Create a repository", request=s.RepoCreateSerializer,
                    responses={201: s.RepoSerializer, **errors(404, 409)})
