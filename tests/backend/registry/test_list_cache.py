@@ -320,3 +320,27 @@ def test_the_triggers_are_installed_after_migrate(db) -> None:
                            "AND name LIKE 'pefthub_catalogue_changed%'")
         watched = {row[0] for row in cursor.fetchall()}
     assert watched == {"registry_repository", "registry_namespace", "registry_membership"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_in_flight_on_another_connection_shows_in_no_page_until_its_commit_then_in_the_next(alice, api) -> None:
+    """The generation moves inside the writing transaction: before its commit a reader sees the old generation and
+    the old rows together (and may cache them under it); after it, the new generation and the new rows together."""
+    from django.db import connections
+
+    client = api(alice.token)
+    assert client.post(URL, {"namespace": "acme", "name": "x", "kind": "model"}, format="json").status_code == 201
+    before = _get(client).content
+    writer = connections.create_connection("default")  # another connection, as another process would hold
+    try:
+        writer.set_autocommit(False)
+        with writer.cursor() as cursor:
+            cursor.execute(f"UPDATE {Repository._meta.db_table} SET description = 'in flight' WHERE name = 'x'")
+        caches["lists"].clear()
+        assert _get(client).content == before  # rendered afresh while the write is open, and cached
+        assert _get(client).content == before
+        writer.commit()
+        after = _get(client).content
+        assert b"in flight" in after and after == _fresh(client)
+    finally:
+        writer.close()
