@@ -20,7 +20,8 @@ JOB_ID_HELP = f"the job's id, or a prefix of it that names one job (at least {JO
 
 #: hub.train's own keywords; any other key of a --config file is a hyperparameter
 TRAIN_KEYS = frozenset(
-    {"base_model", "dataset", "output", "method", "aliases", "message", "queue", "max_attempts", "idempotency_key"}
+    {"base_model", "dataset", "output", "method", "continue_from", "aliases", "message", "queue", "max_attempts",
+     "idempotency_key"}
 )
 
 
@@ -182,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     hyper = dict(config.pop("hyperparameters", None) or {})
     options = {k: v for k, v in config.items() if k in TRAIN_KEYS}
     hyper.update({k: v for k, v in config.items() if k not in TRAIN_KEYS})
-    for key in ("base_model", "dataset", "output", "method", "message", "queue", "max_attempts"):
+    for key in ("base_model", "dataset", "output", "method", "continue_from", "message", "queue", "max_attempts"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -256,6 +257,8 @@ def add_job_commands(sub: Any) -> None:
     p.add_argument("--dataset", metavar="REF", help="dataset, ns/name[@rev]")
     p.add_argument("--output", metavar="NS/NAME", help="adapter repository to push the result to")
     p.add_argument("--method", choices=METHODS, help="default: lora")
+    p.add_argument("--continue-from", metavar="REF",
+                   help="adapter ns/name[@rev] to start from (its weights; r, alpha and targets default to its own)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a hyperparameter; VALUE is JSON when it parses (8, 2e-4, '[\"q_proj\"]'), else text (repeatable)")
     p.add_argument("--alias", action="append", metavar="ALIAS", help="point this alias at the result (repeatable)")

@@ -218,12 +218,15 @@ def _describe_version(v: Version) -> str:
     file_count = v.file_count if v.file_count is not None else len(v.files or ())
     base, adapter = v.base_model or {}, v.adapter or {}
     targets = adapter.get("target_modules")
+    lineage = v.metadata.get("lineage") if isinstance(v.metadata.get("lineage"), dict) else {}
+    parent = lineage.get("parent") if isinstance(lineage.get("parent"), dict) else None
     rows = [
         ("created", f"{v.created_at or '-'} by {v.created_by or '-'}"), ("aliases", ", ".join(v.aliases) or "-"),
         ("size", f"{_human(v.size)} in {file_count} file(s)"),
         ("base", base and f"{base.get('repo')}@{base.get('number')}"),
         ("adapter", adapter and f"{adapter.get('peft_type')} r={adapter.get('r')} alpha={adapter.get('lora_alpha')} "
                                 f"targets={','.join(targets) if isinstance(targets, list) else targets}"),
+        ("parent", parent and f"{parent.get('repo')}@{parent.get('number')} (continued from it)"),
         ("message", v.message), ("metadata", v.metadata and json.dumps(v.metadata, sort_keys=True)),
     ]
     files = _table(("PATH", "SIZE", "SHA256"), [(f.path, _human(f.size), f.sha256[:16]) for f in v.files or ()])

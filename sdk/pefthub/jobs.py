@@ -305,6 +305,7 @@ class JobsMixin:
         dataset: str,
         output: str,
         method: str = "lora",
+        continue_from: str | None = None,
         aliases: Iterable[str] | str = (),
         message: str = "",
         queue: str | None = None,
@@ -318,6 +319,10 @@ class JobsMixin:
         Hyperparameters come as keywords (or a ``hyperparameters`` mapping); the spec
         is validated here first, so a typo raises :class:`ValidationError` before any
         request. Retries of this one call reuse one ``Idempotency-Key``: at most one job.
+        ``continue_from="acme/bot@3"`` starts from that adapter's weights: the hub checks
+        at submit that it is readable, of ``method``'s kind and on this base, and the
+        hyperparameters left out that shape it (``r``, ``lora_alpha``, ``target_modules``,
+        ``num_virtual_tokens``) are the adapter's.
         """
         spec = {
             "type": "train",
@@ -326,6 +331,7 @@ class JobsMixin:
             "output": output,
             "method": method,
             "hyperparameters": {**(hyperparameters or {}), **more_hyperparameters},
+            **({"continue_from": continue_from} if continue_from is not None else {}),
             "aliases": _alias_list(aliases),
             "message": message,
         }

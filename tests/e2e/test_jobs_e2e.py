@@ -198,3 +198,55 @@ def test_a_job_whose_message_was_lost_is_sent_again_and_runs(inputs, start_worke
               what="the worker to take the duplicate and ack it")
     _wait_for(lambda: "not claimed" in (tmp_path / "worker-w.log").read_text(), timeout=10, what="the worker's log")
     assert worker.poll() is None and Job.objects.get(pk=job.id).attempt == 1  # it moved on; nothing re-ran
+
+
+def _pefthub(live_server, token: str, *args: str) -> subprocess.CompletedProcess:
+    """The `pefthub` CLI as a user runs it, against the live hub."""
+    env = {**os.environ, "PEFTHUB_URL": live_server.url, "PEFTHUB_TOKEN": token, "PEFTHUB_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run([sys.executable, "-m", "pefthub", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_continue_from_a_version_starts_at_its_loss_and_records_the_parent(inputs, start_worker, alice, live_server,
+                                                                           tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pefthub_worker.training import data, recipe
+
+    start_worker()
+    hub = inputs
+    # the 48 training rows are one batch (no dropout), so a run's first step sees all of them: a continued run's
+    # first loss is v1's loss on them; eval_split holds the same 16 rows out in both runs (same seed)
+    rows = {"max_seq_length": 64, "batch_size": 48, "eval_split": 0.25, "lora_dropout": 0.0, "learning_rate": 1e-2}
+    v1 = hub.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/bot", r=8, max_steps=30,
+                   **rows).wait(timeout=180).result
+    cli = _pefthub(live_server, alice.token, "train", "--base-model", "acme/llama-tiny", "--dataset", "acme/support-data",
+                   "--output", "acme/bot", "--continue-from", "acme/bot@1", "--set", "max_steps=5",
+                   *(f"--set={key}={value}" for key, value in rows.items()), "--wait")
+    job_id, result = cli.stdout.split()
+    assert result == "acme/bot@2"
+    v2 = hub.version("acme/bot@2")
+
+    assert v2.metadata["lineage"]["parent"] == {"repo": "acme/bot", "number": 1, "digest": v1.digest}
+    assert v2.metadata["lineage"]["hyperparameters"]["r"] == 8 and v2.adapter["r"] == 8  # the parent's, left out
+    before, after = v1.metadata["metrics"], v2.metadata["metrics"]
+    # the same held-out rows: v2 starts exactly where v1 ended
+    assert after["eval_loss_before"] == pytest.approx(before["eval_loss"], abs=1e-5), (before, after)
+    base_path, tokenizer = hub.pull("acme/llama-tiny"), AutoTokenizer.from_pretrained(hub.pull("acme/llama-tiny"))
+    examples, _ = data.tokenize(*data.read_jsonl(tmp_path / "train.jsonl"), tokenizer, max_seq_length=64, name="train.jsonl")
+    train_rows, _ = data.split(examples, 0.25, 0)
+    v1_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), hub.pull("acme/bot@1")).eval()
+    v1_loss = recipe._evaluate(v1_model, train_rows, len(train_rows), tokenizer.pad_token_id, torch.device("cpu"))
+    fresh = before["first_loss"]  # v1's own first step: a fresh adapter on the same rows
+    print(json.dumps({"fresh_first_loss": fresh, "v1_final_loss": before["final_loss"], "v1_loss_on_the_rows": v1_loss,
+                      "continued_first_loss": after["first_loss"], "continued_final_loss": after["final_loss"]}))
+    assert after["first_loss"] == pytest.approx(v1_loss, abs=1e-4)
+    assert after["first_loss"] < fresh - 0.3 and after["final_loss"] < after["first_loss"], (fresh, after)
+    logs = [e.data["message"] for e in JobEvent.objects.filter(job_id=job_id, type="log")]
+    assert "continuing from acme/bot@1" in logs, logs
+
+    info = _pefthub(live_server, alice.token, "info", "acme/bot@2").stdout
+    assert "parent    acme/bot@1 (continued from it)" in info, info

@@ -79,6 +79,7 @@ def test_each_call_has_its_own_key_unless_given_one(make_hub, job_inputs, proxy)
     ({"method": "prompt_tuning", "r": 8}, "hyperparameters.r"),
     ({"output": "acme/bot@3"}, "output"),
     ({"dataset": "not a ref"}, "dataset"),
+    ({"continue_from": "acme/bot@"}, "continue_from"),
     ({"queue": "tpu"}, "queue"),
     ({"max_attempts": 0}, "max_attempts"),
 ])

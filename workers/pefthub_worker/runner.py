@@ -137,14 +137,19 @@ def _dataset_file(folder: Path, name: str | None) -> Path:
 def _train(job: dict[str, Any], hub: Hub, session: JobSession, work: Path):
     spec = TrainSpec.from_dict(job["spec"])
     base_pin, data_pin = job["inputs"]["base_model"], job["inputs"]["dataset"]
+    parent_pin = job["inputs"].get("continue_from")
     base_dir = hub.pull(_pinned(base_pin))
     dataset = _dataset_file(hub.pull(_pinned(data_pin)), spec.hyperparameters.dataset_file)
+    parent_dir = hub.pull(_pinned(parent_pin)) if parent_pin else None
     session.log(f"training {spec.method} on {_numbered(base_pin)} with {_numbered(data_pin)}")
+    if parent_pin:
+        session.log(f"continuing from {_numbered(parent_pin)}")
     callbacks = Callbacks(on_event=session.event, should_stop=session.should_stop)
     result = train(method=spec.method, hyperparameters=spec.hyperparameters, base_dir=base_dir,
-                   dataset_path=dataset, output_dir=work / "adapter", callbacks=callbacks)
+                   dataset_path=dataset, output_dir=work / "adapter", callbacks=callbacks, continue_from=parent_dir)
     lineage = {
         "job": job["id"], "attempt": session.attempt, "base_model": base_pin, "dataset": data_pin,
+        **({"parent": parent_pin} if parent_pin else {}),
         "method": spec.method, "hyperparameters": spec.hyperparameters.to_dict(),
         "quantization": result.quantization,
     }

@@ -71,9 +71,7 @@ class Job(models.Model):
 
     def pinned_inputs(self) -> list[dict]:
         """Every input as pinned at submit (``{"repo", "number", "digest"}``): what its token may read."""
-        pins = [self.inputs["base_model"]] if "base_model" in self.inputs else []
-        if "dataset" in self.inputs:
-            pins.append(self.inputs["dataset"])
+        pins = [self.inputs[key] for key in ("base_model", "dataset", "continue_from") if key in self.inputs]
         return pins + list(self.inputs.get("adapters", []))
 
 

@@ -16,6 +16,7 @@ of a capable worker and burns no attempt.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from pefthub.protocol.jobs import MERGE, PROGRESS_KEYS, TRAIN, WORKER_EVENT_TYPE
 from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH, MAX_IDEMPOTENCY_KEY_LENGTH
 from pefthub.protocol.peft import MERGE_JOB_TYPES, VIRTUAL_TOKEN_METHODS
 from pefthub.protocol.refs import parse_ref
-from pefthub.protocol.specs import MergeSpec, TrainSpec, parse_job_request
+from pefthub.protocol.specs import MergeSpec, TrainSpec, continued_hyperparameters, parse_job_request
 from pefthub.protocol.words import with_article
 from pefthub_server.core import metrics
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
@@ -44,6 +45,7 @@ from pefthub_server.core.tokens import job_token_create
 from pefthub_server.jobs.dispatch import job_dispatch
 from pefthub_server.jobs.models import Job, JobEvent, Worker
 from pefthub_server.registry import compatibility
+from pefthub_server.registry.blobs import adapter_weights_header
 from pefthub_server.registry.models import Namespace, Repository, Role, Version, VersionFile
 from pefthub_server.registry.selectors import namespace_role, repository_get, require_namespace_role, version_resolve
 
@@ -90,9 +92,17 @@ def _output_namespace(*, user, output: str, kind: str, base: Repository | None) 
     return ns, name
 
 
-def _check_train(*, user, spec: TrainSpec) -> tuple[dict, Namespace, str, dict]:
+def _check_train(*, user, spec: TrainSpec, given: set[str]) -> tuple[TrainSpec, dict, Namespace, str, dict]:
+    """(the spec as the job runs it, pinned inputs, output namespace and name, needs); ``given``: the hyperparameters
+    the submitter set, which a continued adapter's own do not replace."""
     base = _readable_version(user=user, ref=spec.base_model, field="base_model", kind=Repository.Kind.MODEL)
     dataset = _readable_version(user=user, ref=spec.dataset, field="dataset", kind=Repository.Kind.DATASET)
+    inputs = {"base_model": _pin(base), "dataset": _pin(dataset)}
+    if spec.continue_from:
+        parent = _continued(user=user, spec=spec, base=base)
+        spec = dataclasses.replace(spec, hyperparameters=continued_hyperparameters(
+            spec.method, spec.hyperparameters, given, parent.adapter_config or {}, label=str(parent)))
+        inputs["continue_from"] = _pin(parent)
     targets = spec.hyperparameters.target_modules
     if targets is not None and spec.method not in VIRTUAL_TOKEN_METHODS:
         try:
@@ -103,10 +113,35 @@ def _check_train(*, user, spec: TrainSpec) -> tuple[dict, Namespace, str, dict]:
             raise ValidationFailed(f"hyperparameters.target_modules: {exc.message}", code="invalid_spec",
                                    detail={"field": "hyperparameters.target_modules", **(exc.detail or {})}) from None
     ns, name = _output_namespace(user=user, output=spec.output, kind=Repository.Kind.ADAPTER, base=base.repository)
-    return {"base_model": _pin(base), "dataset": _pin(dataset)}, ns, name, job_needs(type=TRAIN, method=spec.method)
+    return spec, inputs, ns, name, job_needs(type=TRAIN, method=spec.method)
 
 
-def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str, dict]:
+def _continued(*, user, spec: TrainSpec, base: Version) -> Version:
+    """The adapter version ``continue_from`` names: readable by ``user``, filed against the job's base repository
+    and fitting the job's base version (checked at its push against the version it was filed with)."""
+    field = "continue_from"
+    parent = _readable_version(user=user, ref=spec.continue_from, field=field, kind=Repository.Kind.ADAPTER)
+    parent_base, job_base = parent.base_version, f"{base.repository.full_name}@{base.number}"
+    if parent_base.repository_id != base.repository_id:
+        raise ValidationFailed(
+            f"continue_from `{parent}` is an adapter of base `{parent_base.repository.full_name}`, but this job trains on "
+            f"`{job_base}`; continue it on its own base (base_model `{parent_base.repository.full_name}`) or train a "
+            "fresh adapter on this one.", code="invalid_spec", detail={"field": field})
+    if parent_base.pk != base.pk:
+        try:
+            compatibility.check_adapter_against_base(
+                parent.adapter_config or {}, adapter_weights_header(parent), base.fingerprint or {},
+                base_label=job_base)
+        except ValidationFailed as exc:
+            raise ValidationFailed(
+                f"continue_from `{parent}` was trained on `{parent_base.repository.full_name}@{parent_base.number}` and "
+                f"does not fit `{job_base}`: {exc.message}. Continue it on base_model "
+                f"`{parent_base.repository.full_name}@{parent_base.number}`.",
+                code="invalid_spec", detail={"field": field, **(exc.detail or {})}) from None
+    return parent
+
+
+def _check_merge(*, user, spec: MergeSpec) -> tuple[MergeSpec, dict, Namespace, str, dict]:
     pinned, base = [], None
     for i, item in enumerate(spec.adapters):
         field = f"adapters[{i}].ref"
@@ -127,7 +162,7 @@ def _check_merge(*, user, spec: MergeSpec) -> tuple[dict, Namespace, str, dict]:
         pinned.append({**_pin(version), "weight": item.weight})
     ns, name = _output_namespace(user=user, output=spec.output, kind=Repository.Kind.MODEL, base=None)
     shard = VersionFile.objects.filter(version=base, path__endswith=".safetensors").aggregate(size=Max("size"))["size"]
-    return {"base_model": _pin(base), "adapters": pinned}, ns, name, job_needs(type=MERGE, largest_shard=shard)
+    return spec, {"base_model": _pin(base), "adapters": pinned}, ns, name, job_needs(type=MERGE, largest_shard=shard)
 
 
 def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple[Job, bool]:
@@ -143,13 +178,17 @@ def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple
                 raise Conflict(f"Idempotency-Key {idempotency_key!r} was used for a different job ({existing.id.hex}).")
             return existing, False
     request = parse_job_request(body)
-    check = _check_train if request.type == Job.Type.TRAIN else _check_merge
-    inputs, ns, name, needs = check(user=user, spec=request.spec)
+    if isinstance(request.spec, TrainSpec):
+        hyperparameters = body.get("hyperparameters") or {}
+        given = {key for key, value in hyperparameters.items() if value is not None}  # parse_job_request: a dict
+        spec, inputs, ns, name, needs = _check_train(user=user, spec=request.spec, given=given)
+    else:
+        spec, inputs, ns, name, needs = _check_merge(user=user, spec=request.spec)
     try:
         with transaction.atomic():
             job = Job.objects.create(
                 type=request.type, queue=request.queue, owner=user, namespace=ns, output_name=name,
-                spec=request.spec.to_dict(), inputs=inputs, idempotency_key=idempotency_key or None,
+                spec=spec.to_dict(), inputs=inputs, idempotency_key=idempotency_key or None,
                 request_digest=digest, max_attempts=request.max_attempts, needs=needs,
             )
             _enqueue(job, first=True)

@@ -20,8 +20,10 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from pefthub.protocol.manifest import ADAPTER_WEIGHTS, Entry
 from pefthub_server.core import metrics
-from pefthub_server.registry.models import Blob, BlobCheck, BlobUpload, VersionFile
+from pefthub_server.registry import acceptance
+from pefthub_server.registry.models import Blob, BlobCheck, BlobUpload, Version, VersionFile
 from pefthub_server.registry.selectors import readable_repositories
 from pefthub_server.registry.storage import get_blob_store
 
@@ -67,6 +69,18 @@ def blob_checks_record(found: Mapping[tuple[str, str], str]) -> None:
     """Record what reading verified blobs found (``acceptance.BlobChecks.fresh``); a result recorded already stays."""
     BlobCheck.objects.bulk_create([BlobCheck(blob_id=sha256, kind=kind, result=result)
                                    for (sha256, kind), result in found.items()], ignore_conflicts=True)
+
+
+def adapter_weights_header(version: Version) -> dict[str, dict]:
+    """The tensors (name -> dtype, shape, offsets) of an adapter version's weights file: what its push
+    recorded reading it, or read from the store once (and recorded) when nothing was."""
+    file = VersionFile.objects.get(version=version, path=ADAPTER_WEIGHTS)
+    entry = Entry(file.path, file.blob_id, file.size)
+    store = get_blob_store()
+    checks = acceptance.BlobChecks(blob_checks_found([entry.sha256]))
+    tensors = checks.result(entry, "safetensors", lambda: lambda start, length: store.read_range(entry.sha256, start, length))
+    blob_checks_record(checks.fresh)
+    return tensors
 
 
 def _job_versions(job) -> Q:

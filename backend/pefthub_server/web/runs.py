@@ -91,7 +91,7 @@ def _readable_names(user, pins: list[dict]) -> set[str]:
 
 
 def _parents(version: Version) -> list[tuple[dict, str]]:
-    """(pin, relation) of each parent: the base version, the training data, the merged adapters."""
+    """(pin, relation) of each parent: the base version, the training data, the adapter it continued, the merged adapters."""
     lineage = (version.metadata or {}).get("lineage") or {}
     out: list[tuple[dict, str]] = []
     if version.base_version_id:
@@ -101,6 +101,8 @@ def _parents(version: Version) -> list[tuple[dict, str]]:
         out.append((lineage["base_model"], "base model"))
     if isinstance(lineage.get("dataset"), dict):
         out.append((lineage["dataset"], "training data"))
+    if isinstance(lineage.get("parent"), dict):
+        out.append((lineage["parent"], "continued from"))
     for pin in lineage.get("adapters") or []:
         if isinstance(pin, dict):
             weight = pin.get("weight")

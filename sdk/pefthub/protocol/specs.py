@@ -25,15 +25,16 @@ from .errors import RefError, SpecError
 from .jobs import DEFAULT_QUEUE, JOB_TYPES, MERGE, QUEUES, TRAIN
 from .limits import DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_MESSAGE_LENGTH
 from .manifest import path_problem
-from .peft import LORA_METHODS, METHODS
+from .peft import LORA_METHODS, METHOD_PEFT_TYPES, METHODS, VIRTUAL_TOKEN_METHODS
 from .refs import LATEST, check_alias, parse_ref
+from .words import with_article
 
 COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties")
 DTYPES = ("float32", "bfloat16", "float16")
 
 __all__ = [
     "COMBINATIONS", "DTYPES", "AdapterWeight", "JobRequest", "MergeSpec", "SpecError", "TrainHyperparameters",
-    "TrainSpec", "parse_job_request", "parse_overrides", "spec_from_dict",
+    "TrainSpec", "continued_hyperparameters", "parse_job_request", "parse_overrides", "spec_from_dict",
 ]
 
 
@@ -308,18 +309,24 @@ def _job_fields(data: Any, kind: str, keys: list[str]) -> tuple[dict, dict]:
     }
 
 
-_TRAIN_KEYS = ["type", "base_model", "dataset", "output", "method", "hyperparameters", "aliases", "message"]
+_TRAIN_KEYS = ["type", "base_model", "dataset", "output", "method", "hyperparameters", "continue_from", "aliases",
+               "message"]
 
 
 @dataclass
 class TrainSpec:
-    """Train an adapter of ``method`` on ``base_model`` with ``dataset``; push it to ``output``."""
+    """Train an adapter of ``method`` on ``base_model`` with ``dataset``; push it to ``output``.
+
+    With ``continue_from`` (an adapter reference) training starts from that adapter's
+    weights instead of a fresh adapter; :func:`continued_hyperparameters` says what it must share.
+    """
 
     base_model: str
     dataset: str
     output: str
     method: str = "lora"
     hyperparameters: TrainHyperparameters = field(default_factory=TrainHyperparameters)
+    continue_from: str | None = None
     aliases: list[str] = field(default_factory=list)
     message: str = ""
 
@@ -327,11 +334,13 @@ class TrainSpec:
     def from_dict(cls, data: dict) -> TrainSpec:
         data, common = _job_fields(data, TRAIN, _TRAIN_KEYS)
         method = _method(data.get("method", "lora"))
+        parent = data.get("continue_from")
         return cls(
             base_model=_ref("base_model", data.get("base_model"), allow_revision=True),
             dataset=_ref("dataset", data.get("dataset"), allow_revision=True),
             method=method,
             hyperparameters=TrainHyperparameters.from_dict(data.get("hyperparameters"), method=method),
+            continue_from=None if parent is None else _ref("continue_from", parent, allow_revision=True),
             **common,
         )
 
@@ -339,8 +348,79 @@ class TrainSpec:
         return {
             "type": "train", "base_model": self.base_model, "dataset": self.dataset, "output": self.output,
             "method": self.method, "hyperparameters": self.hyperparameters.to_dict(),
+            **({"continue_from": self.continue_from} if self.continue_from else {}),
             "aliases": list(self.aliases), "message": self.message,
         }
+
+
+# --- continuing an adapter -------------------------------------------------------------------
+
+#: peft's LoraConfig default, for an adapter_config.json that leaves ``lora_alpha`` out
+_PEFT_DEFAULT_LORA_ALPHA = 8
+
+
+def _method_for(adapter: dict) -> tuple[str, ...]:
+    """The train methods that continue an adapter with this recorded config (none: the recipe cannot)."""
+    peft_type = adapter.get("peft_type")
+    if peft_type == "LORA":
+        # a QLoRA adapter is a plain LoRA file: lora and qlora continue each other's
+        return ("dora",) if adapter.get("use_dora") else ("lora", "qlora")
+    return tuple(m for m in METHODS if m not in LORA_METHODS and METHOD_PEFT_TYPES[m] == peft_type)
+
+
+def _same_targets(given: list[str] | str, recorded: Any) -> bool:
+    if isinstance(given, list) and isinstance(recorded, list):
+        return set(given) == set(recorded)  # peft saves its target set in no fixed order
+    return given == recorded
+
+
+def continued_hyperparameters(method: str, hp: TrainHyperparameters, given: set[str] | frozenset[str], adapter: dict,
+                              *, label: str) -> TrainHyperparameters:
+    """The hyperparameters a job continuing the adapter ``label`` (recorded config ``adapter``) trains with.
+
+    ``given``: the hyperparameters the submitter set (null counts as not set). The method must
+    train the adapter's peft type (lora and qlora continue a LoRA, as a QLoRA file is a plain
+    LoRA file; dora a LoRA with ``use_dora``; ia3, prefix_tuning and prompt_tuning their own);
+    what shapes the weights or their scale (``r``, ``lora_alpha``, ``target_modules``,
+    ``num_virtual_tokens``) is the adapter's when not given and an error when given otherwise.
+    Everything else (learning rate, steps, dropout, seed...) is the job's own.
+    """
+    peft_type = str(adapter.get("peft_type"))
+    methods = _method_for(adapter)
+    if not methods:
+        raise SpecError("continue_from", f"continue_from `{label}` is {with_article(peft_type)} adapter, which no train "
+                                         f"method continues (they train {', '.join(sorted(set(METHOD_PEFT_TYPES.values())))}); "
+                                         "train a fresh adapter instead")
+    if method not in methods:
+        kind = "a DoRA adapter (LORA with use_dora)" if methods == ("dora",) else with_article(peft_type) + " adapter"
+        raise SpecError("method", f"method {method!r} cannot continue `{label}`: it is {kind}, so continue it with "
+                                  f"method {' or '.join(repr(m) for m in methods)}")
+    if adapter.get("modules_to_save"):
+        raise SpecError("continue_from", f"continue_from `{label}` also trains whole modules (modules_to_save: "
+                                         f"{', '.join(adapter['modules_to_save'])}), which the hub's recipe does not; "
+                                         "train a fresh adapter instead")
+    resolved = {f.name: getattr(hp, f.name) for f in fields(hp)}
+    if method in VIRTUAL_TOKEN_METHODS:
+        shaping = {"num_virtual_tokens": adapter.get("num_virtual_tokens")}
+    else:
+        shaping = {"target_modules": adapter.get("target_modules")}
+        if method in LORA_METHODS:
+            alpha = adapter.get("lora_alpha")
+            shaping.update(r=adapter.get("r"), lora_alpha=_PEFT_DEFAULT_LORA_ALPHA if alpha is None else alpha)
+    for name, recorded in shaping.items():
+        if recorded is None:
+            continue  # not recorded: the job's value stands, and the worker's weight check decides
+        if name not in given:
+            resolved[name] = recorded
+            continue
+        ours = hp.lora_alpha_resolved if name == "lora_alpha" else getattr(hp, name)
+        same = _same_targets(ours, recorded) if name == "target_modules" else ours == recorded
+        if not same:
+            show = json.dumps(recorded)
+            raise SpecError(f"hyperparameters.{name}",
+                            f"hyperparameters.{name} is {json.dumps(ours)} but continue_from `{label}` has {name} {show}; "
+                            f"a continued adapter keeps its {name}: leave it out (it takes {show}) or train a fresh adapter")
+    return TrainHyperparameters(**resolved)
 
 
 # --- merge ---------------------------------------------------------------------------------

@@ -123,6 +123,22 @@ def test_outsiders_get_404_and_unreadable_parents_are_never_named(world, carol, 
     assert "a repository you cannot see" not in _page(_signed_in(bob), "/acme/open-bot/versions/1")
 
 
+def test_a_continued_version_draws_the_version_it_continued_as_a_parent_named_only_to_readers(world, alice, carol,
+                                                                                              tiny_adapter, tmp_path):
+    continued = tmp_path / "continued"
+    shutil.copytree(tiny_adapter[0], continued)
+    (continued / "README.md").write_text("# open bot, continued from the private one\n")
+    parent = Version.objects.get(repository__name="bot", number=1)
+    lineage = {"parent": {"repo": "acme/bot", "number": 1, "digest": f"sha256:{parent.digest}"}, "method": "lora"}
+    pushed = api_push(world["api"](alice.token), "acme/open-bot", continued, metadata={"lineage": lineage})
+    assert pushed.json()["number"] == 2, pushed.content
+    page = _page(_signed_in(alice), "/acme/open-bot/versions/2")
+    assert '<a class="parent" href="/acme/bot/versions/1">' in page and "acme/bot@1</a> (continued from)" in page
+    # carol reads the public adapter, not the private one it continued
+    page = _page(_signed_in(carol), "/acme/open-bot/versions/2")
+    assert "a repository you cannot see (continued from)" in page and "acme/bot@" not in page
+
+
 def test_compare_puts_two_versions_side_by_side_and_marks_differences(world, alice):
     client = _signed_in(alice)
     page = _page(client, "/acme/bot/compare?a=1&b=2")

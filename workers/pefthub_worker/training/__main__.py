@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, type=Path, help="the JSONL dataset file")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the adapter to (must not hold files)")
     parser.add_argument("--method", default="lora", choices=METHODS)
+    parser.add_argument("--continue-from", type=Path, metavar="DIR",
+                        help="a saved adapter to start from (--set must build its shape: r, lora_alpha, targets)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a hyperparameter (repeatable); see pefthub.protocol.specs.TrainHyperparameters")
     args = parser.parse_args(argv)
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hp = TrainHyperparameters.from_dict(parse_overrides(args.sets), method=args.method)
         result = train(method=args.method, hyperparameters=hp, base_dir=args.base, dataset_path=args.data,
-                       output_dir=args.out, callbacks=Callbacks(on_event=emit, should_stop=lambda: stop["requested"]))
+                       output_dir=args.out, callbacks=Callbacks(on_event=emit, should_stop=lambda: stop["requested"]),
+                       continue_from=args.continue_from)
     except (SpecError, DatasetError, QLoRAUnavailable, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

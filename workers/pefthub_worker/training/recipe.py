@@ -24,7 +24,7 @@ from typing import Any
 from pefthub.protocol.specs import TrainHyperparameters
 
 from . import config as cfg
-from . import data
+from . import data, parent
 
 
 @dataclass
@@ -68,8 +68,12 @@ def train(
     output_dir: Path,
     callbacks: Callbacks = _NO_CALLBACKS,
     keep_model: bool = False,
+    continue_from: Path | None = None,
 ) -> TrainResult:
     """Train a ``method`` adapter on the base in ``base_dir`` and save it to ``output_dir``.
+
+    With ``continue_from`` (a saved adapter's folder, of the shape ``hyperparameters`` build)
+    training starts from that adapter's weights instead of a fresh adapter's.
 
     With ``keep_model`` the result also holds the trained ``PeftModel`` (in eval mode), for
     tests and notebooks; otherwise it is released when training ends.
@@ -117,6 +121,9 @@ def train(
     trainable, total = model.get_nb_trainable_parameters()
     log(f"{architecture} on {device.type} ({_dtype_for(device)}): {method} on {targets or 'virtual tokens'}; "
         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%)")
+    if continue_from is not None:
+        loaded = parent.load_parent(model, Path(continue_from))
+        log(f"started from the parent adapter's weights ({loaded} tensors)")
 
     # -- 3. train -------------------------------------------------------------------------
     metrics: dict[str, Any] = {}

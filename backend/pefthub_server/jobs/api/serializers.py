@@ -119,6 +119,9 @@ class TrainSpecSerializer(_JobSpecSerializer):
     dataset = serializers.CharField(help_text="`namespace/name[@revision]` of a dataset repository.")
     method = serializers.ChoiceField(choices=METHODS, default="lora")
     hyperparameters = TrainHyperparametersSerializer(required=False)
+    continue_from = serializers.CharField(required=False, help_text=(
+        "`namespace/name[@revision]` of an adapter to start from: of `method`'s kind, on this base; the "
+        "hyperparameters that shape it (r, lora_alpha, target_modules, num_virtual_tokens) default to its own."))
     queue = serializers.ChoiceField(choices=QUEUES, default=DEFAULT_QUEUE[TRAIN])
 
 
