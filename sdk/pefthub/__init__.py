@@ -7,6 +7,8 @@
     job = hub.train(base_model="acme/llama-tiny", dataset="acme/support-data",
                     output="acme/support-bot", r=16)
     job.wait()                                     # progress bar; raises JobFailed
+    hub.evaluate("acme/support-bot@1", dataset="acme/heldout").wait()
+    print(hub.compare("acme/support-bot@1", "acme/support-bot@2"))
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .errors import (
     ServerError,
     ValidationError,
 )
-from .models import FileEntry, Repo, Version
+from .models import Evaluation, FileEntry, Repo, Version
 from .refs import Ref, parse_ref
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ __all__ = [
     "AuthenticationFailed",
     "BadRequest",
     "Conflict",
+    "Evaluation",
     "FileEntry",
     "Hub",
     "HubConnectionError",

@@ -1,4 +1,4 @@
-"""``pefthub train``, ``pefthub merge`` and ``pefthub jobs ls|show|logs|cancel``."""
+"""``pefthub train``, ``pefthub merge``, ``pefthub eval`` and ``pefthub jobs ls|show|logs|cancel``."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def read_config(path: str) -> dict[str, Any]:
     return data
 
 
-def _wait_and_report(job: Job) -> int:
+def _wait_and_report(job: Job, *, print_result: bool = True) -> int:
     try:
         job.wait()
     except KeyboardInterrupt:
@@ -172,7 +172,8 @@ def _wait_and_report(job: Job) -> int:
             file=sys.stderr,
         )
         raise
-    print(job.result_ref or "")
+    if print_result:
+        print(job.result_ref or "")
     return 0
 
 
@@ -216,6 +217,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
         )
         print(job.id, flush=True)
         return _wait_and_report(job) if args.wait else 0
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """``METRIC VALUE`` rows, in the order the job reported them."""
+    return table(("METRIC", "VALUE"), [(name, _num(value)) for name, value in metrics.items()])
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    with make_hub() as hub:
+        job = hub.evaluate(args.ref, dataset=args.dataset, dataset_file=args.dataset_file,
+                           max_new_tokens=args.max_new_tokens, max_rows=args.max_rows,
+                           max_seq_length=args.max_seq_length, batch_size=args.batch_size, queue=args.queue)
+        print(job.id, flush=True)
+        if not args.wait:
+            return 0
+        _wait_and_report(job, print_result=False)
+    print(metrics_table(job.metrics))
+    return 0
 
 
 def cmd_jobs_ls(args: argparse.Namespace) -> int:
@@ -281,6 +300,19 @@ def add_job_commands(sub: Any) -> None:
     p.add_argument("--queue", choices=QUEUES, help="default: cpu")
     p.add_argument("--wait", action="store_true", help="follow the job to its end and print the result ref")
     p.set_defaults(func=cmd_merge, needs_token=True)
+
+    p = sub.add_parser("eval", help="submit an eval job: score an adapter version on a dataset; prints its id")
+    p.add_argument("ref", metavar="REF", help="adapter ns/name[@rev]; the metrics are attached to that version")
+    p.add_argument("--dataset", required=True, metavar="REF", help="dataset ns/name[@rev]")
+    p.add_argument("--dataset-file", metavar="PATH", help="which .jsonl file of the dataset (default: its only or first)")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                   help="cap on generated tokens per prompt/completion row (default 64)")
+    p.add_argument("--max-rows", type=int, default=1000, metavar="N", help="score the first N rows (default 1000)")
+    p.add_argument("--max-seq-length", type=int, default=512, metavar="N", help="tokens per row (default 512)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="rows per loss batch (default 8)")
+    p.add_argument("--queue", choices=QUEUES, help="default: cpu")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end and print its metrics")
+    p.set_defaults(func=cmd_eval, needs_token=True)
 
     jobs = sub.add_parser("jobs", help="list, show, follow and cancel jobs")
     jsub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)

@@ -1,5 +1,5 @@
-"""The ``pefthub`` command: login, whoami, push, pull, env, ls, info, alias; train,
-merge and jobs (in :mod:`pefthub._cli_jobs`).
+"""The ``pefthub`` command: login, whoami, push, pull, env, ls, info, alias, compare; train,
+merge, eval and jobs (in :mod:`pefthub._cli_jobs`).
 
 Exit status: 0 on success, 1 when the hub (or the local files) refused, 2 for a
 usage error (bad arguments, a malformed reference).
@@ -230,7 +230,29 @@ def _describe_version(v: Version) -> str:
         ("message", v.message), ("metadata", v.metadata and json.dumps(v.metadata, sort_keys=True)),
     ]
     files = _table(("PATH", "SIZE", "SHA256"), [(f.path, _human(f.size), f.sha256[:16]) for f in v.files or ()])
-    return "\n".join([f"{v.ref}  {v.digest}", *_labelled(rows), "", files])
+    return "\n".join([f"{v.ref}  {v.digest}", *_labelled(rows), "", files, *_describe_metrics(v)])
+
+
+def _describe_metrics(v: Version) -> list[str]:
+    """Every metric of the version: what training recorded, then each evaluation (newest first) with its dataset."""
+    rows = [("training", name, _metric(value), "") for name, value in v.training_metrics.items()]
+    for evaluation in v.evaluations or ():
+        when = (evaluation.created_at or "")[:19].replace("T", " ")
+        rows += [(f"eval {evaluation.dataset_ref}", name, _metric(value), when)
+                 for name, value in evaluation.metrics.items()]
+    if not rows:
+        return ["", f"no metrics yet: `pefthub eval {v.ref} --dataset NS/NAME` scores it"] if v.adapter else []
+    return ["", _table(("METRICS", "NAME", "VALUE", "MEASURED"), rows)]
+
+
+def _metric(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    with _hub() as hub:
+        comparison = hub.compare(args.a, args.b)
+    return _show(args.json, comparison.to_dict(), comparison.table)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -324,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", metavar="ALIAS")
     p.add_argument("--delete", action="store_true", help="delete the alias instead")
     p.set_defaults(func=cmd_alias, needs_token=True)
+
+    p = sub.add_parser("compare", help="two versions' metrics side by side: training, and evaluations by dataset")
+    p.add_argument("a", metavar="A", help="namespace/name@revision")
+    p.add_argument("b", metavar="B", help="namespace/name@revision; DELTA is B - A")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_compare)
 
     add_job_commands(sub)
     return parser

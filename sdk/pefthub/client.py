@@ -19,6 +19,7 @@ from ._http import HTTPClient, quote_segment
 from ._load import LoadMixin
 from ._upload import hash_files, upload_blob
 from .cache import Cache, check_manifest, check_sha256
+from .compare import Comparison
 from .errors import Conflict, HubConnectionError, HubError, IntegrityError, ValidationError
 from .hf import HFMixin
 from .jobs import JobsMixin
@@ -226,6 +227,14 @@ class Hub(JobsMixin, LoadMixin, HFMixin):
     def _version(self, r: Ref) -> Version:
         path = f"{self._repo_path(r)}/versions/{quote_segment(r.revision)}"
         return Version.from_json(self.request("GET", path))
+
+    def compare(self, a: str, b: str) -> Comparison:
+        """Two versions' metrics side by side (two requests): training metrics, and evaluations matched by dataset.
+
+        ``print(hub.compare("acme/bot@3", "acme/bot@4"))`` prints a table; ``.rows`` holds each
+        :class:`~pefthub.compare.MetricRow` (``group``, ``metric``, ``a``, ``b``, ``delta`` = b - a).
+        """
+        return Comparison.of(self.version(a), self.version(b))
 
     def aliases(self, ref: str) -> list[dict[str, Any]]:
         r = parse_ref(ref, allow_revision=False)

@@ -1,9 +1,9 @@
-"""Jobs: training and merging on the hub's workers, seen from the client.
+"""Jobs: training, merging and evaluating on the hub's workers, seen from the client.
 
 :class:`Job` is a live handle over the server's Job JSON: ``refresh()`` re-reads it,
 ``events()`` pages through what the worker reported, ``wait()`` polls until the job
 ends (with a progress bar), ``cancel()`` asks it to stop. :class:`JobsMixin` gives
-:class:`~pefthub.Hub` its ``train``, ``merge``, ``jobs`` and ``job`` methods.
+:class:`~pefthub.Hub` its ``train``, ``merge``, ``evaluate``, ``jobs`` and ``job`` methods.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def _adapter_list(adapters: Any, weights: Iterable[float] | None) -> list[dict[s
 
 
 class JobsMixin:
-    """``train``, ``merge``, ``jobs`` and ``job``: the job half of :class:`~pefthub.Hub`."""
+    """``train``, ``merge``, ``evaluate``, ``jobs`` and ``job``: the job half of :class:`~pefthub.Hub`."""
 
     if TYPE_CHECKING:
         def request(
@@ -366,6 +366,35 @@ class JobsMixin:
             "dtype": dtype,
             "aliases": _alias_list(aliases),
             "message": message,
+        }
+        return self._submit(spec, queue, max_attempts, idempotency_key)
+
+    def evaluate(
+        self,
+        adapter: str,
+        *,
+        dataset: str,
+        dataset_file: str | None = None,
+        max_new_tokens: int = 64,
+        max_rows: int = 1000,
+        max_seq_length: int = 512,
+        batch_size: int = 8,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit an eval job: score adapter version ``adapter`` on ``dataset`` and attach the metrics to it.
+
+        ``hub.evaluate("acme/bot@3", dataset="acme/heldout").wait()``, then ``hub.version("acme/bot@3").evaluations``.
+        Every format gets ``loss`` and ``perplexity``; prompt/completion rows also ``exact_match`` and
+        ``token_accuracy`` of greedy generations of at most ``max_new_tokens`` tokens (README, "Evaluating and
+        comparing"). Needs read on the adapter, its base and the dataset, and write on the adapter's namespace.
+        Runs on the ``cpu`` queue unless ``queue`` says otherwise; makes no version.
+        """
+        spec = {
+            "type": "eval", "adapter": adapter, "dataset": dataset, "dataset_file": dataset_file,
+            "max_new_tokens": max_new_tokens, "max_rows": max_rows, "max_seq_length": max_seq_length,
+            "batch_size": batch_size,
         }
         return self._submit(spec, queue, max_attempts, idempotency_key)
 

@@ -59,6 +59,29 @@ class Repo:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """Metrics an eval job measured for a version on one dataset version (``hub.evaluate``)."""
+
+    #: ``{"repo", "number", "digest"}`` of the dataset version scored
+    dataset: dict[str, Any]
+    metrics: dict[str, Any]
+    dataset_file: str | None = None
+    job: str | None = None
+    created_at: str | None = None
+
+    @property
+    def dataset_ref(self) -> str:
+        """``namespace/name@number`` of the dataset version (with ``:file`` when a file was named)."""
+        ref = f"{self.dataset.get('repo')}@{self.dataset.get('number')}"
+        return f"{ref}:{self.dataset_file}" if self.dataset_file else ref
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Evaluation:
+        return cls(dataset=dict(data.get("dataset") or {}), metrics=dict(data.get("metrics") or {}),
+                   dataset_file=data.get("dataset_file"), job=data.get("job"), created_at=data.get("created_at"))
+
+
+@dataclass(frozen=True)
 class Version:
     repo: str
     number: int
@@ -75,7 +98,15 @@ class Version:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: the manifest; ``None`` in listings, which leave files out
     files: tuple[FileEntry, ...] | None = None
+    #: evaluations of this version, newest first (``hub.version()`` only; ``None`` in listings)
+    evaluations: tuple[Evaluation, ...] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def training_metrics(self) -> dict[str, Any]:
+        """What the training job measured (``metadata["metrics"]``: first_loss, final_loss, eval_loss …)."""
+        metrics = self.metadata.get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else {}
 
     @property
     def ref(self) -> str:
@@ -88,7 +119,7 @@ class Version:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Version:
-        files = data.get("files")
+        files, evaluations = data.get("files"), data.get("evaluations")
         return cls(
             repo=data["repo"],
             number=int(data["number"]),
@@ -104,5 +135,6 @@ class Version:
             adapter=data.get("adapter"),
             metadata=dict(data.get("metadata") or {}),
             files=None if files is None else tuple(FileEntry.from_json(f) for f in files),
+            evaluations=None if evaluations is None else tuple(Evaluation.from_json(e) for e in evaluations),
             raw=dict(data),
         )

@@ -22,7 +22,7 @@ from openapi_spec_validator import validate
 
 from pefthub.protocol.jobs import QUEUES
 from pefthub.protocol.peft import METHODS
-from pefthub.protocol.specs import COMBINATIONS, DTYPES, TrainHyperparameters
+from pefthub.protocol.specs import COMBINATIONS, DTYPES, MAX_EVAL_NEW_TOKENS, TrainHyperparameters
 
 PAGINATED = {"/api/v1/repos", "/api/v1/repos/{ns}/{name}/versions", "/api/v1/jobs"}
 
@@ -113,14 +113,17 @@ def test_job_request_is_one_schema_per_job_type_with_the_protocol_rules(schema):
     assert request["discriminator"]["propertyName"] == "type"
     train = _resolve(schema, {"$ref": request["discriminator"]["mapping"]["train"]})
     merge = _resolve(schema, {"$ref": request["discriminator"]["mapping"]["merge"]})
-    assert len(request["oneOf"]) == 2
+    evaluate = _resolve(schema, {"$ref": request["discriminator"]["mapping"]["eval"]})
+    assert len(request["oneOf"]) == 3
     assert set(train["required"]) == {"type", "base_model", "dataset", "output"}
     assert set(merge["required"]) == {"type", "adapters", "output"}
+    assert set(evaluate["required"]) == {"type", "adapter", "dataset"}
+    assert evaluate["properties"]["max_new_tokens"]["maximum"] == MAX_EVAL_NEW_TOKENS
 
     def enum(spec, name):
         return _resolve(schema, spec["properties"][name].get("allOf", [spec["properties"][name]])[0])["enum"]
 
-    assert enum(train, "type") == ["train"] and enum(merge, "type") == ["merge"]
+    assert enum(train, "type") == ["train"] and enum(merge, "type") == ["merge"] and enum(evaluate, "type") == ["eval"]
     assert enum(train, "method") == list(METHODS) and enum(train, "queue") == list(QUEUES)
     assert enum(merge, "combination") == list(COMBINATIONS) and enum(merge, "dtype") == list(DTYPES)
     hyperparameters = _resolve(schema, train["properties"]["hyperparameters"])

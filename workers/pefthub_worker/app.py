@@ -1,4 +1,4 @@
-"""The workers' Celery app and its two thin tasks. Arguments are job ids, never objects.
+"""The workers' Celery app and its three thin tasks. Arguments are job ids, never objects.
 
 Configuration comes from the environment (no Django here): ``CELERY_BROKER_URL``
 (empty: the embedded filesystem broker under ``PEFTHUB_BROKER_DIR``, default
@@ -18,7 +18,7 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready, worker_shutdown
 
 from pefthub.protocol import logs
-from pefthub.protocol.jobs import TASK_MERGE, TASK_TRAIN, celery_config
+from pefthub.protocol.jobs import TASK_EVAL, TASK_MERGE, TASK_TRAIN, celery_config
 
 
 def broker_dir() -> Path:
@@ -95,6 +95,13 @@ def train(job_id: str) -> str:
 
 @app.task(name=TASK_MERGE)
 def merge(job_id: str) -> str:
+    from pefthub_worker.runner import run_job
+
+    return run_job(job_id)
+
+
+@app.task(name=TASK_EVAL)
+def evaluate(job_id: str) -> str:
     from pefthub_worker.runner import run_job
 
     return run_job(job_id)

@@ -134,9 +134,16 @@ class JobClient:
             last = self._post(job_id, "events", {"attempt": attempt, "events": batch})["last_seq"]
         return last
 
-    def complete(self, job_id: str, attempt: int, version: int) -> dict[str, Any]:
-        """Finish the job with its result, version ``version`` pushed with ``job=job_id``; the job."""
-        return self._post(job_id, "complete", {"attempt": attempt, "version": version})
+    def complete(self, job_id: str, attempt: int, version: int | None = None, *,
+                 metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Finish the job with its result, version ``version`` pushed with ``job=job_id`` (an eval job: its
+        ``metrics``, which the hub attaches to the version the job pinned); the job."""
+        body: dict[str, Any] = {"attempt": attempt}
+        if metrics is not None:
+            body["metrics"] = metrics
+        else:
+            body["version"] = version
+        return self._post(job_id, "complete", body)
 
     def fail(
         self, job_id: str, attempt: int, code: str, message: str, retryable: bool = False

@@ -1,4 +1,4 @@
-"""Run one job: claim → pull inputs → recipe → push the result → complete.
+"""Run one job: claim → pull inputs → recipe → push the result (an eval job: its metrics) → complete.
 
 A worker is an SDK client. It claims the job with its own `worker`-scope token, which can
 do nothing else; the claim hands back the job's token, and every later call of the job
@@ -28,11 +28,12 @@ from pefthub import Hub
 from pefthub.errors import HubError
 from pefthub.protocol import logs
 from pefthub.protocol.errors import SpecError
-from pefthub.protocol.jobs import TRAIN
-from pefthub.protocol.specs import MergeSpec, TrainSpec
+from pefthub.protocol.jobs import EVAL, MERGE, TRAIN
+from pefthub.protocol.specs import EvalSpec, MergeSpec, TrainSpec
 
 from .capabilities import detect, worker_name
 from .client import ClaimRefused, JobClient, LeaseLost, WorkerClient
+from .evaluation import evaluate
 from .merging import MergeError, merge
 from .training import Callbacks, Cancelled, DatasetError, train
 
@@ -121,12 +122,11 @@ def _numbered(item: dict[str, Any]) -> str:
     return f"{item['repo']}@{item['number']}"
 
 
-def _dataset_file(folder: Path, name: str | None) -> Path:
+def _dataset_file(folder: Path, name: str | None, field: str = "hyperparameters.dataset_file") -> Path:
     if name:
         path = (folder / name).resolve()
         if folder.resolve() not in path.parents or not path.is_file():
-            raise SpecError("hyperparameters.dataset_file",
-                            f"hyperparameters.dataset_file: the dataset has no file `{name}`")
+            raise SpecError(field, f"{field}: the dataset has no file `{name}`")
         return path
     files = sorted(folder.rglob("*.jsonl"))
     if not files:
@@ -179,6 +179,26 @@ def _merge(job: dict[str, Any], hub: Hub, session: JobSession, work: Path):
                     job=job["id"])
 
 
+def _evaluate(job: dict[str, Any], hub: Hub, session: JobSession, work: Path) -> dict[str, Any]:
+    """Score the pinned adapter on the pinned dataset; the metrics complete the job (no version is pushed)."""
+    spec = EvalSpec.from_dict(job["spec"])
+    pins = job["inputs"]
+    base_dir, adapter_dir = hub.pull(_pinned(pins["base_model"])), hub.pull(_pinned(pins["adapter"]))
+    dataset = _dataset_file(hub.pull(_pinned(pins["dataset"])), spec.dataset_file, "dataset_file")
+    session.log(f"evaluating {_numbered(pins['adapter'])} (base {_numbered(pins['base_model'])}) "
+                f"on {_numbered(pins['dataset'])}")
+    metrics = evaluate(base_dir=base_dir, adapter_dir=adapter_dir, dataset_path=dataset, max_rows=spec.max_rows,
+                       max_new_tokens=spec.max_new_tokens, max_seq_length=spec.max_seq_length,
+                       batch_size=spec.batch_size,
+                       callbacks=Callbacks(on_event=session.event, should_stop=session.should_stop))
+    session.log("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in metrics.items()))
+    return metrics
+
+
+RECIPES = {TRAIN: _train, MERGE: _merge, EVAL: _evaluate}
+
+
 def _failure(exc: BaseException) -> tuple[str, str, bool]:
     """(code, message, retryable) for what a recipe raised."""
     if isinstance(exc, SpecError):
@@ -212,12 +232,12 @@ def _run_job(job_id: str, *, hub: Hub | None) -> str:
     attempt = claim.attempt
     client = worker.job_client(claim)
     work = Path(tempfile.mkdtemp(prefix=f"pefthub-job-{job_id[:8]}-"))
-    recipe = _train if claim.job["type"] == TRAIN else _merge
-    outcome, version, failure = "succeeded", None, None
+    recipe = RECIPES[claim.job["type"]]
+    outcome, result, failure = "succeeded", None, None
     try:
         with JobSession(client, job_id, attempt, claim.heartbeat_seconds) as session:
             try:
-                version = recipe(claim.job, client.hub, session, work)
+                result = recipe(claim.job, client.hub, session, work)
             except Cancelled:  # asked to cancel, or the lease was lost
                 outcome = "cancelled"
             except Exception as exc:  # every failure is reported to the hub below
@@ -225,8 +245,10 @@ def _run_job(job_id: str, *, hub: Hub | None) -> str:
                 outcome, failure = "failed", _failure(exc)
         if session.lease_lost.is_set():
             return "lease_lost"
-        if outcome == "succeeded":
-            client.complete(job_id, attempt, version.number)
+        if outcome == "succeeded" and isinstance(result, dict):  # an eval job's metrics
+            client.complete(job_id, attempt, metrics=result)
+        elif outcome == "succeeded":
+            client.complete(job_id, attempt, result.number)
         elif outcome == "cancelled":
             client.fail(job_id, attempt, "cancelled", "cancelled")
         else:

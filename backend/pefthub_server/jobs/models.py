@@ -1,4 +1,4 @@
-"""Jobs (train, merge) run by workers, and their ordered event log."""
+"""Jobs (train, merge, eval) run by workers, and their ordered event log."""
 
 from __future__ import annotations
 
@@ -67,11 +67,16 @@ class Job(models.Model):
 
     @property
     def output_kind(self) -> str:
-        return ADAPTER if self.type == contract.TRAIN else MODEL
+        return MODEL if self.type == contract.MERGE else ADAPTER
+
+    @property
+    def makes_version(self) -> bool:
+        """Whether the job pushes a result version to ``output``: an eval job only attaches metrics to its adapter."""
+        return self.type != contract.EVAL
 
     def pinned_inputs(self) -> list[dict]:
         """Every input as pinned at submit (``{"repo", "number", "digest"}``): what its token may read."""
-        pins = [self.inputs[key] for key in ("base_model", "dataset", "continue_from") if key in self.inputs]
+        pins = [self.inputs[key] for key in ("base_model", "adapter", "dataset", "continue_from") if key in self.inputs]
         return pins + list(self.inputs.get("adapters", []))
 
 

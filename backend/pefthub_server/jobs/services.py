@@ -32,11 +32,19 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from pefthub.protocol.capabilities import check_capabilities, direct_queue, job_needs, unmet, waiting_reason
-from pefthub.protocol.jobs import MERGE, PROGRESS_KEYS, TRAIN, WORKER_EVENT_TYPES
+from pefthub.protocol.errors import SpecError
+from pefthub.protocol.jobs import EVAL, MERGE, PROGRESS_KEYS, TRAIN, WORKER_EVENT_TYPES
 from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH, MAX_IDEMPOTENCY_KEY_LENGTH
 from pefthub.protocol.peft import MERGE_JOB_TYPES, VIRTUAL_TOKEN_METHODS
 from pefthub.protocol.refs import parse_ref
-from pefthub.protocol.specs import MergeSpec, TrainSpec, continued_hyperparameters, parse_job_request
+from pefthub.protocol.specs import (
+    EvalSpec,
+    MergeSpec,
+    TrainSpec,
+    check_eval_metrics,
+    continued_hyperparameters,
+    parse_job_request,
+)
 from pefthub.protocol.words import with_article
 from pefthub_server.core import metrics
 from pefthub_server.core.errors import Conflict, HubError, NotFound, ValidationFailed
@@ -46,8 +54,14 @@ from pefthub_server.jobs.dispatch import job_dispatch
 from pefthub_server.jobs.models import Job, JobEvent, Worker
 from pefthub_server.registry import compatibility
 from pefthub_server.registry.blobs import adapter_weights_header
-from pefthub_server.registry.models import Namespace, Repository, Role, Version, VersionFile
-from pefthub_server.registry.selectors import namespace_role, repository_get, require_namespace_role, version_resolve
+from pefthub_server.registry.models import Evaluation, Namespace, Repository, Role, Version, VersionFile
+from pefthub_server.registry.selectors import (
+    namespace_role,
+    readable_repositories,
+    repository_get,
+    require_namespace_role,
+    version_resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +179,23 @@ def _check_merge(*, user, spec: MergeSpec) -> tuple[MergeSpec, dict, Namespace, 
     return spec, {"base_model": _pin(base), "adapters": pinned}, ns, name, job_needs(type=MERGE, largest_shard=shard)
 
 
+def _check_eval(*, user, spec: EvalSpec) -> tuple[EvalSpec, dict, Namespace, str, dict]:
+    """Read on the adapter, its base and the dataset; write on the adapter's namespace, which gets the metrics."""
+    adapter = _readable_version(user=user, ref=spec.adapter, field="adapter", kind=Repository.Kind.ADAPTER)
+    dataset = _readable_version(user=user, ref=spec.dataset, field="dataset", kind=Repository.Kind.DATASET)
+    repo = adapter.repository
+    require_namespace_role(user, repo.namespace, Role.WRITE,
+                           action=f"evaluate `{repo.full_name}` (an evaluation attaches its metrics to the version)")
+    base = adapter.base_version
+    # the adapter's version page names its base to whoever reads the adapter, so naming it here reveals nothing
+    if base is None or not readable_repositories(user).filter(pk=base.repository_id).exists():
+        label = f"`{base.repository.full_name}@{base.number}`" if base is not None else "no base model version"
+        raise ValidationFailed(f"adapter: `{adapter}` fits base {label}, which you cannot read; the worker loads the "
+                               "base to score the adapter.", code="invalid_spec", detail={"field": "adapter"})
+    inputs = {"adapter": _pin(adapter), "base_model": _pin(base), "dataset": _pin(dataset)}
+    return spec, inputs, repo.namespace, repo.name, job_needs(type=EVAL)
+
+
 def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple[Job, bool]:
     """Validate a job request, pin its inputs, create the job and enqueue its id after commit."""
     if idempotency_key is not None and not (0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
@@ -182,6 +213,8 @@ def job_create(*, user, body: dict, idempotency_key: str | None = None) -> tuple
         hyperparameters = body.get("hyperparameters") or {}
         given = {key for key, value in hyperparameters.items() if value is not None}  # parse_job_request: a dict
         spec, inputs, ns, name, needs = _check_train(user=user, spec=request.spec, given=given)
+    elif isinstance(request.spec, EvalSpec):
+        spec, inputs, ns, name, needs = _check_eval(user=user, spec=request.spec)
     else:
         spec, inputs, ns, name, needs = _check_merge(user=user, spec=request.spec)
     try:
@@ -421,9 +454,18 @@ def _finish(job: Job, status: str, *, error: dict | None = None, reason: str | N
                                        **({"error": error} if error else {})})
 
 
-def job_complete(*, job_id, attempt: int, version_number) -> Job:
+def job_complete(*, job_id, attempt: int, version_number=None, metrics=None) -> Job:
+    """Finish a job with its result: a train or merge job's pushed version, an eval job's metrics."""
     with transaction.atomic():
         job = _active(job_id, attempt)
+        if job.type == Job.Type.EVAL:
+            _attach_evaluation(job, version_number=version_number, metrics=metrics)
+            _finish(job, Job.Status.SUCCEEDED)
+            return job
+        if metrics is not None:
+            raise ValidationFailed(f"{with_article(job.type).capitalize()} job completes with its result version, not "
+                                   "metrics; send `version`.",
+                                   detail={"field": "metrics"})
         version = Version.objects.filter(job=job).select_related("repository__namespace").first()
         if version is None or version.number != version_number:
             raise ValidationFailed(
@@ -431,6 +473,32 @@ def job_complete(*, job_id, attempt: int, version_number) -> Job:
         _event(job, JobEvent.Type.ARTIFACT, _pin(version))
         _finish(job, Job.Status.SUCCEEDED)
     return job
+
+
+def _attach_evaluation(job: Job, *, version_number, metrics) -> Evaluation:
+    """Attach an eval job's metrics to the adapter version it pinned (the job's own, whatever the worker says)."""
+    if version_number is not None:
+        raise ValidationFailed("An eval job makes no version; complete it with `metrics` only.",
+                               detail={"field": "version"})
+    try:
+        metrics = check_eval_metrics(metrics)
+    except SpecError as exc:
+        raise ValidationFailed(exc.message, detail={"field": exc.field}) from None
+    pin, data = job.inputs["adapter"], job.inputs["dataset"]
+    ns, _, name = pin["repo"].partition("/")
+    version = Version.objects.filter(repository__namespace__name=ns, repository__name=name, number=pin["number"],
+                                     digest=pin["digest"].removeprefix("sha256:")).first()
+    if version is None:
+        raise ValidationFailed(f"Version {pin['repo']}@{pin['number']} was deleted while the job ran; its metrics "
+                               "have nowhere to go.", code="version_gone", detail={"field": "metrics"})
+    evaluation = Evaluation.objects.create(
+        version=version, job=job, dataset_repo=data["repo"], dataset_number=data["number"],
+        dataset_digest=data["digest"].removeprefix("sha256:"), dataset_file=job.spec.get("dataset_file") or "",
+        metrics=metrics)
+    Job.objects.filter(pk=job.pk).update(metrics=metrics)
+    job.metrics = metrics
+    _event(job, JobEvent.Type.ARTIFACT, {**pin, "evaluation": metrics})
+    return evaluation
 
 
 def _requeue(job: Job, reason: str) -> None:

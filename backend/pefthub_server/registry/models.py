@@ -226,3 +226,31 @@ class CatalogueGeneration(models.Model):
 
     def __str__(self) -> str:
         return f"catalogue generation {self.value}"
+
+
+class Evaluation(models.Model):
+    """Metrics an ``eval`` job measured for a version on one dataset version; attached when the job completes.
+
+    The dataset is kept as its pin (repository, number, digest), not a foreign key: the
+    scores stay readable, and comparable by pin, after the dataset repository is deleted.
+    """
+
+    version = models.ForeignKey(Version, on_delete=models.CASCADE, related_name="evaluations")
+    job = models.OneToOneField("jobs.Job", on_delete=models.CASCADE, related_name="evaluation",
+                               help_text="The eval job that measured it (one evaluation per job)")
+    dataset_repo = models.CharField(max_length=161, help_text="namespace/name of the dataset repository")
+    dataset_number = models.PositiveIntegerField()
+    dataset_digest = models.CharField(max_length=64, help_text="sha256 of the dataset version's canonical manifest")
+    dataset_file = models.CharField(max_length=512, blank=True, default="", help_text="The .jsonl file scored")
+    metrics = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["version", "-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.version} on {self.dataset_repo}@{self.dataset_number}"
+
+    @property
+    def dataset_pin(self) -> dict:
+        return {"repo": self.dataset_repo, "number": self.dataset_number, "digest": f"sha256:{self.dataset_digest}"}

@@ -1,7 +1,7 @@
 """Jobs on the queue: types, statuses, events, queue names, task names and the Celery settings both sides share.
 
-The server sends a job's id (only) to its queue as task ``pefthub.train`` or
-``pefthub.merge``; a worker claims the job through the API. Pure data, no Celery
+The server sends a job's id (only) to its queue as task ``pefthub.train``,
+``pefthub.merge`` or ``pefthub.evaluate``; a worker claims the job through the API. Pure data, no Celery
 import: the server and ``pefthub-worker`` both build their Celery app from
 :func:`celery_config`, so they always agree on the broker. With no
 ``CELERY_BROKER_URL`` the broker is kombu's filesystem transport in a folder both
@@ -15,7 +15,9 @@ from typing import Any
 
 TRAIN = "train"
 MERGE = "merge"
-JOB_TYPES = (TRAIN, MERGE)
+#: scores an adapter version on a dataset and attaches the metrics to that version; it makes no version
+EVAL = "eval"
+JOB_TYPES = (TRAIN, MERGE, EVAL)
 
 QUEUED, RUNNING, CANCEL_REQUESTED = "queued", "running", "cancel_requested"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -36,10 +38,11 @@ PROGRESS_KEYS = ("step", "total_steps", "epoch")
 JOB_ID_MIN_PREFIX = 8
 
 QUEUES = ("gpu", "cpu")
-DEFAULT_QUEUE = {TRAIN: "gpu", MERGE: "cpu"}
+DEFAULT_QUEUE = {TRAIN: "gpu", MERGE: "cpu", EVAL: "cpu"}
 TASK_TRAIN = "pefthub.train"
 TASK_MERGE = "pefthub.merge"
-TASKS = {TRAIN: TASK_TRAIN, MERGE: TASK_MERGE}
+TASK_EVAL = "pefthub.evaluate"
+TASKS = {TRAIN: TASK_TRAIN, MERGE: TASK_MERGE, EVAL: TASK_EVAL}
 TASK_REAP = "pefthub.reap_jobs"
 #: server-side tasks (the reaper), consumed by `pefthub-server beat`
 HUB_QUEUE = "hub"

@@ -1,4 +1,4 @@
-"""Job specs: what a ``train`` or ``merge`` job asks a worker to do.
+"""Job specs: what a ``train``, ``merge`` or ``eval`` job asks a worker to do.
 
 One schema, three readers: the SDK checks a spec before sending it, the server
 validates it at submit time, the worker reads it back. Pure standard library, so the
@@ -22,7 +22,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .errors import RefError, SpecError
-from .jobs import DEFAULT_QUEUE, JOB_TYPES, MERGE, QUEUES, TRAIN
+from .jobs import DEFAULT_QUEUE, EVAL, JOB_TYPES, MERGE, QUEUES, TRAIN
 from .limits import DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_MESSAGE_LENGTH
 from .manifest import path_problem
 from .peft import LORA_METHODS, METHOD_PEFT_TYPES, METHODS, VIRTUAL_TOKEN_METHODS
@@ -33,8 +33,9 @@ COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties")
 DTYPES = ("float32", "bfloat16", "float16")
 
 __all__ = [
-    "COMBINATIONS", "DTYPES", "AdapterWeight", "JobRequest", "MergeSpec", "SpecError", "TrainHyperparameters",
-    "TrainSpec", "continued_hyperparameters", "parse_job_request", "parse_overrides", "spec_from_dict",
+    "COMBINATIONS", "DTYPES", "AdapterWeight", "EvalSpec", "JobRequest", "MergeSpec", "SpecError",
+    "TrainHyperparameters", "TrainSpec", "check_eval_metrics", "continued_hyperparameters", "parse_job_request",
+    "parse_overrides", "spec_from_dict",
 ]
 
 
@@ -496,8 +497,76 @@ def _adapters(value: Any) -> list[AdapterWeight]:
     return out
 
 
-def spec_from_dict(data: dict) -> TrainSpec | MergeSpec:
-    """A :class:`TrainSpec` or :class:`MergeSpec`, chosen by ``data["type"]``."""
+# --- eval ----------------------------------------------------------------------------------
+
+_EVAL_KEYS = ["type", "adapter", "dataset", "dataset_file", "max_rows", "max_new_tokens", "max_seq_length",
+              "batch_size"]
+#: the most rows, generated tokens and tokens per row an eval job may ask for: it runs on a shared CPU queue
+MAX_EVAL_ROWS = 100_000
+MAX_EVAL_NEW_TOKENS = 1024
+#: what an eval job may attach to a version: this many metrics, each a finite number under a short snake_case name
+MAX_EVAL_METRICS = 64
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+@dataclass
+class EvalSpec:
+    """Score adapter version ``adapter`` on ``dataset``; the metrics are attached to that version (no new version).
+
+    Every format gets ``loss`` and ``perplexity`` (token-weighted, the training recipe's tokenisation and
+    label masking); ``prompt``/``completion`` rows also ``exact_match`` and ``token_accuracy`` of greedy
+    generations of at most ``max_new_tokens`` tokens. At most ``max_rows`` rows (the file's first) are scored.
+    """
+
+    adapter: str
+    dataset: str
+    dataset_file: str | None = None
+    max_rows: int = 1000
+    max_new_tokens: int = 64
+    max_seq_length: int = 512
+    batch_size: int = 8
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalSpec:
+        data = _check_keys("", data, _EVAL_KEYS)
+        if data.get("type", EVAL) != EVAL:
+            raise SpecError("type", f"type must be {EVAL!r} here, got {data.get('type')!r}")
+        dataset_file = data.get("dataset_file")
+        return cls(
+            adapter=_ref("adapter", data.get("adapter"), allow_revision=True),
+            dataset=_ref("dataset", data.get("dataset"), allow_revision=True),
+            dataset_file=None if dataset_file is None else _dataset_file("dataset_file", dataset_file),
+            max_rows=_int("max_rows", data.get("max_rows", 1000), minimum=1, maximum=MAX_EVAL_ROWS),
+            max_new_tokens=_int("max_new_tokens", data.get("max_new_tokens", 64), minimum=1, maximum=MAX_EVAL_NEW_TOKENS),
+            max_seq_length=_int("max_seq_length", data.get("max_seq_length", 512), minimum=8, maximum=1_048_576),
+            batch_size=_int("batch_size", data.get("batch_size", 8), minimum=1, maximum=65_536),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "type": EVAL, "adapter": self.adapter, "dataset": self.dataset, "dataset_file": self.dataset_file,
+            "max_rows": self.max_rows, "max_new_tokens": self.max_new_tokens, "max_seq_length": self.max_seq_length,
+            "batch_size": self.batch_size,
+        }
+
+
+def check_eval_metrics(value: Any) -> dict[str, float | int]:
+    """The metrics an eval job completes with: at most MAX_EVAL_METRICS finite numbers under snake_case names."""
+    if not isinstance(value, dict) or not value:
+        raise SpecError("metrics", "metrics must be a non-empty JSON object of metric name to number")
+    if len(value) > MAX_EVAL_METRICS:
+        raise SpecError("metrics", f"metrics holds {len(value)} entries; at most {MAX_EVAL_METRICS}")
+    for name, number in value.items():
+        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+            raise SpecError("metrics", f"metrics: {name!r} is not a metric name (lower-case snake_case, "
+                                       "at most 64 characters)")
+        if not _is_number(number):
+            raise SpecError(f"metrics.{name}", f"metrics.{name} must be a finite number, got {number!r}")
+    return dict(value)
+
+
+def spec_from_dict(data: dict) -> TrainSpec | MergeSpec | EvalSpec:
+    """A :class:`TrainSpec`, :class:`MergeSpec` or :class:`EvalSpec`, chosen by ``data["type"]``."""
     if not isinstance(data, dict):
         raise SpecError("spec", f"the spec must be a JSON object, got {type(data).__name__}")
     kind = data.get("type")
@@ -505,30 +574,35 @@ def spec_from_dict(data: dict) -> TrainSpec | MergeSpec:
         return TrainSpec.from_dict(data)
     if kind == MERGE:
         return MergeSpec.from_dict(data)
+    if kind == EVAL:
+        return EvalSpec.from_dict(data)
     raise SpecError("type", f"type must be one of {', '.join(JOB_TYPES)}, got {kind!r}")
+
+
+_SPEC_TYPES = {TrainSpec: TRAIN, MergeSpec: MERGE, EvalSpec: EVAL}
 
 
 @dataclass
 class JobRequest:
     """A job as submitted: the spec, the queue it runs on and how many attempts it may take."""
 
-    spec: TrainSpec | MergeSpec
+    spec: TrainSpec | MergeSpec | EvalSpec
     queue: str
     max_attempts: int = DEFAULT_ATTEMPTS
 
     @property
     def type(self) -> str:
-        return TRAIN if isinstance(self.spec, TrainSpec) else MERGE
+        return _SPEC_TYPES[type(self.spec)]
 
 
 def parse_job_request(body: Any) -> JobRequest:
-    """A submitted job body: a train or merge spec plus optional ``queue`` and ``max_attempts``."""
+    """A submitted job body: a train, merge or eval spec plus optional ``queue`` and ``max_attempts``."""
     if not isinstance(body, dict):
         raise SpecError("spec", f"the job must be a JSON object, got {type(body).__name__}")
     body = dict(body)
     queue, max_attempts = body.pop("queue", None), body.pop("max_attempts", DEFAULT_ATTEMPTS)
     spec = spec_from_dict(body)
-    kind = TRAIN if isinstance(spec, TrainSpec) else MERGE
+    kind = _SPEC_TYPES[type(spec)]
     if queue is None:
         queue = DEFAULT_QUEUE[kind]
     if queue not in QUEUES:

@@ -46,12 +46,13 @@ def adapter(alice, acme_base):
 
 
 @pytest.mark.parametrize("rev", ["prod", "canary", "1", f"sha256:{'1' * 64}"])
-def test_a_version_by_alias_number_or_digest_is_its_manifest_in_four_queries(alice, api, adapter, rev,
+def test_a_version_by_alias_number_or_digest_is_its_manifest_in_five_queries(alice, api, adapter, rev,
                                                                              django_assert_num_queries) -> None:
     _, v1, base_version = adapter
     client = api(alice.token)
     client.get("/api/v1/whoami")  # the token is known now (cached) and its last use stamped
-    with django_assert_num_queries(4) as queries:  # the repository, the version (base, creator), its aliases, its files
+    # the repository, the version (base, creator), its aliases, its files, its evaluations
+    with django_assert_num_queries(5) as queries:
         response = client.get(f"/api/v1/repos/acme/ad/versions/{rev}")
     # the version's own repository is the one already read: only its base (version, repository, namespace), its
     # creator and, by alias, the alias are joined
@@ -64,7 +65,7 @@ def test_a_version_by_alias_number_or_digest_is_its_manifest_in_four_queries(ali
         "created_at": serializers.DateTimeField().to_representation(v1.created_at), "created_by": "alice",
         "aliases": ["canary", "prod"], "size": v1.size, "file_count": v1.file_count,
         "base_model": {"repo": "acme/llama-tiny", "number": 1, "digest": f"sha256:{base_version.digest}"},
-        "adapter": ADAPTER, "metadata": {"k": "v"}, "job": None,
+        "adapter": ADAPTER, "metadata": {"k": "v"}, "job": None, "evaluations": [],
         "serving": {"peft_type": "LORA", "rank": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
                     "modules_to_save": None, "use_dora": False, "mergeable": True, "multi_lora_servable": True},
     }

@@ -7,10 +7,10 @@ from dataclasses import fields
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
-from pefthub.protocol.jobs import DEFAULT_QUEUE, MERGE, QUEUES, TRAIN, WORKER_EVENT_TYPES
+from pefthub.protocol.jobs import DEFAULT_QUEUE, EVAL, MERGE, QUEUES, TRAIN, WORKER_EVENT_TYPES
 from pefthub.protocol.limits import DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_MESSAGE_LENGTH
 from pefthub.protocol.peft import METHODS
-from pefthub.protocol.specs import COMBINATIONS, DTYPES, TrainHyperparameters
+from pefthub.protocol.specs import COMBINATIONS, DTYPES, MAX_EVAL_NEW_TOKENS, MAX_EVAL_ROWS, TrainHyperparameters
 from pefthub_server.jobs import selectors
 from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry.api.serializers import BaseRefSerializer
@@ -143,9 +143,31 @@ class MergeSpecSerializer(_JobSpecSerializer):
     queue = serializers.ChoiceField(choices=QUEUES, default=DEFAULT_QUEUE[MERGE])
 
 
+class EvalSpecSerializer(serializers.Serializer):
+    """Score an adapter version on a dataset; the metrics are attached to that version (no new version).
+
+    Needs read on the adapter, its base and the dataset, and write on the adapter's namespace.
+    """
+
+    type = serializers.ChoiceField(choices=[EVAL])
+    adapter = serializers.CharField(help_text="`namespace/name[@revision]` of an adapter repository.")
+    dataset = serializers.CharField(help_text="`namespace/name[@revision]` of a dataset repository.")
+    dataset_file = serializers.CharField(required=False, allow_null=True, default=None,
+                                         help_text="Which .jsonl file of the dataset; null: its only (or first) one.")
+    max_rows = serializers.IntegerField(required=False, default=1000, min_value=1, max_value=MAX_EVAL_ROWS,
+                                        help_text="Score at most the file's first this many rows.")
+    max_new_tokens = serializers.IntegerField(required=False, default=64, min_value=1, max_value=MAX_EVAL_NEW_TOKENS,
+                                              help_text="Cap on generated tokens per prompt/completion row.")
+    max_seq_length = serializers.IntegerField(required=False, default=512, min_value=8,
+                                              help_text="Tokens per row; longer rows are truncated, as in training.")
+    batch_size = serializers.IntegerField(required=False, default=8, min_value=1, help_text="Rows per loss batch.")
+    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ATTEMPTS, default=DEFAULT_ATTEMPTS)
+    queue = serializers.ChoiceField(choices=QUEUES, default=DEFAULT_QUEUE[EVAL])
+
+
 JobCreateSerializer = PolymorphicProxySerializer(
     component_name="JobSpec",
-    serializers={TRAIN: TrainSpecSerializer, MERGE: MergeSpecSerializer},
+    serializers={TRAIN: TrainSpecSerializer, MERGE: MergeSpecSerializer, EVAL: EvalSpecSerializer},
     resource_type_field_name="type",
 )
 
@@ -201,7 +223,10 @@ class EventsRequestSerializer(serializers.Serializer):
 
 class CompleteRequestSerializer(serializers.Serializer):
     attempt = serializers.IntegerField()
-    version = serializers.IntegerField()
+    version = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                       help_text="A train or merge job: the result version it pushed.")
+    metrics = serializers.JSONField(required=False, allow_null=True, default=None, help_text=(
+        "An eval job: `{name: number}` (at most 64), attached to the adapter version it pinned."))
 
 
 class FailRequestSerializer(serializers.Serializer):

@@ -68,7 +68,7 @@ class JobListView(APIView):
         return paginator.get_paginated_response(s.JobSerializer.placed(page, many=True).data)
 
     @extend_schema(
-        summary="Submit a train or merge job (send Idempotency-Key to make retries safe)",
+        summary="Submit a train, merge or eval job (send Idempotency-Key to make retries safe)",
         request=s.JobCreateSerializer, responses={201: s.JobSerializer, 200: s.JobSerializer, **errors(409)},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )
@@ -165,11 +165,12 @@ class JobHeartbeatView(APIView):
 class JobCompleteView(APIView):
     job_token_rule = staticmethod(own_job)
 
-    @extend_schema(summary="Finish a job with its result version (worker)", request=s.CompleteRequestSerializer,
-                   responses={200: s.JobSerializer, **errors(409)})
+    @extend_schema(summary="Finish a job with its result version, or an eval job with its metrics (worker)",
+                   request=s.CompleteRequestSerializer, responses={200: s.JobSerializer, **errors(409)})
     def post(self, request, job_id):
         data = _job_body(request, s.CompleteRequestSerializer, "complete the job")
-        job = services.job_complete(job_id=job_id, attempt=data["attempt"], version_number=data["version"])
+        job = services.job_complete(job_id=job_id, attempt=data["attempt"], version_number=data["version"],
+                                    metrics=data["metrics"])
         return Response(_job_data(job))
 
 

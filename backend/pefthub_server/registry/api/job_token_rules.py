@@ -3,7 +3,7 @@
 Each rule is a view's ``job_token_rule`` (see :class:`pefthub_server.core.auth.JobTokenPolicy`):
 ``rule(request, job, **url_kwargs) -> bool``, called before the view runs. ``job`` is the
 jobs app's Job, reached through the token; the registry reads it by duck typing
-(``output``, ``output_kind``, ``pinned_inputs()``, ``inputs``, ``spec``) and never imports
+(``output``, ``output_kind``, ``makes_version``, ``pinned_inputs()``, ``inputs``, ``spec``) and never imports
 the jobs app. Anything a rule does not allow is a 403 with the policy's message.
 """
 
@@ -43,8 +43,8 @@ def version_detail(request, job, ns: str, name: str, rev: str) -> bool:
 
 
 def upload(request, job, ns: str, name: str) -> bool:
-    """Negotiating a push to the job's output repository."""
-    return request.method == "POST" and f"{ns}/{name}" == job.output
+    """Negotiating a push to the job's output repository (an eval job pushes nothing)."""
+    return request.method == "POST" and job.makes_version and f"{ns}/{name}" == job.output
 
 
 def _same_job(value, job) -> bool:
@@ -60,7 +60,7 @@ def commit(request, job, ns: str, name: str) -> bool:
     The commit may create the repository (private, of the job's output kind); it may set
     only the aliases the job's spec names, and file an adapter only against the pinned base.
     """
-    if request.method != "POST" or f"{ns}/{name}" != job.output:
+    if request.method != "POST" or not job.makes_version or f"{ns}/{name}" != job.output:
         return False
     body = request.data if isinstance(request.data, dict) else {}
     if not _same_job(body.get("job"), job):

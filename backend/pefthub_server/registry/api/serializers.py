@@ -191,9 +191,28 @@ class VersionSerializer(serializers.Serializer):
         }
 
 
+class EvaluationSerializer(serializers.Serializer):
+    """Metrics an eval job measured for the version on one dataset version (newest first)."""
+
+    dataset = BaseRefSerializer(help_text="The dataset version scored, as pinned when the job was submitted.")
+    dataset_file = serializers.CharField(allow_null=True, help_text="The .jsonl file scored; null: its only (or first).")
+    metrics = serializers.DictField(child=serializers.FloatField(), help_text=(
+        "`loss`, `perplexity`, `rows`, `tokens`; prompt/completion rows also `exact_match`, `token_accuracy`, "
+        "`generated_rows`, `reference_tokens`."))
+    job = serializers.CharField(help_text="Id of the eval job.")
+    created_at = serializers.DateTimeField()
+
+    def to_representation(self, evaluation) -> dict:
+        return {"dataset": evaluation.dataset_pin, "dataset_file": evaluation.dataset_file or None,
+                "metrics": evaluation.metrics, "job": evaluation.job_id.hex, "created_at": iso_utc(evaluation.created_at)}
+
+
 class VersionDetailSerializer(VersionSerializer):
     created = serializers.BooleanField(required=False)
     files = FileSerializer(many=True)
+    evaluations = EvaluationSerializer(many=True, required=False, help_text=(
+        "Evaluations of this version, newest first (training metrics are in `metadata.metrics`); "
+        "in the answer to GET, not to a push."))
 
 
 class AliasSerializer(serializers.Serializer):

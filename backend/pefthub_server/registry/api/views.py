@@ -216,7 +216,9 @@ class VersionDetailView(APIView):
     def get(self, request, ns, name, rev):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         version = selectors.version_resolve(repo=repo, revision=rev)
-        return Response(version_detail_data(request, version))
+        data = version_detail_data(request, version)
+        data["evaluations"] = s.EvaluationSerializer(version.evaluations.order_by("-created_at", "-id"), many=True).data
+        return Response(data)
 
 
 # --- aliases -------------------------------------------------------------------------
