@@ -3,8 +3,8 @@
 Rows come in groups: ``training`` (the metrics the training job recorded), then one group per dataset
 the versions were evaluated on, matched by the dataset's pin (``repo@number``, and the file when one
 was named): two scores count as comparable only when they were measured on the same bytes. A version
-evaluated more than once on one pin shows its newest evaluation. A metric only one version has is
-shown with the other side empty and no delta.
+evaluated more than once on one pin shows its newest evaluation; one on a dataset you cannot read is
+left out. A metric only one version has is shown with the other side empty and no delta.
 """
 
 from __future__ import annotations
@@ -72,10 +72,14 @@ class Comparison:
 
 
 def _by_dataset(version: Version) -> dict[str, dict[str, Any]]:
-    """Each evaluated dataset pin -> the newest evaluation's metrics (the API lists them newest first)."""
+    """Each evaluated dataset pin -> the newest evaluation's metrics (the API lists them newest first).
+
+    An evaluation on a dataset you cannot read has no pin to match by: it is left out.
+    """
     found: dict[str, dict[str, Any]] = {}
     for evaluation in version.evaluations or ():
-        found.setdefault(evaluation.dataset_ref, evaluation.metrics)
+        if evaluation.dataset:
+            found.setdefault(evaluation.dataset_ref, evaluation.metrics)
     return found
 
 

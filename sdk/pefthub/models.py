@@ -62,8 +62,8 @@ class Repo:
 class Evaluation:
     """Metrics an eval job measured for a version on one dataset version (``hub.evaluate``)."""
 
-    #: ``{"repo", "number", "digest"}`` of the dataset version scored
-    dataset: dict[str, Any]
+    #: ``{"repo", "number", "digest"}`` of the dataset version scored; None where you cannot read the dataset
+    dataset: dict[str, Any] | None
     metrics: dict[str, Any]
     dataset_file: str | None = None
     job: str | None = None
@@ -72,12 +72,15 @@ class Evaluation:
     @property
     def dataset_ref(self) -> str:
         """``namespace/name@number`` of the dataset version (with ``:file`` when a file was named)."""
+        if not self.dataset:
+            return "a dataset you cannot see"
         ref = f"{self.dataset.get('repo')}@{self.dataset.get('number')}"
         return f"{ref}:{self.dataset_file}" if self.dataset_file else ref
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evaluation:
-        return cls(dataset=dict(data.get("dataset") or {}), metrics=dict(data.get("metrics") or {}),
+        dataset = data.get("dataset")
+        return cls(dataset=dict(dataset) if dataset else None, metrics=dict(data.get("metrics") or {}),
                    dataset_file=data.get("dataset_file"), job=data.get("job"), created_at=data.get("created_at"))
 
 

@@ -17,6 +17,8 @@ from pefthub.protocol.specs import (
     MergeSpec,
     TrainHyperparameters,
     TrainSpec,
+    check_eval_metrics,
+    parse_job_request,
     spec_from_dict,
 )
 
@@ -225,7 +227,40 @@ def test_bad_merge_specs_name_the_field(change, field):
     assert error(spec_from_dict, {**MERGE, **change}).field == field
 
 
-@pytest.mark.parametrize("data", [{"base_model": "a/b"}, {"type": "eval"}, None, ["train"]])
+@pytest.mark.parametrize("data", [{"base_model": "a/b"}, {"type": "evaluate"}, None, ["train"]])
 def test_spec_from_dict_needs_a_known_type(data):
     exc = error(spec_from_dict, data)
     assert exc.field in ("type", "spec")
+
+
+EVAL = {"type": "eval", "adapter": "acme/bot@3", "dataset": "acme/heldout"}
+
+
+def test_an_eval_spec_has_bounded_defaults_and_round_trips():
+    request = parse_job_request(EVAL)
+    assert request.type == "eval" and request.queue == "cpu"
+    assert request.spec.to_dict() == {**EVAL, "dataset_file": None, "max_rows": 1000, "max_new_tokens": 64,
+                                      "max_seq_length": 512, "batch_size": 8}
+    assert spec_from_dict(request.spec.to_dict()) == request.spec
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"adapter": "not a ref"}, "adapter"),
+    ({"dataset": None}, "dataset"),
+    ({"max_new_tokens": 1025}, "max_new_tokens"),
+    ({"max_rows": 0}, "max_rows"),
+    ({"batch_size": True}, "batch_size"),
+    ({"dataset_file": "data.csv"}, "dataset_file"),
+    ({"output": "acme/x"}, "output"),
+])
+def test_bad_eval_specs_name_the_field(change, field):
+    assert error(spec_from_dict, {**EVAL, **change}).field == field
+
+
+@pytest.mark.parametrize(("metrics", "field"), [
+    ({}, "metrics"), ([1.0], "metrics"), ({"loss": float("nan")}, "metrics.loss"), ({"loss": None}, "metrics.loss"),
+    ({"1loss": 1.0}, "metrics"), ({"x" * 65: 1.0}, "metrics"),
+])
+def test_eval_metrics_are_a_few_finite_numbers_under_snake_case_names(metrics, field):
+    assert error(check_eval_metrics, metrics).field == field
+    assert check_eval_metrics({"loss": 1.5, "rows": 3}) == {"loss": 1.5, "rows": 3}

@@ -68,6 +68,22 @@ def readable_repositories(user) -> QuerySet[Repository]:
     )
 
 
+def readable_names(user, full_names) -> set[str]:
+    """Which of the repositories named ``namespace/name`` in ``full_names`` ``user`` may read: one query (none if empty).
+
+    For pages and answers that mention other repositories (lineage, evaluations): one the caller cannot read is
+    shown as hidden, never by name.
+    """
+    names = {n for n in full_names if isinstance(n, str) and n.count("/") == 1}
+    if not names:
+        return set()
+    match = Q()
+    for full in names:
+        ns, _, name = full.partition("/")
+        match |= Q(namespace__name=ns, name=name)
+    return {f"{ns}/{name}" for ns, name in readable_repositories(user).filter(match).values_list("namespace__name", "name")}
+
+
 def blob_readable(*, user, sha256: str) -> bool:
     return Version.objects.filter(files__blob_id=sha256, repository__in=readable_repositories(user)).exists()
 

@@ -25,7 +25,7 @@ from pefthub_server.core.errors import HubError, NotFound, ValidationFailed, fro
 from pefthub_server.jobs import selectors as job_selectors
 from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry import selectors
-from pefthub_server.registry.models import Alias, Repository, Version, VersionFile
+from pefthub_server.registry.models import Alias, Evaluation, Repository, Version, VersionFile
 from pefthub_server.web.errors import refused
 
 #: files listed on a version page (the rest are counted)
@@ -79,15 +79,7 @@ def _pin_href(pin: dict) -> str:
 
 def _readable_names(user, pins: list[dict]) -> set[str]:
     """Which of the repositories the ``pins`` name ``user`` may read: one query."""
-    names = {p["repo"] for p in pins if isinstance(p.get("repo"), str) and p["repo"].count("/") == 1}
-    if not names:
-        return set()
-    match = Q()
-    for full in names:
-        ns, _, name = full.partition("/")
-        match |= Q(namespace__name=ns, name=name)
-    return {f"{ns}/{name}" for ns, name in
-            selectors.readable_repositories(user).filter(match).values_list("namespace__name", "name")}
+    return selectors.readable_names(user, (p.get("repo") for p in pins))
 
 
 def _parents(version: Version) -> list[tuple[dict, str]]:
@@ -146,8 +138,29 @@ def lineage_for(*, user, version: Version) -> dict:
             "parents": parent_nodes, "children": child_nodes, "more": count - len(children), "readable": readable}
 
 
-def _facts(version: Version, readable: set[str]) -> dict:
-    """Adapter config, training facts, hyperparameters and metrics, as flat rows (compare diffs them)."""
+def _evaluations(user, versions: list[Version]) -> tuple[dict[int, list[Evaluation]], set[str]]:
+    """Each version's evaluations (newest first) and which of their datasets ``user`` may read: two queries at most."""
+    found: dict[int, list[Evaluation]] = {v.pk: [] for v in versions}
+    for evaluation in Evaluation.objects.filter(version__in=versions).order_by("-created_at", "-id"):
+        found[evaluation.version_id].append(evaluation)
+    names = {e.dataset_repo for rows in found.values() for e in rows}
+    return found, selectors.readable_names(user, names)
+
+
+def _evaluation_sections(evaluations: list[Evaluation], readable: set[str]) -> dict:
+    """``Evaluation on acme/heldout@2``: the metrics of the newest evaluation on each dataset version."""
+    sections: dict[str, dict] = {}
+    for e in evaluations:
+        label = _pin_label(e.dataset_pin) if e.dataset_repo in readable else charts.HIDDEN
+        if e.dataset_file and e.dataset_repo in readable:
+            label += f" ({e.dataset_file})"
+        sections.setdefault(f"Evaluation on {label}", e.metrics)
+    return sections
+
+
+def _facts(version: Version, readable: set[str], evaluations: dict | None = None) -> dict:
+    """Adapter config, training facts, hyperparameters and metrics (training, then each evaluation's), as flat rows
+    (compare diffs them); ``evaluations``: the sections of :func:`_evaluation_sections`."""
     meta = version.metadata or {}
     lineage = meta.get("lineage") or {}
     adapter = version.adapter_config or {}
@@ -162,7 +175,8 @@ def _facts(version: Version, readable: set[str]) -> dict:
     hyper = lineage.get("hyperparameters") if isinstance(lineage.get("hyperparameters"), dict) else {}
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     sections = {"Adapter config": config, "Training": {k: v for k, v in training.items() if v is not None},
-                "Hyperparameters": dict(sorted(hyper.items())), "Metrics": dict(sorted(metrics.items()))}
+                "Hyperparameters": dict(sorted(hyper.items())), "Metrics": dict(sorted(metrics.items())),
+                **(evaluations or {})}
     return {title: {str(k): _shown(v) for k, v in rows.items()} for title, rows in sections.items()}
 
 
@@ -186,8 +200,10 @@ def version_detail(request, namespace: str, name: str, number: int):
     files = list(VersionFile.objects.filter(version=version).order_by("path").values_list("path", "size", "blob_id")[:FILES_SHOWN])
     aliases = list(Alias.objects.filter(version=version).order_by("name").values_list("name", "updated_at"))
     job_visible = bool(version.job_id) and job_selectors.visible_jobs(request.user).filter(pk=version.job_id).exists()
+    evaluations, datasets = _evaluations(request.user, [version])
+    facts = _facts(version, lineage["readable"], _evaluation_sections(evaluations[version.pk], datasets))
     return render(request, "web/runs/version.html", {
-        "repo": repo, "version": version, "lineage": lineage, "facts": _facts(version, lineage["readable"]), "files": files,
+        "repo": repo, "version": version, "lineage": lineage, "facts": facts, "files": files,
         "files_hidden": max(version.file_count - len(files), 0), "aliases": aliases, "job_visible": job_visible,
     })
 
@@ -207,11 +223,13 @@ def compare(request, namespace: str, name: str):
     b = selectors.version_resolve(repo=repo, revision=_compare_number(request, "b"))
     pins = [pin for v in (a, b) for pin, _ in _parents(v)]
     readable = _readable_names(request.user, pins)
-    facts_a, facts_b = _facts(a, readable), _facts(b, readable)
+    evaluations, datasets = _evaluations(request.user, [a, b])
+    facts_a = _facts(a, readable, _evaluation_sections(evaluations[a.pk], datasets))
+    facts_b = _facts(b, readable, _evaluation_sections(evaluations[b.pk], datasets))
     sections = []
-    for title in facts_a:
-        keys = list(dict.fromkeys([*facts_a[title], *facts_b[title]]))
-        rows = [(key, facts_a[title].get(key), facts_b[title].get(key)) for key in keys]
+    for title in dict.fromkeys([*facts_a, *facts_b]):  # evaluations match by dataset version, in either
+        keys = list(dict.fromkeys([*facts_a.get(title, {}), *facts_b.get(title, {})]))
+        rows = [(key, facts_a.get(title, {}).get(key), facts_b.get(title, {}).get(key)) for key in keys]
         sections.append((title, [(k, va, vb, va != vb) for k, va, vb in rows]))
     return render(request, "web/runs/compare.html", {"repo": repo, "a": a, "b": b, "sections": sections})
 

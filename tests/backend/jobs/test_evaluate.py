@@ -144,3 +144,56 @@ def test_only_the_eval_jobs_own_token_completes_it(claimed_eval, api, alice, wor
     wrong = other_token.post(f"/api/v1/jobs/{other['id']}/complete", {"attempt": 1, "metrics": METRICS}, format="json")
     assert "not metrics" in _error(wrong, 400, "metrics")["message"]
     assert not Evaluation.objects.exists()
+
+
+def _evaluated(api, person, worker, metrics, **spec) -> dict:
+    job = submit(api(person.token), eval_spec(**spec)).json()
+    token = api(claim(api, worker, job["id"])["token"])
+    assert token.post(f"/api/v1/jobs/{job['id']}/complete", {"attempt": 1, "metrics": metrics},
+                      format="json").status_code == 200
+    return job
+
+
+def test_an_evaluation_on_a_dataset_the_reader_cannot_read_does_not_name_it(alice, bob, api, acme_bot, worker, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text('{"prompt": "a", "completion": " b"}\n')
+    mine = api(bob.token)
+    mine.post("/api/v1/repos", {"namespace": "bob", "name": "mine", "kind": "dataset"}, format="json")
+    assert api_push(mine, "bob/mine", folder).status_code == 201
+    _evaluated(api, bob, worker, METRICS, dataset="bob/mine")
+    _evaluated(api, alice, worker, {"loss": 2.0}, adapter="acme/bot@1")
+    seen_by_bob = mine.get("/api/v1/repos/acme/bot/versions/1").json()["evaluations"]
+    assert [e["dataset"]["repo"] for e in seen_by_bob] == ["acme/data", "bob/mine"]  # newest first
+    seen_by_alice = api(alice.token).get("/api/v1/repos/acme/bot/versions/1")
+    assert [e["dataset"] for e in seen_by_alice.json()["evaluations"]][1] is None
+    assert seen_by_alice.json()["evaluations"][1]["metrics"] == METRICS and b"bob/mine" not in seen_by_alice.content
+
+    from django.test import Client
+
+    page = {}
+    for person in (alice, bob):
+        client = Client()
+        client.force_login(person.user)
+        page[person.user.username] = client.get("/acme/bot/versions/1").content.decode()
+    assert "Evaluation on acme/data@1" in page["alice"] and "Evaluation on a repository you cannot see" in page["alice"]
+    assert "bob/mine" not in page["alice"] and "Evaluation on bob/mine@1" in page["bob"]
+    assert "perplexity" in page["bob"] and "12.1825" in page["bob"]
+
+
+def test_the_web_compare_page_matches_evaluations_by_dataset_version(alice, api, acme_bot, worker, tiny_adapter,
+                                                                     tmp_path):
+    import shutil
+
+    from django.test import Client
+
+    second = shutil.copytree(tiny_adapter[0], tmp_path / "second")
+    (second / "README.md").write_text("another version\n")
+    assert api_push(api(alice.token), "acme/bot", second).status_code == 201
+    _evaluated(api, alice, worker, {"loss": 2.5}, adapter="acme/bot@1")
+    _evaluated(api, alice, worker, {"loss": 2.25}, adapter="acme/bot@2")
+    client = Client()
+    client.force_login(alice.user)
+    page = client.get("/acme/bot/compare?a=1&b=2").content.decode()
+    section = page[page.index("Evaluation on acme/data@1"):]
+    assert section.index("2.5") < section.index("2.25") and page.count("Evaluation on acme/data@1") == 1

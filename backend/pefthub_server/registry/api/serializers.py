@@ -194,7 +194,8 @@ class VersionSerializer(serializers.Serializer):
 class EvaluationSerializer(serializers.Serializer):
     """Metrics an eval job measured for the version on one dataset version (newest first)."""
 
-    dataset = BaseRefSerializer(help_text="The dataset version scored, as pinned when the job was submitted.")
+    dataset = BaseRefSerializer(allow_null=True, help_text=(
+        "The dataset version scored, as pinned when the job was submitted; null where you cannot read the dataset."))
     dataset_file = serializers.CharField(allow_null=True, help_text="The .jsonl file scored; null: its only (or first).")
     metrics = serializers.DictField(child=serializers.FloatField(), help_text=(
         "`loss`, `perplexity`, `rows`, `tokens`; prompt/completion rows also `exact_match`, `token_accuracy`, "
@@ -203,6 +204,10 @@ class EvaluationSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
     def to_representation(self, evaluation) -> dict:
+        """With ``context["readable"]`` (the dataset names the caller may read): an unreadable dataset is not named."""
+        if evaluation.dataset_repo not in self.context.get("readable", ()):
+            return {"dataset": None, "dataset_file": None, "metrics": evaluation.metrics, "job": evaluation.job_id.hex,
+                    "created_at": iso_utc(evaluation.created_at)}
         return {"dataset": evaluation.dataset_pin, "dataset_file": evaluation.dataset_file or None,
                 "metrics": evaluation.metrics, "job": evaluation.job_id.hex, "created_at": iso_utc(evaluation.created_at)}
 

@@ -217,7 +217,9 @@ class VersionDetailView(APIView):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         version = selectors.version_resolve(repo=repo, revision=rev)
         data = version_detail_data(request, version)
-        data["evaluations"] = s.EvaluationSerializer(version.evaluations.order_by("-created_at", "-id"), many=True).data
+        evaluations = list(version.evaluations.order_by("-created_at", "-id"))
+        readable = selectors.readable_names(request.user, {e.dataset_repo for e in evaluations})
+        data["evaluations"] = s.EvaluationSerializer(evaluations, many=True, context={"readable": readable}).data
         return Response(data)
 
 
