@@ -49,9 +49,10 @@ def test_every_admin_changelist_and_change_page_renders(client, staff):
     from django.apps import apps
 
     ours = {m for app in ADMIN_APPS for m in apps.get_app_config(app).get_models()}
-    # shown inline: files on their version, uploads and content checks on their blob; not shown: the catalogue
-    # generation, a counter the database's triggers keep (registry.generation)
+    # shown inline: files and evaluations on their version, uploads and content checks on their blob; not shown:
+    # the catalogue generation, a counter the database's triggers keep (registry.generation)
     assert ours - set(registered_models()) == {apps.get_model("registry", "VersionFile"),
+                                               apps.get_model("registry", "Evaluation"),
                                                apps.get_model("registry", "BlobUpload"),
                                                apps.get_model("registry", "BlobCheck"),
                                                apps.get_model("registry", "CatalogueGeneration")}

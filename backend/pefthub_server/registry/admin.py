@@ -14,6 +14,7 @@ from pefthub_server.registry.models import (
     Blob,
     BlobCheck,
     BlobUpload,
+    Evaluation,
     Membership,
     Namespace,
     Repository,
@@ -65,6 +66,13 @@ class VersionFileInline(ImmutableInline):
     fields = readonly_fields = ["path", "blob", "size"]
 
 
+class EvaluationInline(ImmutableInline):
+    """What eval jobs measured for the version (attached when each job completed)."""
+
+    model = Evaluation
+    fields = readonly_fields = ["dataset_repo", "dataset_number", "dataset_file", "metrics", "job", "created_at"]
+
+
 @admin.register(Version)
 class VersionAdmin(ImmutableAdmin):
     list_display = ["__str__", "digest", "size", "file_count", "created_by", "created_at"]
@@ -72,7 +80,7 @@ class VersionAdmin(ImmutableAdmin):
     search_fields = ["repository__name", "repository__namespace__name", "digest", "message"]
     list_select_related = ["repository__namespace", "created_by"]
     json_fields = ("metadata", "adapter_config", "fingerprint")
-    inlines = [VersionFileInline]
+    inlines = [VersionFileInline, EvaluationInline]
 
 
 class BlobUploadInline(ImmutableInline):

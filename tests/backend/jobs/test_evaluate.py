@@ -114,6 +114,19 @@ def test_complete_attaches_the_metrics_to_the_pinned_version(claimed_eval, api, 
     assert token.get(f"/api/v1/jobs/{job['id']}").status_code == 401  # the token died with the job
     assert Job.objects.get(pk=job["id"]).token.revoked_at is not None
 
+    from django.test import Client
+
+    web = Client()
+    web.force_login(alice.user)
+    page = web.get(f"/jobs/{job['id']}")
+    assert page.status_code == 200 and "acme/bot" in page.content.decode()
+    alice.user.is_staff = alice.user.is_superuser = True  # the operator's admin page renders an eval job too
+    alice.user.save()
+    web.force_login(alice.user)
+    assert web.get(f"/admin/jobs/job/{job['id']}/change/").status_code == 200
+    version_page = web.get(f"/admin/registry/version/{evaluation.version.pk}/change/")
+    assert version_page.status_code == 200 and "acme/data" in version_page.content.decode()
+
 
 @pytest.mark.parametrize(("body", "field", "words"), [
     ({"version": 1, "metrics": METRICS}, "version", "makes no version"),
