@@ -220,8 +220,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    """``METRIC VALUE`` rows, in the order the job reported them."""
-    return table(("METRIC", "VALUE"), [(name, _num(value)) for name, value in metrics.items()])
+    """``METRIC VALUE`` rows by name (the hub's database may keep JSON keys in its own order)."""
+    return table(("METRIC", "VALUE"), [(name, _num(value)) for name, value in sorted(metrics.items())])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

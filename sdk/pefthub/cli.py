@@ -235,11 +235,11 @@ def _describe_version(v: Version) -> str:
 
 def _describe_metrics(v: Version) -> list[str]:
     """Every metric of the version: what training recorded, then each evaluation (newest first) with its dataset."""
-    rows = [("training", name, _metric(value), "") for name, value in v.training_metrics.items()]
+    rows = [("training", name, _metric(value), "") for name, value in sorted(v.training_metrics.items())]
     for evaluation in v.evaluations or ():
         when = (evaluation.created_at or "")[:19].replace("T", " ")
         rows += [(f"eval {evaluation.dataset_ref}", name, _metric(value), when)
-                 for name, value in evaluation.metrics.items()]
+                 for name, value in sorted(evaluation.metrics.items())]
     if not rows:
         return ["", f"no metrics yet: `pefthub eval {v.ref} --dataset NS/NAME` scores it"] if v.adapter else []
     return ["", _table(("METRICS", "NAME", "VALUE", "MEASURED"), rows)]

@@ -4,7 +4,8 @@ Rows come in groups: ``training`` (the metrics the training job recorded), then 
 the versions were evaluated on, matched by the dataset's pin (``repo@number``, and the file when one
 was named): two scores count as comparable only when they were measured on the same bytes. A version
 evaluated more than once on one pin shows its newest evaluation; one on a dataset you cannot read is
-left out. A metric only one version has is shown with the other side empty and no delta.
+left out. Within a group, metrics go by name. A metric only one version has is shown with the other
+side empty and no delta.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _rows(group: str, a: dict[str, Any], b: dict[str, Any]) -> list[MetricRow]:
-    names = [k for k in a if _is_number(a[k])] + [k for k in b if _is_number(b[k]) and not _is_number(a.get(k))]
+    """One row per metric either side has, by name (the hub's database may keep JSON keys in its own order)."""
+    names = sorted({k for k in a if _is_number(a[k])} | {k for k in b if _is_number(b[k])})
     return [MetricRow(group, name, a.get(name) if _is_number(a.get(name)) else None,
                       b.get(name) if _is_number(b.get(name)) else None) for name in names]
 

@@ -41,7 +41,8 @@ def test_train_evaluate_then_compare_two_versions(inputs, start_worker, tmp_path
     first = hub.evaluate("acme/bot@1", dataset=HELDOUT, max_new_tokens=8).wait(timeout=180)
     printed = _cli(hub, "eval", "acme/bot@2", "--dataset", HELDOUT, "--max-new-tokens", "8", "--wait").splitlines()
     evals = [first, hub.job(printed[0])]  # the CLI prints the job's id, then its metrics
-    assert printed[1].split() == ["METRIC", "VALUE"] and printed[2].split()[0] == "rows"
+    assert printed[1].split() == ["METRIC", "VALUE"] and [line.split()[0] for line in printed[2:]] == sorted(
+        evals[1].metrics)
     assert any(line.split() == ["loss", f"{evals[1].metrics['loss']:.4g}"] for line in printed)
     assert all(e.status == "succeeded" and e.queue == "cpu" and e.result_ref is None for e in evals)
     assert Version.objects.filter(repository__name="bot").count() == 2  # an eval job makes no version

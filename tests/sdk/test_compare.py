@@ -30,10 +30,10 @@ def test_rows_match_evaluations_by_dataset_pin_and_take_the_newest():
     ])
     c = Comparison.of(a, b)
     shown = [(r.group, r.metric, r.a, r.b, r.delta) for r in c.rows]
-    assert shown == [
-        ("training", "final_loss", 2.0, 1.0, -1.0), ("training", "steps", 10, 30, 20),
-        ("training", "eval_loss", None, 1.2, None),
-        ("acme/heldout@2", "loss", 1.5, 1.25, -0.25), ("acme/heldout@2", "exact_match", 0.25, 0.5, 0.25),
+    assert shown == [  # groups: training, then datasets as the versions list them; metrics by name
+        ("training", "eval_loss", None, 1.2, None), ("training", "final_loss", 2.0, 1.0, -1.0),
+        ("training", "steps", 10, 30, 20),
+        ("acme/heldout@2", "exact_match", 0.25, 0.5, 0.25), ("acme/heldout@2", "loss", 1.5, 1.25, -0.25),
         ("acme/heldout@1", "loss", 1.9, None, None),  # v2 was never scored on heldout@1: no delta against @2
         ("acme/other@1:test.jsonl", "loss", None, 3.0, None),
     ]
@@ -42,9 +42,9 @@ def test_rows_match_evaluations_by_dataset_pin_and_take_the_newest():
         c.row("acme/heldout@2", "perplexity")
     lines = c.table().splitlines()
     assert lines[0].split() == ["GROUP", "METRIC", "acme/bot@1", "acme/bot@2", "DELTA"]
-    assert lines[4].split() == ["acme/heldout@2", "loss", "1.5", "1.25", "-0.25"]
+    assert lines[5].split() == ["acme/heldout@2", "loss", "1.5", "1.25", "-0.25"]
     assert lines[6].split() == ["acme/heldout@1", "loss", "1.9", "-", "-"]
-    assert c.to_dict()["rows"][1] == {"group": "training", "metric": "steps", "a": 10, "b": 30, "delta": 20}
+    assert c.to_dict()["rows"][2] == {"group": "training", "metric": "steps", "a": 10, "b": 30, "delta": 20}
 
 
 def test_versions_without_metrics_say_how_to_get_some():
