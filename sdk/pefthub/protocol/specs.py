@@ -166,6 +166,9 @@ class TrainHyperparameters:
     dataset_file: str | None = field(default=None, metadata=_help(
         "Which .jsonl file of the dataset version to train on; None means its only (or first) *.jsonl."))
     logging_steps: int = field(default=1, metadata=_help("Emit a metric event every this many optimizer steps."))
+    checkpoint_steps: int | None = field(default=None, metadata=_help(
+        "Save a resumable checkpoint every this many optimizer steps (and at least every "
+        "PEFTHUB_CHECKPOINT_SECONDS); None means four per run. A re-queued job resumes from its last one."))
 
     def __post_init__(self) -> None:
         self._validate()
@@ -229,6 +232,8 @@ class TrainHyperparameters:
         if self.dataset_file is not None:
             self.dataset_file = _dataset_file(p + "dataset_file", self.dataset_file)
         _int(p + "logging_steps", self.logging_steps, minimum=1)
+        if self.checkpoint_steps is not None:
+            _int(p + "checkpoint_steps", self.checkpoint_steps, minimum=1)
 
     def check_method(self, method: str, *, given: set[str] | None = None) -> None:
         """Refuse options set to a non-default value that ``method`` would ignore."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .config import QLoRAUnavailable
 from .data import DatasetError
+from .checkpoint import CheckpointError
 from .recipe import Callbacks, Cancelled, TrainResult, train
 
-__all__ = ["Callbacks", "Cancelled", "DatasetError", "QLoRAUnavailable", "TrainResult", "train"]
+__all__ = ["Callbacks", "Cancelled", "CheckpointError", "DatasetError", "QLoRAUnavailable", "TrainResult", "train"]

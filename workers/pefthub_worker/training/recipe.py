@@ -6,6 +6,12 @@ can fail on the inputs fails before the base model's weights are read: the whole
 dataset is checked, then the target modules against the base's module tree. The
 adapter is written to a temporary folder beside ``output_dir`` and moved into place
 only when training succeeded, so a failed or cancelled run leaves no half-written adapter.
+
+Every ``checkpoint_steps`` optimizer steps, and whenever ``checkpoint_seconds`` passed since
+the last one, the whole training state is saved (:mod:`.checkpoint`) and handed to
+``Callbacks.on_checkpoint``; ``train(..., resume_from=folder)`` continues such a state at its
+next step, on the same micro-batch stream and random state: the same losses and weights as
+a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -23,8 +29,12 @@ from typing import Any
 
 from pefthub.protocol.specs import TrainHyperparameters
 
+from . import checkpoint
 from . import config as cfg
 from . import data, parent
+
+#: a checkpoint at least this often (seconds of training) whatever ``checkpoint_steps`` says
+DEFAULT_CHECKPOINT_SECONDS = 1800.0
 
 
 @dataclass
@@ -35,6 +45,9 @@ class Callbacks:
     on_event: Callable[[str, dict], None] = lambda type, data: None
     #: polled before every optimizer step; True stops the run with :class:`Cancelled`
     should_stop: Callable[[], bool] = lambda: False
+    #: ``(folder, step, metrics)`` with a saved training state (:mod:`.checkpoint`); the folder is removed
+    #: when it returns. None: no checkpoints are saved
+    on_checkpoint: Callable[[Path, int, dict], None] | None = None
 
 
 class Cancelled(Exception):
@@ -69,6 +82,8 @@ def train(
     callbacks: Callbacks = _NO_CALLBACKS,
     keep_model: bool = False,
     continue_from: Path | None = None,
+    resume_from: Path | None = None,
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
 ) -> TrainResult:
     """Train a ``method`` adapter on the base in ``base_dir`` and save it to ``output_dir``.
 
@@ -76,7 +91,8 @@ def train(
     training starts from that adapter's weights instead of a fresh adapter's.
 
     With ``keep_model`` the result also holds the trained ``PeftModel`` (in eval mode), for
-    tests and notebooks; otherwise it is released when training ends.
+    tests and notebooks; otherwise it is released when training ends. ``resume_from``: a
+    checkpoint folder of a run of the same spec, continued at its next step.
     """
     import torch
 
@@ -127,10 +143,11 @@ def train(
 
     # -- 3. train -------------------------------------------------------------------------
     metrics: dict[str, Any] = {}
-    if eval_set:
+    if eval_set and resume_from is None:  # a resumed run carries it in its checkpoint
         metrics["eval_loss_before"] = _evaluate(model, eval_set, hp.batch_size, pad_id, device)
         emit("metric", {"step": 0, "eval_loss": metrics["eval_loss_before"]})
-    metrics.update(_train_loop(model, train_set, hp, pad_id, device, callbacks))
+    metrics.update(_train_loop(model, train_set, hp, pad_id, device, callbacks, before=metrics,
+                               resume_from=resume_from, checkpoint_seconds=checkpoint_seconds))
 
     # -- 4. evaluate ----------------------------------------------------------------------
     if eval_set:
@@ -197,8 +214,13 @@ def _label_count(labels: Any) -> int:
     return int((labels[:, 1:] != data.IGNORE_INDEX).sum())
 
 
+def checkpoint_every(hp: TrainHyperparameters, total: int) -> int:
+    """Optimizer steps between checkpoints: ``checkpoint_steps``, or four per run."""
+    return hp.checkpoint_steps or max(1, total // 4)
+
+
 def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparameters, pad_id: int, device: Any,
-                callbacks: Callbacks) -> dict:
+                callbacks: Callbacks, *, before: dict, resume_from: Path | None, checkpoint_seconds: float) -> dict:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -208,16 +230,24 @@ def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparamete
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, hp.warmup_steps, total))
     stream = data.micro_batches(examples, hp.batch_size, hp.seed)
 
+    at = checkpoint.LoopState(metrics=dict(before))
+    if resume_from is not None:
+        at = checkpoint.load_loop(resume_from)
+        if at.step >= total:
+            raise checkpoint.CheckpointError(f"the checkpoint is at step {at.step}, but this run has {total} steps")
+        checkpoint.restore(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, device=device)
+        for _ in range(at.consumed):  # the stream is deterministic: skip what the checkpointed run consumed
+            next(stream)
+        callbacks.on_event("log", {"message": f"resuming from step {at.step} of {total}", "level": "info"})
+    every = checkpoint_every(hp, total)
+
     model.train()
-    consumed = tokens = window_tokens = 0
-    first_loss = loss = float("nan")
-    window_losses: list[float] = []
-    started = window_started = time.perf_counter()
-    for step in range(1, total + 1):
+    started = window_started = last_checkpoint = time.perf_counter()
+    for step in range(at.step + 1, total + 1):
         if callbacks.should_stop():
             raise Cancelled(f"cancelled before step {step} of {total}")
         window = [_collate_on(batch, pad_id, device) for _, batch in (next(stream) for _ in range(hp.gradient_accumulation_steps))]
-        consumed += len(window)
+        at.consumed += len(window)
         n_labels = sum(_label_count(b["labels"]) for b in window)
         loss_sum = 0.0
         for batch in window:
@@ -229,29 +259,49 @@ def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparamete
             (out.loss * (n / n_labels)).backward()
             loss_sum += float(out.loss.detach()) * n
             step_tokens = int(batch["attention_mask"].sum())
-            tokens += step_tokens
-            window_tokens += step_tokens
+            at.tokens += step_tokens
+            at.window_tokens += step_tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         learning_rate = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        loss = loss_sum / n_labels
+        at.step, at.loss = step, loss_sum / n_labels
         if step == 1:
-            first_loss = loss
-        window_losses.append(loss)
+            at.first_loss = at.loss
+        at.window_losses.append(at.loss)
+        now = time.perf_counter()
         if step % hp.logging_steps == 0 or step == total:
-            now = time.perf_counter()
             callbacks.on_event("metric", {
-                "step": step, "total_steps": total, "epoch": round(consumed / per_epoch, 4),
-                "loss": sum(window_losses) / len(window_losses), "learning_rate": learning_rate,
-                "tokens_per_second": round(window_tokens / max(now - window_started, 1e-9), 1),
+                "step": step, "total_steps": total, "epoch": round(at.consumed / per_epoch, 4),
+                "loss": sum(at.window_losses) / len(at.window_losses), "learning_rate": learning_rate,
+                "tokens_per_second": round(at.window_tokens / max(now - window_started, 1e-9), 1),
             })
-            window_losses, window_tokens, window_started = [], 0, now
-    seconds = time.perf_counter() - started
-    return {"first_loss": first_loss, "final_loss": loss, "train_tokens": tokens, "train_seconds": round(seconds, 3),
-            "tokens_per_second": round(tokens / max(seconds, 1e-9), 1), "steps": total}
+            at.window_losses, at.window_tokens, window_started = [], 0, now
+        if callbacks.on_checkpoint is not None and step < total and (
+                step % every == 0 or now - last_checkpoint >= checkpoint_seconds):
+            _checkpoint(model, optimizer, scheduler, at, started, callbacks.on_checkpoint,
+                        {"loss": at.loss, "learning_rate": learning_rate, "epoch": round(at.consumed / per_epoch, 4),
+                         "train_tokens": at.tokens})
+            last_checkpoint = time.perf_counter()
+    seconds = at.train_seconds + time.perf_counter() - started
+    return {**at.metrics, "first_loss": at.first_loss, "final_loss": at.loss, "train_tokens": at.tokens,
+            "train_seconds": round(seconds, 3), "tokens_per_second": round(at.tokens / max(seconds, 1e-9), 1),
+            "steps": total}
+
+
+def _checkpoint(model: Any, optimizer: Any, scheduler: Any, at: checkpoint.LoopState, started: float,
+                on_checkpoint: Callable[[Path, int, dict], None], metrics: dict) -> None:
+    """Save the state after step ``at.step`` into a temporary folder and hand it over (synchronously: the
+    caller uploads it before the next step, so what it holds is never changed under it)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"pefthub-checkpoint-{at.step}-"))
+    try:
+        saved = checkpoint.LoopState(**{**vars(at), "train_seconds": at.train_seconds + time.perf_counter() - started})
+        checkpoint.save(folder, model=model, optimizer=optimizer, scheduler=scheduler, loop=saved)
+        on_checkpoint(folder, at.step, metrics)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _collate_on(batch: list[data.Example], pad_id: int, device: Any) -> dict:
