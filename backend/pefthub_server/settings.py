@@ -155,6 +155,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PEFTHUB_MAX_REQUEST_BODY
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")  # empty: the embedded filesystem broker in the data dir
 PEFTHUB_BROKER_DIR = Path(env_str("PEFTHUB_BROKER_DIR") or DATA_DIR / "broker")
 PEFTHUB_JOB_LEASE_SECONDS = env_int("PEFTHUB_JOB_LEASE_SECONDS", 120)
+PEFTHUB_CHECKPOINTS_KEPT = env_int("PEFTHUB_CHECKPOINTS_KEPT", 3)  # a job's newest checkpoints kept; older ones go
 # A queued job whose message was lost (broker restarted or wiped, worker died before the
 # ack) is sent again by the reaper this long after its last dispatch (doubling each time).
 PEFTHUB_REDISPATCH_SECONDS = env_int("PEFTHUB_REDISPATCH_SECONDS", 300)

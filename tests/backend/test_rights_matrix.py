@@ -140,6 +140,8 @@ JOBS = {
     "J2": JobFacts("J2", "running", {"acme/llama-tiny": 1, "acme/open-data": 1}, "acme/other"),
     "J3": JobFacts("J3", "queued", {"acme/llama-tiny": 1, "acme/notes": 1}, "acme/third"),
 }
+#: the jobs with a checkpoint at step 1 (J1's token recorded it)
+CHECKPOINTED = {"J1"}
 
 
 # --- the rules ---------------------------------------------------------------------------------
@@ -175,6 +177,10 @@ RULES: dict[str, dict[str, str]] = {
     "api/v1/jobs/{job_id}/heartbeat": {"POST": "job_self"},
     "api/v1/jobs/{job_id}/complete": {"POST": "job_self"},
     "api/v1/jobs/{job_id}/fail": {"POST": "job_self"},
+    "api/v1/jobs/{job_id}/checkpoints": {"GET": "job_read", "POST": "job_self"},
+    "api/v1/jobs/{job_id}/checkpoints/uploads": {"POST": "job_self"},
+    "api/v1/jobs/{job_id}/checkpoints/{step}": {"GET": "job_checkpoint"},
+    "api/v1/jobs/{job_id}/checkpoints/{step}/promote": {"POST": "job_promote"},
     "api/v1/workers/hello": {"POST": "signed_in:worker"},
     "hf/api/{repo_type}/{ns}/{name}": {"GET": "hf_read"},
     "hf/api/{repo_type}/{ns}/{name}/revision/{rev}": {"GET": "hf_read"},
@@ -258,7 +264,7 @@ def job_allows(rule: str, route: str, caller: Caller, target, params: dict) -> b
         return False
     if rule == "repo_push":
         return isinstance(target, Repo) and target.full == job.output
-    if rule in ("job_read", "job_self"):
+    if rule in ("job_read", "job_self", "job_checkpoint"):  # a checkpoint's files: to resume from them
         return target == job.label
     return False
 
@@ -353,6 +359,22 @@ def expect(rule: str, route: str, caller: Caller, target, params: dict) -> froze
         return ALLOWED
     if kind == "job_read":
         return ALLOWED if sees(caller.user if caller.scope else None, target, kind) else unseen
+    if kind == "job_checkpoint":  # a checkpoint's files: the job's owner only (and its token, above)
+        if anonymous or not sees(caller.user, target, kind):
+            return unseen
+        if caller.user != "alice":
+            return frozenset({403})
+        return ALLOWED if target in CHECKPOINTED else frozenset({404})
+    if kind == "job_promote":  # by the owner or a writer of the job's namespace, into acme/promoted
+        if anonymous:
+            return frozenset({401})
+        if not grants(caller, "write"):
+            return frozenset({403})
+        if not sees(caller.user, target, kind):
+            return frozenset({404})
+        if caller.user != "alice" and RANK[role(caller, "acme")] < RANK["write"]:
+            return frozenset({403})
+        return ALLOWED if target in CHECKPOINTED else frozenset({404})
     raise AssertionError(f"no expectation for rule {rule!r}")
 
 
@@ -471,6 +493,10 @@ def world(db, alice, bob, carol, api, tiny_base, tiny_adapter, tmp_path, setting
     result = _ok(api_push(api(job_secrets["J1"]), "acme/bot", tiny_adapter[0], job=jobs["J1"]), "J1 pushes its result")
     files["acme/bot"] = [{k: f[k] for k in ("path", "sha256", "size")} for f in result["files"]]
     _ok(owner.put("/api/v1/repos/acme/bot/aliases/prod", {"version": 1}, format="json"), "alias acme/bot@prod")
+    # J1 records a checkpoint at step 1 of the adapter files it pushed (its output repository's: no upload needed)
+    _ok(api(job_secrets["J1"]).post(f"/api/v1/jobs/{jobs['J1']}/checkpoints",
+                                    {"attempt": 1, "step": 1, "files": files["acme/bot"]}, format="json"),
+        "J1 records a checkpoint")
 
     for repo in REPOS:  # an HF branch `dev` beside the tag `prod` in every repository (the matrix deletes it)
         if repo.full in files:
@@ -538,6 +564,8 @@ def targets(route: str, world: World) -> list[tuple[object, dict]]:
         return [(label, {"token_id": str(pk)}) for label, pk in world.token_ids.items()]
     if names == {"job_id"}:
         return [(label, {"job_id": world.jobs[label]}) for label in ("J1", "J3", "ghost")]
+    if names == {"job_id", "step"}:
+        return [(label, {"job_id": world.jobs[label], "step": "1"}) for label in ("J1", "J3", "ghost")]
     if names == {"repo_type"}:  # /hf's listings
         return [(None, {"repo_type": repo_type}) for repo_type in ("models", "datasets")]
     if names == {"path"}:  # /hf's catch-all
@@ -593,6 +621,9 @@ def body(cell: Cell, world: World) -> tuple[bytes, str] | None:
         "jobs/{job_id}/heartbeat": {"attempt": 1},
         "jobs/{job_id}/complete": {"attempt": 1, "version": 1},
         "jobs/{job_id}/fail": {"attempt": 1, "code": "matrix", "message": "a failure the matrix reports"},
+        "jobs/{job_id}/checkpoints": {"attempt": 1, "step": 2, "files": world.files["acme/bot"]},
+        "jobs/{job_id}/checkpoints/uploads": {"attempt": 1, "files": world.files["acme/bot"]},
+        "jobs/{job_id}/checkpoints/{step}/promote": {"output": "acme/promoted"},
         "hf/api/repos/create": {"name": "fresh", "organization": "acme", "type": "dataset"},
         "hf/api/repos/delete": {"name": "notes", "organization": "acme", "type": "dataset"},
         "hf/api/validate-yaml": {"content": "---\nlicense: mit\n---\n", "repoType": "model"},

@@ -156,7 +156,8 @@ def world(catalogue, alice, api):
     version = client.get("/api/v1/repos/acme/bot/versions/1").json()
     token_id = client.get("/api/v1/tokens").json()[-1]["id"]
     return client, {"ns": "acme", "name": "bot", "rev": "1", "alias": "prod", "team": "acme", "username": "alice",
-                    "job_id": job.json()["id"], "sha256": version["files"][0]["sha256"], "token_id": str(token_id)}
+                    "job_id": job.json()["id"], "sha256": version["files"][0]["sha256"], "token_id": str(token_id),
+                    "step": "1"}
 
 
 def test_every_read_answers_as_documented(schema, world, api):

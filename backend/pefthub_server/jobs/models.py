@@ -115,3 +115,41 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.seq} {self.type}"
+
+
+class JobCheckpoint(models.Model):
+    """A resumable training state of a job at an optimizer step: blobs tied to the job, not a version.
+
+    Its files (adapter, optimizer, scheduler, RNG and loop state) are read only by the job's
+    owner and the job's own token (a later attempt resumes from the newest one), and a job
+    keeps its newest ``PEFTHUB_CHECKPOINTS_KEPT``; ``promote`` turns one into a version.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="checkpoints")
+    attempt = models.PositiveIntegerField()
+    step = models.PositiveIntegerField()
+    metrics = models.JSONField(default=dict, blank=True)
+    size = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "-step"]
+        constraints = [models.UniqueConstraint(fields=["job", "step"], name="uniq_job_checkpoint_step")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} step {self.step}"
+
+
+class CheckpointFile(models.Model):
+    checkpoint = models.ForeignKey(JobCheckpoint, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=512)
+    # registry.blobs.blobs_collect keeps the blobs a checkpoint holds (this related name)
+    blob = models.ForeignKey("registry.Blob", on_delete=models.PROTECT, related_name="checkpoint_files")
+    size = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["path"]
+        constraints = [models.UniqueConstraint(fields=["checkpoint", "path"], name="uniq_checkpoint_path")]
+
+    def __str__(self) -> str:
+        return self.path

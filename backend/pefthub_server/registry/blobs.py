@@ -115,8 +115,8 @@ def blobs_possessed(*, user, sha256s, job=None) -> dict[str, int]:
 
 
 def blobs_collect(*, older_than: timedelta = UPLOAD_GRACE, dry_run: bool = False) -> dict:
-    """Delete blobs no version uses (uploads never committed, pre-rewrite adapter configs),
-    and partial or never-accepted uploads left in the store.
+    """Delete blobs no version and no job checkpoint uses (uploads never committed, pre-rewrite
+    adapter configs, checkpoints pruned), and partial or never-accepted uploads left in the store.
 
     Only what is older than ``older_than`` goes (a blob counts as new again when someone
     re-uploads it), so a push between its negotiation and its commit keeps what it relies
@@ -126,7 +126,9 @@ def blobs_collect(*, older_than: timedelta = UPLOAD_GRACE, dry_run: bool = False
     cutoff = timezone.now() - older_than
     recent_upload = BlobUpload.objects.filter(blob=OuterRef("pk"), created_at__gte=cutoff)
     orphans = list(
-        Blob.objects.filter(created_at__lt=cutoff, version_files__isnull=True).exclude(Exists(recent_upload))
+        # `checkpoint_files`: jobs.CheckpointFile's side; a job's checkpoints keep their blobs until pruned
+        Blob.objects.filter(created_at__lt=cutoff, version_files__isnull=True, checkpoint_files__isnull=True)
+        .exclude(Exists(recent_upload))
         .values_list("sha256", "size")
     )
     freed = sum(size for _, size in orphans)
@@ -139,7 +141,8 @@ def blobs_collect(*, older_than: timedelta = UPLOAD_GRACE, dry_run: bool = False
                 # Lock the row, then re-check: a commit may have just started using it (its
                 # VersionFile insert needs this row, so it waits for us or we see it).
                 locked = Blob.objects.select_for_update().filter(sha256=sha256).first()
-                if locked is None or VersionFile.objects.filter(blob_id=sha256).exists():
+                if locked is None or VersionFile.objects.filter(blob_id=sha256).exists() \
+                        or locked.checkpoint_files.exists():
                     continue
                 if BlobUpload.objects.filter(blob_id=sha256, created_at__gte=cutoff).exists():
                     continue

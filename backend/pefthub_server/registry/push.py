@@ -10,7 +10,7 @@ takes its kind from its first version: `adapter_config.json` at the top level ma
 an adapter (:func:`kind_for_files`).
 
 A commit runs in four steps, and nothing is visible until the last: verify every
-blob's possession, size and hash (:func:`_verify_blobs`), read and check every file's
+blob's possession, size and hash (:func:`verify_blobs`), read and check every file's
 content (:func:`_inspect`, which writes nothing), store what the hub rewrites (an
 adapter's config names its base by hub reference), then create the repository if it is
 new, the version, its files and its aliases in one transaction under the repository's
@@ -25,6 +25,7 @@ keys), so the same pushed config on the same base is stored once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -70,7 +71,7 @@ from pefthub_server.registry.storage import BlobStore, get_blob_store, missing_b
 _PREFIX = 64 * 1024
 
 
-def _entries(files) -> list[Entry]:
+def manifest_entries(files) -> list[Entry]:
     """The manifest a client sent, every path, hash, size and file type checked before any byte moves."""
     entries = parse_manifest(files)
     for entry in entries:
@@ -187,7 +188,7 @@ def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_mod
     blob is ``missing``, with a target bound to ``user``, even if the hub holds its bytes.
     ``job``: the push is that job's token's (see :func:`blobs.blobs_possessed`).
     """
-    entries = _entries(files)
+    entries = manifest_entries(files)
     repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description,
                        entries=entries)
     sizes: dict[str, int] = {}
@@ -204,13 +205,15 @@ def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_mod
     return {"missing": missing, "present": sorted(sha for sha, size in sizes.items() if possessed.get(sha) == size)}
 
 
-def _verify_blobs(*, user, entries: list[Entry], job=None) -> None:
+def verify_blobs(*, user, entries: list[Entry], job=None, granted: Mapping[str, int] | None = None) -> None:
     """Every blob is one ``user`` possesses, or its own upload, verified now; else `missing_blob`.
 
     A blob ``user`` cannot read gets the same `missing_blob` whether or not the hub holds
-    it, whatever size was declared: only a readable blob's size may be told.
+    it, whatever size was declared: only a readable blob's size may be told. ``granted``
+    (sha256 -> size): blobs the caller's rights on something else let it cite (a job's
+    checkpoint, as the jobs app checked).
     """
-    possessed = blobs_possessed(user=user, sha256s={e.sha256 for e in entries}, job=job)
+    possessed = {**blobs_possessed(user=user, sha256s={e.sha256 for e in entries}, job=job), **(granted or {})}
     for entry in entries:
         if entry.sha256 in possessed:
             if possessed[entry.sha256] != entry.size:
@@ -347,7 +350,7 @@ def version_create(
     *, user, target: PushTarget, files, message: str = "", base_model: str | None = None,
     metadata: dict | None = None, aliases: list[str] | tuple[str, ...] = (), job=None,
     kind: str | None = None, visibility: str | None = None, description: str | None = None,
-    head: Head | None = None,
+    head: Head | None = None, granted: Mapping[str, int] | None = None,
 ) -> tuple[Version, bool]:
     """Commit a version from verified blobs. Returns (version, created).
 
@@ -356,8 +359,9 @@ def version_create(
     -> (latest, False). With ``job`` (a running Job), the job's first result is returned
     for every later commit: one result version per job. With ``head`` (a commit built on
     what a revision held), a 412 if that revision moved before the repository was locked.
+    ``granted``: blobs the caller may cite besides those it possesses (see :func:`verify_blobs`).
     """
-    entries = _entries(files)
+    entries = manifest_entries(files)
     repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description,
                        entries=entries)
     if metadata is not None and not isinstance(metadata, dict):
@@ -366,7 +370,7 @@ def version_create(
         check_settable(alias)
     base_version = _base_for_push(user=user, repo=repo, base_model=base_model)
 
-    _verify_blobs(user=user, entries=entries, job=job)
+    verify_blobs(user=user, entries=entries, job=job, granted=granted)
     checks = acceptance.BlobChecks(blob_checks_found(e.sha256 for e in entries))
     inspected = _inspect(repo=repo, entries=entries, base_version=base_version, checks=checks)
     blob_checks_record(checks.fresh)

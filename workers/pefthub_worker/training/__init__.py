@@ -9,9 +9,9 @@ torch, transformers and peft are imported when a function runs, not at import ti
 
 from __future__ import annotations
 
+from .checkpoint import CheckpointError
 from .config import QLoRAUnavailable
 from .data import DatasetError
-from .checkpoint import CheckpointError
 from .recipe import Callbacks, Cancelled, TrainResult, train
 
 __all__ = ["Callbacks", "Cancelled", "CheckpointError", "DatasetError", "QLoRAUnavailable", "TrainResult", "train"]

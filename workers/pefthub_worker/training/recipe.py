@@ -29,9 +29,8 @@ from typing import Any
 
 from pefthub.protocol.specs import TrainHyperparameters
 
-from . import checkpoint
+from . import checkpoint, data, parent
 from . import config as cfg
-from . import data, parent
 
 #: a checkpoint at least this often (seconds of training) whatever ``checkpoint_steps`` says
 DEFAULT_CHECKPOINT_SECONDS = 1800.0

@@ -13,7 +13,12 @@ from pefthub.protocol.peft import METHODS
 from pefthub.protocol.specs import COMBINATIONS, DTYPES, MAX_EVAL_NEW_TOKENS, MAX_EVAL_ROWS, TrainHyperparameters
 from pefthub_server.jobs import selectors
 from pefthub_server.jobs.models import Job, JobEvent
-from pefthub_server.registry.api.serializers import BaseRefSerializer
+from pefthub_server.registry.api.serializers import (
+    BaseRefSerializer,
+    FileSerializer,
+    FileSpecSerializer,
+    UploadResponseSerializer,
+)
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -193,12 +198,46 @@ class HelloSerializer(serializers.Serializer):
     hello_seconds = serializers.FloatField(help_text="Say hello again within this many seconds to count as connected.")
 
 
+class CheckpointSerializer(serializers.Serializer):
+    step = serializers.IntegerField(help_text="The optimizer step it was saved after.")
+    attempt = serializers.IntegerField(help_text="The attempt that saved it.")
+    metrics = serializers.DictField(help_text="loss, learning_rate, epoch, train_tokens at that step.")
+    size = serializers.IntegerField(help_text="Bytes of its files.")
+    created_at = serializers.DateTimeField()
+
+
+class CheckpointDetailSerializer(CheckpointSerializer):
+    files = FileSerializer(many=True)
+
+
+class CheckpointUploadRequestSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    files = FileSpecSerializer(many=True)
+
+
+CheckpointUploadResponseSerializer = UploadResponseSerializer
+
+
+class CheckpointCreateSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    step = serializers.IntegerField(min_value=1)
+    metrics = serializers.DictField(required=False, default=dict)
+    files = serializers.ListField(child=serializers.DictField(), help_text="`[{path, sha256, size}]`, uploaded first.")
+
+
+class PromoteRequestSerializer(serializers.Serializer):
+    output = serializers.CharField(help_text="`namespace/name` of the adapter repository (created if missing).")
+    aliases = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    message = serializers.CharField(required=False, allow_blank=True, default="", max_length=MAX_MESSAGE_LENGTH)
+
+
 class ClaimSerializer(serializers.Serializer):
     job = JobSerializer()
     attempt = serializers.IntegerField()
     token = serializers.CharField()
     lease_seconds = serializers.IntegerField()
     heartbeat_seconds = serializers.FloatField()
+    checkpoint = CheckpointSerializer(allow_null=True, help_text="The job's newest checkpoint, to resume from; or null.")
 
 
 class HeartbeatRequestSerializer(serializers.Serializer):

@@ -17,14 +17,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from pefthub.protocol.limits import MAX_EVENTS_PER_BATCH
-from pefthub_server.core.auth import require_job_token, require_scope
+from pefthub_server.core.auth import job_token, require_job_token, require_scope
 from pefthub_server.core.errors import ValidationFailed
-from pefthub_server.core.http import choice_param, validated
+from pefthub_server.core.http import base_url, choice_param, validated
 from pefthub_server.core.pagination import PAGE_PARAMETERS, Pagination, paginated
 from pefthub_server.core.schema import errors
-from pefthub_server.jobs import selectors, services
+from pefthub_server.jobs import checkpoints, selectors, services
 from pefthub_server.jobs.api import serializers as s
-from pefthub_server.jobs.models import Job, JobEvent
+from pefthub_server.jobs.models import Job, JobCheckpoint, JobEvent
+from pefthub_server.registry.api.serializers import VersionDetailSerializer
+from pefthub_server.registry.api.views import version_detail_data
+from pefthub_server.registry.storage import get_blob_store
 
 
 def _job_data(job: Job) -> dict:
@@ -39,8 +42,9 @@ def _job_body(request, serializer_class, action: str) -> dict:
     return validated(serializer_class, request.data)
 
 
-def own_job(request, job, job_id) -> bool:
-    """The job-token rule of the views about one job: a job token acts on its own job only."""
+def own_job(request, job, job_id, **_) -> bool:
+    """The job-token rule of the views about one job (and its parts: a checkpoint's step): a job token
+    acts on its own job only."""
     return job.pk == job_id
 
 
@@ -137,8 +141,10 @@ class JobClaimView(APIView):
         data = validated(s.ClaimRequestSerializer, request.data)
         job, secret = services.job_claim(job_id=job_id, worker=data["worker"], capabilities=data.get("capabilities"))
         lease = settings.PEFTHUB_JOB_LEASE_SECONDS
+        latest = checkpoints.latest_checkpoint(job)
         return Response({"job": _job_data(job), "attempt": job.attempt, "token": secret, "lease_seconds": lease,
-                         "heartbeat_seconds": max(lease / 4, 0.5)})
+                         "heartbeat_seconds": max(lease / 4, 0.5),
+                         "checkpoint": _checkpoint_data(latest) if latest is not None else None})
 
 
 class WorkerHelloView(APIView):
@@ -183,3 +189,77 @@ class JobFailView(APIView):
         data = _job_body(request, s.FailRequestSerializer, "fail the job")
         job = services.job_fail(job_id=job_id, **data)
         return Response(_job_data(job))
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def _checkpoint_data(checkpoint: JobCheckpoint) -> dict:
+    return {"step": checkpoint.step, "attempt": checkpoint.attempt, "metrics": checkpoint.metrics,
+            "size": checkpoint.size, "created_at": checkpoint.created_at}
+
+
+def _attempt(request) -> int:
+    data = request.data if isinstance(request.data, dict) else {}
+    return validated(s.HeartbeatRequestSerializer, {"attempt": data.get("attempt")})["attempt"]
+
+
+class JobCheckpointListView(APIView):
+    job_token_rule = staticmethod(own_job)
+
+    @extend_schema(summary="A job's checkpoints, newest first (whoever may see the job)", operation_id="v1_jobs_checkpoints_list",
+                   responses={200: s.CheckpointSerializer(many=True), **errors(404)})
+    def get(self, request, job_id):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        return Response([_checkpoint_data(c) for c in JobCheckpoint.objects.filter(job=job).order_by("-step")])
+
+    @extend_schema(summary="Record a checkpoint from uploaded blobs (the current attempt's job token)",
+                   request=s.CheckpointCreateSerializer, responses={201: s.CheckpointSerializer, **errors(409)})
+    def post(self, request, job_id):
+        require_job_token(request, "record checkpoints")
+        data = validated(s.CheckpointCreateSerializer, request.data)
+        checkpoint = checkpoints.checkpoint_record(job_id=job_id, attempt=data["attempt"], step=data["step"],
+                                                   files=data["files"], metrics=data["metrics"])
+        return Response(_checkpoint_data(checkpoint), status=201)
+
+
+class JobCheckpointUploadView(APIView):
+    job_token_rule = staticmethod(own_job)
+
+    @extend_schema(summary="Negotiate a checkpoint's upload: which blobs are missing and where to put them (job token)",
+                   request=s.CheckpointUploadRequestSerializer,
+                   responses={200: s.CheckpointUploadResponseSerializer, **errors(409)})
+    def post(self, request, job_id):
+        require_job_token(request, "upload checkpoints")
+        files = request.data.get("files") if isinstance(request.data, dict) else None
+        return Response(checkpoints.checkpoint_negotiate(job_id=job_id, attempt=_attempt(request), files=files,
+                                                         base_url=base_url(request)))
+
+
+class JobCheckpointDetailView(APIView):
+    job_token_rule = staticmethod(own_job)
+
+    @extend_schema(summary="A checkpoint with download URLs for its files (the job's owner, or the job's token to resume)",
+                   responses={200: s.CheckpointDetailSerializer, **errors(403, 404)})
+    def get(self, request, job_id, step):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        checkpoints.require_checkpoint_reader(user=request.user, job=job, job_token=job_token(request) is not None)
+        checkpoint = checkpoints.checkpoint_get(job=job, step=step)
+        store, root = get_blob_store(), base_url(request)
+        return Response({**_checkpoint_data(checkpoint), "files": [
+            {"path": f.path, "sha256": f.blob_id, "size": f.size,
+             "url": store.download_url(f.blob_id, base_url=root, filename=f.path.rsplit("/", 1)[-1],
+                                       expires=settings.PEFTHUB_URL_TTL)}
+            for f in checkpoint.files.order_by("path")]})
+
+
+class JobCheckpointPromoteView(APIView):
+    @extend_schema(summary="Make a version of an adapter repository from a checkpoint's adapter files",
+                   request=s.PromoteRequestSerializer,
+                   responses={201: VersionDetailSerializer, 200: VersionDetailSerializer, **errors(403, 404)})
+    def post(self, request, job_id, step):
+        require_scope(request, "write", "promote checkpoints")
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        data = validated(s.PromoteRequestSerializer, request.data)
+        version, created = checkpoints.checkpoint_promote(user=request.user, job=job, step=step, **data)
+        return Response(version_detail_data(request, version, created=created), status=201 if created else 200)
