@@ -36,12 +36,13 @@ from .models import Evaluation, FileEntry, Repo, Version
 from .refs import Ref, parse_ref
 
 if TYPE_CHECKING:
+    from ._checkpoints import Checkpoint
     from .client import Hub
     from .jobs import Job, JobEvent
 
 # The client (and requests, tqdm) load on first use, so `import pefthub.protocol` stays
 # standard-library only: the server imports the protocol and nothing else of the SDK.
-_LAZY = {"Hub": "client", "Job": "jobs", "JobEvent": "jobs"}
+_LAZY = {"Hub": "client", "Job": "jobs", "JobEvent": "jobs", "Checkpoint": "_checkpoints"}
 
 
 def __getattr__(name: str) -> Any:
@@ -54,6 +55,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AuthenticationFailed",
     "BadRequest",
+    "Checkpoint",
     "Conflict",
     "Evaluation",
     "FileEntry",

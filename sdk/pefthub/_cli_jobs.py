@@ -1,4 +1,4 @@
-"""``pefthub train``, ``pefthub merge``, ``pefthub eval`` and ``pefthub jobs ls|show|logs|cancel``."""
+"""``pefthub train``, ``pefthub merge``, ``pefthub eval`` and ``pefthub jobs ls|show|logs|cancel|checkpoints|promote``."""
 
 from __future__ import annotations
 
@@ -269,6 +269,31 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_checkpoints(args: argparse.Namespace) -> int:
+    with make_hub() as hub:
+        job = hub.job(args.id)
+        found = job.checkpoints()
+    if args.json:
+        print_json([vars(c) for c in found])
+        return 0
+    if not found:
+        print(f"job {job.id} has no checkpoints")
+        return 0
+    rows = [(c.step, c.attempt, format_metric(dict(c.metrics)), c.created_at) for c in found]
+    print(table(("STEP", "ATTEMPT", "METRICS", "CREATED"), rows))
+    return 0
+
+
+def cmd_jobs_promote(args: argparse.Namespace) -> int:
+    with make_hub() as hub:
+        job = hub.job(args.id)
+        version = hub.promote_checkpoint(job, args.step, output=args.output, aliases=args.alias or (),
+                                         message=args.message)
+    state = "created" if version.created else "unchanged"
+    print(f"{version.ref} {version.digest} {state} (step {args.step} of job {job.id})")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 def add_job_commands(sub: Any) -> None:
     p = sub.add_parser("train", help="submit a training job; prints its id")
@@ -337,3 +362,16 @@ def add_job_commands(sub: Any) -> None:
     p = jsub.add_parser("cancel", help="stop a job (queued: at once; running: at its next heartbeat)")
     p.add_argument("id", metavar="ID", help=JOB_ID_HELP)
     p.set_defaults(func=cmd_jobs_cancel, needs_token=True)
+
+    p = jsub.add_parser("checkpoints", help="a train job's kept checkpoints (a re-queued attempt resumes from the newest)")
+    p.add_argument("id", metavar="ID", help=JOB_ID_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_jobs_checkpoints, needs_token=True)
+
+    p = jsub.add_parser("promote", help="make a version of an adapter repository from one of a job's checkpoints")
+    p.add_argument("id", metavar="ID", help=JOB_ID_HELP)
+    p.add_argument("step", type=int, metavar="STEP", help="the checkpoint's step (`pefthub jobs checkpoints ID`)")
+    p.add_argument("--output", required=True, metavar="NS/NAME", help="adapter repository for the version")
+    p.add_argument("--alias", action="append", metavar="ALIAS", help="point this alias at the version (repeatable)")
+    p.add_argument("-m", "--message", default="", help="message of the version")
+    p.set_defaults(func=cmd_jobs_promote, needs_token=True)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from . import _config, peft_compat
 from . import constants as c
+from ._checkpoints import CheckpointsMixin
 from ._files import collect_files, infer_kind
 from ._http import HTTPClient, quote_segment
 from ._load import LoadMixin
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # only for annotations: no runtime dependency
     from typing_extensions import Self
 
 
-class Hub(JobsMixin, LoadMixin, HFMixin):
+class Hub(JobsMixin, CheckpointsMixin, LoadMixin, HFMixin):
     """A PEFT Hub client.
 
     Every argument falls back to the environment, then to the file written by

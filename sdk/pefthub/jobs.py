@@ -23,6 +23,7 @@ from .protocol.specs import parse_job_request
 from .refs import check_alias, parse_ref
 
 if TYPE_CHECKING:
+    from ._checkpoints import Checkpoint
     from .client import Hub
     from .models import Version
 
@@ -163,6 +164,11 @@ class Job:
         """Re-read the job from the hub; returns ``self``."""
         self._update(self._hub.request("GET", self._path))
         return self
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The job's kept checkpoints (step, attempt, metrics, created_at), newest first;
+        ``hub.promote_checkpoint(job, step, output=...)`` makes a version of one."""
+        return self._hub.checkpoints(self.id)
 
     def cancel(self) -> Job:
         """Ask the hub to stop the job: a queued one is cancelled at once, a running one

@@ -23,6 +23,7 @@ from examples import tiny
 from pefthub.errors import JobCancelled, JobFailed
 from pefthub_server.jobs.models import Job, JobEvent
 from pefthub_server.registry.models import Version
+from pefthub_worker.training import Callbacks
 
 REDIS_URL = os.environ["CELERY_BROKER_URL"]  # tests/settings.py: PEFTHUB_TEST_REDIS_URL or Redis db 15
 FAST = {"max_steps": 30, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 64, "r": 8}
@@ -143,6 +144,60 @@ def test_sigkilled_worker_job_is_requeued_and_succeeds_once(inputs, start_worker
     assert Version.objects.filter(job_id=job.id).count() == 1 and Version.objects.filter(repository__name="bot").count() == 1
     reasons = [e.data.get("reason", "") for e in JobEvent.objects.filter(job_id=job.id, type="status")]
     assert any("stopped heartbeating" in r and "re-queued" in r for r in reasons), reasons
+
+
+def test_a_job_killed_after_its_second_checkpoint_resumes_there_and_ends_as_if_never_interrupted(
+        inputs, start_worker, tiny_base, tmp_path):
+    """Issue 12's acceptance: SIGKILL the worker after the second checkpoint event; the re-queued attempt starts
+    at the newest checkpoint's next step, logs the uninterrupted run's losses, and its adapter's logits equal
+    an uninterrupted run's (the recipe in this process, same spec) within 1e-4; one version."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pefthub.protocol.specs import TrainHyperparameters
+    from pefthub_worker.training import train
+
+    hyperparameters = {**FAST, "max_steps": 120, "learning_rate": 1e-3, "checkpoint_steps": 10}  # dropout 0.05: RNG matters
+    first = start_worker("first")
+    job = inputs.train(base_model="acme/llama-tiny", dataset="acme/support-data", output="acme/bot", **hyperparameters)
+    deadline = time.monotonic() + 120
+    while JobEvent.objects.filter(job_id=job.id, type="checkpoint").count() < 2:
+        assert time.monotonic() < deadline and Job.objects.get(pk=job.id).status in ("queued", "running"), \
+            "no second checkpoint while the job ran"
+        time.sleep(0.02)
+    _kill(first)
+    saved = list(JobEvent.objects.filter(job_id=job.id, type="checkpoint").values_list("data", flat=True))
+    assert [c["step"] for c in saved[:2]] == [10, 20] and all(c["attempt"] == 1 for c in saved), saved
+    _wait_for(lambda: call_command("reap_jobs") or Job.objects.get(pk=job.id).status == "queued", timeout=30,
+              what="the reaper to re-queue")
+    newest = max(c["step"] for c in saved)  # the kill may land after a third checkpoint: attempt 2 takes the newest
+    start_worker("second")
+    done = job.wait(timeout=240)
+    assert done.status == "succeeded" and done.attempt == 2, (done.status, done.error)
+
+    metrics = list(JobEvent.objects.filter(job_id=job.id, type="metric").order_by("seq"))
+    second = [e.data for e in metrics if e.attempt == 2 and "loss" in e.data]
+    assert second[0]["step"] == newest + 1 and second[-1]["step"] == 120, (newest, second[:2])
+    logs = [e.data["message"] for e in JobEvent.objects.filter(job_id=job.id, type="log", attempt=2)]
+    assert f"resuming from step {newest} of 120" in logs, logs
+    assert [c.step for c in job.checkpoints()] == [110, 100, 90]  # the newest three, attempt 2's
+    version = done.result
+    assert version.metadata["lineage"]["resumed_from"] == {"step": newest, "attempt": 1}
+    assert Version.objects.filter(repository__name="bot").count() == 1
+
+    events: list = []
+    hp = TrainHyperparameters.from_dict(hyperparameters, method="lora")
+    whole = train(method="lora", hyperparameters=hp, base_dir=tiny_base, dataset_path=tmp_path / "train.jsonl",
+                  output_dir=tmp_path / "uninterrupted", callbacks=Callbacks(on_event=lambda t, d: events.append((t, d))))
+    expected = {d["step"]: d["loss"] for t, d in events if t == "metric" and "loss" in d}
+    assert max(abs(d["loss"] - expected[d["step"]]) for d in second) < 1e-5
+    x = tiny.sample_input()
+    with torch.no_grad():
+        resumed = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), inputs.pull("acme/bot@1"))
+        uninterrupted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), whole.output_dir)
+        base = AutoModelForCausalLM.from_pretrained(tiny_base)(input_ids=x).logits
+        got, want = resumed.eval()(input_ids=x).logits, uninterrupted.eval()(input_ids=x).logits
+    assert (got - want).abs().max() <= 1e-4 and (want - base).abs().max() > 1e-3  # equal, and trained
 
 
 def test_sigkilled_worker_at_the_attempt_limit_fails_with_the_reason(inputs, start_worker):

@@ -43,6 +43,8 @@ class Claim:
     token: str
     lease_seconds: float
     heartbeat_seconds: float
+    #: the job's newest checkpoint (``step``, ``attempt``, ``metrics`` ...) to resume from, or None
+    checkpoint: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class WorkerClient:
             token=reply["token"],
             lease_seconds=float(reply["lease_seconds"]),
             heartbeat_seconds=float(reply["heartbeat_seconds"]),
+            checkpoint=reply.get("checkpoint"),
         )
 
     def job_client(self, claim: Claim) -> JobClient:

@@ -7,6 +7,12 @@ or fail. That token acts for the job's owner on this job only and dies with the 
 so a worker can never read or write more than the job needs. While the recipe runs, a
 session thread flushes events every second and heartbeats every ``heartbeat_seconds``;
 a heartbeat reply asking to cancel, or a lost lease, stops the recipe at its next step.
+
+Training saves checkpoints (every ``checkpoint_steps``, and every PEFTHUB_CHECKPOINT_SECONDS
+of training, default 1800) and uploads each before the next step: synchronous, so the
+files never change under the upload; an adapter's state is small next to a step's work
+(a tiny model's is ~100 KB). An attempt whose claim names a checkpoint downloads it and
+resumes there.
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ from pefthub.protocol.jobs import EVAL, MERGE, TRAIN
 from pefthub.protocol.specs import EvalSpec, MergeSpec, TrainSpec
 
 from .capabilities import detect, worker_name
-from .client import ClaimRefused, JobClient, LeaseLost, WorkerClient
+from .client import Claim, ClaimRefused, JobClient, LeaseLost, WorkerClient
 from .evaluation import evaluate
 from .merging import MergeError, merge
-from .training import Callbacks, Cancelled, DatasetError, train
+from .training import Callbacks, Cancelled, CheckpointError, DatasetError, train
+from .training.recipe import DEFAULT_CHECKPOINT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +141,57 @@ def _dataset_file(folder: Path, name: str | None, field: str = "hyperparameters.
     return files[0]
 
 
-def _train(job: dict[str, Any], hub: Hub, session: JobSession, work: Path):
+def _checkpoint_seconds() -> float:
+    value = os.environ.get("PEFTHUB_CHECKPOINT_SECONDS", "")
+    try:
+        return float(value) if value else DEFAULT_CHECKPOINT_SECONDS
+    except ValueError:
+        raise SpecError("PEFTHUB_CHECKPOINT_SECONDS",
+                        f"PEFTHUB_CHECKPOINT_SECONDS must be a number of seconds, got {value!r}") from None
+
+
+def _uploader(hub: Hub, session: JobSession, job_id: str):
+    """``Callbacks.on_checkpoint``: upload the state; a hub that no longer knows the attempt stops the run."""
+    def upload(folder: Path, step: int, metrics: dict[str, Any]) -> None:
+        try:
+            hub.push_checkpoint(job_id, attempt=session.attempt, step=step, folder=folder, metrics=metrics)
+        except HubError as exc:
+            if exc.status in (401, 409):  # the job token died or the attempt lost the job
+                session.lease_lost.set()
+                return
+            # training goes on: a later checkpoint, or the result, makes up for it
+            session.log(f"checkpoint at step {step} not saved: {exc}", "warning")
+
+    return upload
+
+
+def _train(claim: Claim, hub: Hub, session: JobSession, work: Path):
+    job = claim.job
     spec = TrainSpec.from_dict(job["spec"])
     base_pin, data_pin = job["inputs"]["base_model"], job["inputs"]["dataset"]
     parent_pin = job["inputs"].get("continue_from")
     base_dir = hub.pull(_pinned(base_pin))
     dataset = _dataset_file(hub.pull(_pinned(data_pin)), spec.hyperparameters.dataset_file)
     parent_dir = hub.pull(_pinned(parent_pin)) if parent_pin else None
+    resume_from = None
+    if claim.checkpoint is not None:
+        step = claim.checkpoint["step"]
+        resume_from = hub.pull_checkpoint(job["id"], step, work / "resume")
+        session.log(f"pulled the checkpoint attempt {claim.checkpoint['attempt']} saved at step {step}")
     session.log(f"training {spec.method} on {_numbered(base_pin)} with {_numbered(data_pin)}")
     if parent_pin:
         session.log(f"continuing from {_numbered(parent_pin)}")
-    callbacks = Callbacks(on_event=session.event, should_stop=session.should_stop)
+    callbacks = Callbacks(on_event=session.event, should_stop=session.should_stop,
+                          on_checkpoint=_uploader(hub, session, job["id"]))
     result = train(method=spec.method, hyperparameters=spec.hyperparameters, base_dir=base_dir,
-                   dataset_path=dataset, output_dir=work / "adapter", callbacks=callbacks, continue_from=parent_dir)
+                   dataset_path=dataset, output_dir=work / "adapter", callbacks=callbacks, continue_from=parent_dir,
+                   resume_from=resume_from, checkpoint_seconds=_checkpoint_seconds())
     lineage = {
         "job": job["id"], "attempt": session.attempt, "base_model": base_pin, "dataset": data_pin,
         **({"parent": parent_pin} if parent_pin else {}),
         "method": spec.method, "hyperparameters": spec.hyperparameters.to_dict(),
         "quantization": result.quantization,
+        **({"resumed_from": {k: claim.checkpoint[k] for k in ("step", "attempt")}} if claim.checkpoint else {}),
     }
     session.log(f"pushing the adapter to {spec.output}")
     return hub.push(
@@ -161,7 +201,8 @@ def _train(job: dict[str, Any], hub: Hub, session: JobSession, work: Path):
     )
 
 
-def _merge(job: dict[str, Any], hub: Hub, session: JobSession, work: Path):
+def _merge(claim: Claim, hub: Hub, session: JobSession, work: Path):
+    job = claim.job
     spec = MergeSpec.from_dict(job["spec"])
     base_pin, adapter_pins = job["inputs"]["base_model"], job["inputs"]["adapters"]
     base_dir = hub.pull(_pinned(base_pin))
@@ -179,7 +220,8 @@ def _merge(job: dict[str, Any], hub: Hub, session: JobSession, work: Path):
                     job=job["id"])
 
 
-def _evaluate(job: dict[str, Any], hub: Hub, session: JobSession, work: Path) -> dict[str, Any]:
+def _evaluate(claim: Claim, hub: Hub, session: JobSession, work: Path) -> dict[str, Any]:
+    job = claim.job
     """Score the pinned adapter on the pinned dataset; the metrics complete the job (no version is pushed)."""
     spec = EvalSpec.from_dict(job["spec"])
     pins = job["inputs"]
@@ -207,6 +249,8 @@ def _failure(exc: BaseException) -> tuple[str, str, bool]:
         return "dataset_invalid", str(exc), False
     if isinstance(exc, MergeError):
         return "merge_failed", str(exc), False
+    if isinstance(exc, CheckpointError):
+        return "checkpoint_invalid", f"the job's newest checkpoint cannot be resumed: {exc}", False
     if isinstance(exc, HubError) and exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
         # the hub refused the result: retrying changes nothing
         return exc.code or "hub_refused", exc.message, False
@@ -237,7 +281,7 @@ def _run_job(job_id: str, *, hub: Hub | None) -> str:
     try:
         with JobSession(client, job_id, attempt, claim.heartbeat_seconds) as session:
             try:
-                result = recipe(claim.job, client.hub, session, work)
+                result = recipe(claim, client.hub, session, work)
             except Cancelled:  # asked to cancel, or the lease was lost
                 outcome = "cancelled"
             except Exception as exc:  # every failure is reported to the hub below
