@@ -86,6 +86,9 @@ def format_event(event: JobEvent) -> str:
         why = d.get("reason") or (error and f"{error.get('code')}: {error.get('message')}")
         if why:
             text += f": {why}"
+    elif event.type == "checkpoint":
+        metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+        text = f"checkpoint at step {d.get('step')}" + (f": {format_metric(metrics)}" if metrics else "")
     elif event.type == "artifact":
         text = f"artifact {d.get('repo')}@{d.get('number')} {d.get('digest') or ''}".rstrip()
     else:

@@ -146,6 +146,13 @@ class Worker:
                  progress=False) as job_hub:
             return job_hub.push(folder, job["output"], job=job_id, **kwargs)
 
+    def checkpoint(self, job_id: str, step: int, folder: Path, **metrics: float) -> Any:
+        """Save ``folder`` as the job's checkpoint at ``step`` with the job token, as a worker does."""
+        with Hub(url=self.url, token=self.claims[job_id]["token"], cache_dir=self.root / "job-cache",
+                 progress=False) as job_hub:
+            return job_hub.push_checkpoint(job_id, attempt=self._attempt(job_id), step=step, folder=folder,
+                                           metrics=metrics)
+
     def complete(self, job_id: str, version: Version) -> dict[str, Any]:
         return self._post(job_id, "complete", {"attempt": self._attempt(job_id), "version": version.number})
 

@@ -230,3 +230,35 @@ def test_jobs_cancel_ls_show(cli, env, job_inputs, worker):
     assert json.loads(cli("jobs", "show", running, "--json")[1])["id"] == running
     assert cli("jobs", "show", "f" * 32)[0] == 1
     assert cli("jobs")[0] == 2
+
+
+def test_jobs_checkpoints_and_promote(cli, env, job_inputs, worker, tmp_path):
+    state = {**env.adapter_files(), "trainer_state.json": b'{"format": 1}'}  # built before the claim: 4 s leases
+    job_id = env.train(output="acme/bot").id
+    worker.claim(job_id)
+    assert cli("jobs", "checkpoints", job_id)[:2] == (0, f"job {job_id} has no checkpoints\n")
+    saved = worker.checkpoint(job_id, 5, env.folder(state), loss=1.25, learning_rate=0.0002)
+    assert (saved.step, saved.attempt, saved.metrics) == (5, 1, {"loss": 1.25, "learning_rate": 0.0002})
+    worker.checkpoint(job_id, 10, env.folder(state), loss=0.5)
+
+    code, out, _ = cli("jobs", "checkpoints", job_id[:10])
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["STEP", "ATTEMPT", "METRICS", "CREATED"]
+    assert [r.split()[:5] for r in rows] == [["10", "1", "loss", "0.5", env.hub.checkpoints(job_id)[0].created_at],
+                                            ["5", "1", "loss", "1.25", "lr"]]
+    assert [c["step"] for c in json.loads(cli("jobs", "checkpoints", job_id, "--json")[1])] == [10, 5]
+    code, out, _ = cli("jobs", "logs", job_id, "--after", "2")
+    assert texts(out) == ["checkpoint at step 5: loss 1.25 lr 2e-04", "checkpoint at step 10: loss 0.5"]
+
+    # the owner downloads one as it was saved
+    folder = env.hub.pull_checkpoint(job_id, 10, tmp_path / "ckpt")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == state
+
+    code, out, err = cli("jobs", "promote", job_id, "5", "--output", "acme/early", "--alias", "candidate")
+    assert (code, err) == (0, "")
+    version = env.hub.version("acme/early@candidate")
+    assert out == f"acme/early@1 {version.digest} created (step 5 of job {job_id})\n"
+    assert version.metadata["lineage"]["checkpoint_step"] == 5 and version.metadata["lineage"]["job"] == job_id
+    assert sorted(f.path for f in version.files) == ["adapter_config.json", "adapter_model.safetensors"]
+    code, _, err = cli("jobs", "promote", job_id, "7", "--output", "acme/early")
+    assert code == 1 and "no checkpoint at step 7" in err and "steps 5, 10" in err
