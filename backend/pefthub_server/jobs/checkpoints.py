@@ -48,6 +48,16 @@ def _entries(files) -> list[Entry]:
     return entries
 
 
+def _training(job_id, attempt: int) -> Job:
+    """The running train job whose current attempt is ``attempt`` (only training saves checkpoints)."""
+    with transaction.atomic():
+        job = _active(job_id, attempt)
+    if job.type != Job.Type.TRAIN:
+        raise ValidationFailed(f"Job {job.id.hex} is {with_article(job.type)} job; only train jobs save checkpoints.",
+                               code="invalid_checkpoint")
+    return job
+
+
 def _held(job: Job, entries: list[Entry]) -> dict[str, int]:
     """sha256 -> size of the blobs among ``entries`` that the job's checkpoints hold already."""
     return dict(CheckpointFile.objects.filter(checkpoint__job=job, blob_id__in={e.sha256 for e in entries})
@@ -56,8 +66,7 @@ def _held(job: Job, entries: list[Entry]) -> dict[str, int]:
 
 def checkpoint_negotiate(*, job_id, attempt: int, files, base_url: str) -> dict:
     """Which of a checkpoint's blobs the attempt must upload, and where (as a push's negotiation)."""
-    with transaction.atomic():
-        job = _active(job_id, attempt)
+    job = _training(job_id, attempt)
     entries = _entries(files)
     sizes = {e.sha256: e.size for e in entries}
     present = {**blobs_possessed(user=job.owner, sha256s=sizes, job=job), **_held(job, entries)}
@@ -89,8 +98,7 @@ def checkpoint_record(*, job_id, attempt: int, step, files, metrics=None) -> Job
         raise ValidationFailed(f"step must be an optimizer step >= 1, got {step!r}.", detail={"field": "step"})
     metrics = _metrics(metrics)
     entries = _entries(files)
-    with transaction.atomic():
-        job = _active(job_id, attempt)
+    job = _training(job_id, attempt)
     push.verify_blobs(user=job.owner, entries=entries, job=job, granted=_held(job, entries))
     with transaction.atomic():
         job = _active(job_id, attempt)
