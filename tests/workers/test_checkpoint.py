@@ -7,7 +7,10 @@ accumulation and warmup (so the scheduler's and the stream's positions matter).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +144,17 @@ def test_a_checkpoint_of_another_format_or_past_the_end_is_refused(base, dataset
     (folder / "trainer_state.json").write_text(json.dumps({**state, "format": 99}))
     with pytest.raises(CheckpointError, match="format 99"):
         _run(base, dataset, tmp_path / "other", resume_from=folder)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 1800.0), ("", 1800.0), ("600", 600.0), (" 0.5 ", 0.5), ("0", 0.0)])
+def test_checkpoint_seconds_from_the_environment(value, seconds):
+    assert recipe.checkpoint_seconds({} if value is None else {"PEFTHUB_CHECKPOINT_SECONDS": value}) == seconds
+
+
+def test_a_worker_with_bad_checkpoint_seconds_does_not_start(tmp_path):
+    for bad in ("30m", "-1", "nan"):
+        env = {**os.environ, "PEFTHUB_TOKEN": "phub_unused", "PEFTHUB_CHECKPOINT_SECONDS": bad}
+        done = subprocess.run([sys.executable, "-m", "pefthub_worker.cli", "-Q", "gpu"], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert f"PEFTHUB_CHECKPOINT_SECONDS must be a number of seconds >= 0, got '{bad}'" in done.stderr

@@ -76,9 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("PEFTHUB_TOKEN must hold a worker-scope token (pefthub-server adduser worker --scope worker)")
     from pefthub.protocol.capabilities import capabilities_from_env
     from pefthub.protocol.errors import SpecError
+    from pefthub_worker.training.recipe import checkpoint_seconds
 
     try:
         capabilities_from_env(os.environ)  # a bad override stops the worker here, not at its first job
+        checkpoint_seconds(os.environ)
     except SpecError as exc:
         parser.error(exc.message)
     if parent := os.environ.get("PEFTHUB_EXIT_WITH_PARENT"):  # set by `pefthub-server up`

@@ -42,7 +42,7 @@ from .client import Claim, ClaimRefused, JobClient, LeaseLost, WorkerClient
 from .evaluation import evaluate
 from .merging import MergeError, merge
 from .training import Callbacks, Cancelled, CheckpointError, DatasetError, train
-from .training.recipe import DEFAULT_CHECKPOINT_SECONDS
+from .training.recipe import checkpoint_seconds
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +141,6 @@ def _dataset_file(folder: Path, name: str | None, field: str = "hyperparameters.
     return files[0]
 
 
-def _checkpoint_seconds() -> float:
-    value = os.environ.get("PEFTHUB_CHECKPOINT_SECONDS", "")
-    try:
-        return float(value) if value else DEFAULT_CHECKPOINT_SECONDS
-    except ValueError:
-        raise SpecError("PEFTHUB_CHECKPOINT_SECONDS",
-                        f"PEFTHUB_CHECKPOINT_SECONDS must be a number of seconds, got {value!r}") from None
-
-
 def _uploader(hub: Hub, session: JobSession, job_id: str):
     """``Callbacks.on_checkpoint``: upload the state; a hub that no longer knows the attempt stops the run."""
     def upload(folder: Path, step: int, metrics: dict[str, Any]) -> None:
@@ -185,7 +176,7 @@ def _train(claim: Claim, hub: Hub, session: JobSession, work: Path):
                           on_checkpoint=_uploader(hub, session, job["id"]))
     result = train(method=spec.method, hyperparameters=spec.hyperparameters, base_dir=base_dir,
                    dataset_path=dataset, output_dir=work / "adapter", callbacks=callbacks, continue_from=parent_dir,
-                   resume_from=resume_from, checkpoint_seconds=_checkpoint_seconds())
+                   resume_from=resume_from, checkpoint_seconds=checkpoint_seconds(os.environ))
     lineage = {
         "job": job["id"], "attempt": session.attempt, "base_model": base_pin, "dataset": data_pin,
         **({"parent": parent_pin} if parent_pin else {}),

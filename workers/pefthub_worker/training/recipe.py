@@ -22,11 +22,12 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pefthub.protocol.errors import SpecError
 from pefthub.protocol.specs import TrainHyperparameters
 
 from . import checkpoint, data, parent
@@ -34,6 +35,23 @@ from . import config as cfg
 
 #: a checkpoint at least this often (seconds of training) whatever ``checkpoint_steps`` says
 DEFAULT_CHECKPOINT_SECONDS = 1800.0
+CHECKPOINT_SECONDS_ENV = "PEFTHUB_CHECKPOINT_SECONDS"
+
+
+def checkpoint_seconds(environ: Mapping[str, str]) -> float:
+    """PEFTHUB_CHECKPOINT_SECONDS from ``environ`` (seconds >= 0; 0: every step), else the default;
+    :class:`SpecError` naming the variable for anything else (the worker checks it at start)."""
+    value = environ.get(CHECKPOINT_SECONDS_ENV, "").strip()
+    if not value:
+        return DEFAULT_CHECKPOINT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise SpecError(CHECKPOINT_SECONDS_ENV,
+                        f"{CHECKPOINT_SECONDS_ENV} must be a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 @dataclass
