@@ -18,7 +18,7 @@ from pefthub_server.jobs.models import Job, JobCheckpoint, JobEvent
 from pefthub_server.registry.blobs import blobs_collect
 from pefthub_server.registry.models import Blob, BlobUpload, Version
 from tests.backend.jobs.conftest import claim, submit, train_spec
-from tests.conftest import file_specs
+from tests.conftest import api_push, file_specs
 
 
 @pytest.fixture
@@ -131,8 +131,6 @@ def test_a_checkpoint_cites_only_blobs_the_job_possesses(running, api, alice, ca
     folder = tmp_path / "carol"
     folder.mkdir()
     (folder / "diary.jsonl").write_text('{"text": "dear diary"}\n')
-    from tests.conftest import api_push
-
     client = api(carol.token)
     client.post("/api/v1/repos", {"namespace": "carol", "name": "diary", "kind": "dataset"}, format="json")
     assert api_push(client, "carol/diary", folder).status_code == 201
@@ -190,3 +188,19 @@ def test_who_may_read_and_promote(running, api, alice, bob, carol, acme_data, wo
     # the same files again: nothing new
     again = api(alice.token).post(promote, {"output": "acme/early-bot"}, format="json")
     assert again.status_code == 200 and again.json()["number"] == 1
+
+
+def test_only_a_train_job_saves_checkpoints(alice, api, acme_base, worker, tiny_adapter):
+    owner = api(alice.token)
+    owner.post("/api/v1/repos", {"namespace": "acme", "name": "bot", "kind": "adapter", "base_model": "acme/llama-tiny"},
+               format="json")
+    assert api_push(owner, "acme/bot", tiny_adapter[0]).status_code == 201
+    job = owner.post("/api/v1/jobs", {"type": "merge", "adapters": ["acme/bot@1"], "output": "acme/merged"},
+                     format="json").json()
+    token = api(claim(api, worker, job["id"])["token"])
+    body = {"attempt": 1, "step": 1, "files": file_specs(tiny_adapter[0])}
+    for route in ("checkpoints/uploads", "checkpoints"):
+        refused = token.post(f"/api/v1/jobs/{job['id']}/{route}", body, format="json")
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_checkpoint", refused.content
+        assert "only train jobs save checkpoints" in refused.json()["error"]["message"]
+    assert not JobCheckpoint.objects.exists()
