@@ -119,7 +119,8 @@ def test_every_method_learns_and_its_saved_adapter_reloads_exactly(method, peft_
 
 def test_lora_training_loss_goes_down_and_metric_events_follow_the_schedule(base, dataset, tmp_path):
     events: list = []
-    result, _ = run("lora", base, dataset, tmp_path / "a", events, max_steps=20, warmup_steps=4, logging_steps=5)
+    result, _ = run("lora", base, dataset, tmp_path / "a", events, max_steps=20, warmup_steps=4, logging_steps=5,
+                    packing=False)  # 8 micro-batches of 8 rows per epoch (packed epochs: tests/workers/test_packing.py)
     assert result.metrics["final_loss"] < result.metrics["first_loss"] - 0.2, result.metrics
     metrics = [d for t, d in events if t == "metric"]
     assert [m["step"] for m in metrics] == [5, 10, 15, 20]
@@ -150,8 +151,11 @@ def test_same_seed_same_adapter_bytes(base, dataset, tmp_path):
 
 
 def test_gradient_accumulation_matches_one_big_batch(base, dataset, tmp_path):
-    run("lora", base, dataset, tmp_path / "big", max_steps=3, batch_size=8, lora_dropout=0.0)
-    run("lora", base, dataset, tmp_path / "acc", max_steps=3, batch_size=4, gradient_accumulation_steps=2, lora_dropout=0.0)
+    # unpacked: 64 rows split evenly into micro-batches of 8 or 4, so both runs see the same rows in every step
+    # (packed sequences per epoch need not divide evenly; then an epoch ends inside a step of one run only)
+    same = {"max_steps": 3, "lora_dropout": 0.0, "packing": False}
+    run("lora", base, dataset, tmp_path / "big", batch_size=8, **same)
+    run("lora", base, dataset, tmp_path / "acc", batch_size=4, gradient_accumulation_steps=2, **same)
     big, acc = (load_file(tmp_path / n / "adapter_model.safetensors") for n in ("big", "acc"))
     for key in big:
         torch.testing.assert_close(big[key], acc[key], rtol=1e-3, atol=1e-5)  # Adam magnifies fp noise in tiny grads

@@ -75,7 +75,7 @@ def evaluate(
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=_dtype_for(device)).to(device)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    total = data.batches_per_epoch(len(examples), batch_size)
+    total = data.batches_per_epoch(examples, batch_size)
     pairs = generation_pairs(examples) if fmt == "prompt_completion" else []
     progress = _Progress(emit, total + len(pairs))
 

@@ -155,7 +155,8 @@ class TrainHyperparameters:
     epochs: float = field(default=1.0, metadata=_help("Passes over the training rows (fractions allowed)."))
     max_steps: int | None = field(default=None, metadata=_help("Optimizer steps; when set it overrides epochs."))
     learning_rate: float = field(default=2e-4, metadata=_help("Peak AdamW learning rate (linear warmup, linear decay)."))
-    batch_size: int = field(default=8, metadata=_help("Rows per micro-batch."))
+    batch_size: int = field(default=8, metadata=_help(
+        "Rows per micro-batch; with packing, packed sequences (of up to max_seq_length tokens each) per micro-batch."))
     gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
     max_seq_length: int = field(default=512, metadata=_help("Tokens per row; longer rows are truncated."))
     warmup_steps: int = field(default=0, metadata=_help("Optimizer steps of linear warmup."))
@@ -169,6 +170,10 @@ class TrainHyperparameters:
     checkpoint_steps: int | None = field(default=None, metadata=_help(
         "Save a resumable checkpoint every this many optimizer steps (and at least every "
         "PEFTHUB_CHECKPOINT_SECONDS); None means four per run. A re-queued job resumes from its last one."))
+    packing: bool | None = field(default=None, metadata=_help(
+        "Pack whole rows into sequences of up to max_seq_length tokens (no padding; attention and loss stay within "
+        "each row, so the result matches unpacked training); None means on for text and prompt/completion rows, off "
+        "for messages rows. Not with prefix_tuning or prompt_tuning."))
 
     def __post_init__(self) -> None:
         self._validate()
@@ -234,6 +239,8 @@ class TrainHyperparameters:
         _int(p + "logging_steps", self.logging_steps, minimum=1)
         if self.checkpoint_steps is not None:
             _int(p + "checkpoint_steps", self.checkpoint_steps, minimum=1)
+        if self.packing is not None and not isinstance(self.packing, bool):
+            raise SpecError(p + "packing", f"{p}packing must be true, false or null, got {self.packing!r}")
 
     def check_method(self, method: str, *, given: set[str] | None = None) -> None:
         """Refuse options set to a non-default value that ``method`` would ignore."""
@@ -260,6 +267,15 @@ class TrainHyperparameters:
         if method == "prefix_tuning" and self.gradient_checkpointing:
             raise SpecError("hyperparameters.gradient_checkpointing",
                             "hyperparameters.gradient_checkpointing is not supported with prefix_tuning")
+        if method in VIRTUAL_TOKEN_METHODS and self.packing:
+            raise SpecError("hyperparameters.packing", f"hyperparameters.packing is not supported with {method} (its "
+                                                       "virtual tokens take no position ids); remove it or set it to false")
+
+    def packs(self, method: str, row_format: str) -> bool:
+        """Whether rows are packed: ``packing`` when set, else on for ``text`` and ``prompt_completion`` rows."""
+        if method in VIRTUAL_TOKEN_METHODS:
+            return False
+        return self.packing if self.packing is not None else row_format in ("text", "prompt_completion")
 
 
 def _method(method: Any) -> str:

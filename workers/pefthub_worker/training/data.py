@@ -13,6 +13,10 @@ One format per file, chosen by the first row:
   :class:`TokenStats` counts it.
 
 Other keys in a row (``id``, ``meta``...) are ignored.
+
+Micro-batches hold rows one per sequence (padded), or packed: whole rows first-fit-decreasing
+into sequences of up to ``max_seq_length`` tokens, each row with its own positions and loss
+mask (see :func:`collate`), so packed training matches unpacked training on the same rows.
 """
 
 from __future__ import annotations
@@ -276,33 +280,105 @@ def split(examples: list[Example], eval_split: float, seed: int) -> tuple[list[E
     return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
 
 
-def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors: input_ids, attention_mask, labels (-100 on padding)."""
-    import torch
+def pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: the indices of ``lengths`` grouped into bins of at most ``capacity`` tokens.
 
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    Longest first, each into the first bin with room; a tree of the bins' free space finds that
+    bin in O(log n), so a large dataset packs in well under a second. Rows of equal length are
+    taken in their order in ``lengths``: a reshuffle changes which rows share a bin, never how
+    many bins there are (that depends on the lengths alone), so steps per epoch are fixed.
+    """
+    if any(n > capacity for n in lengths):
+        raise ValueError(f"a row is longer than the packing capacity of {capacity} tokens")
+    size = 1
+    while size < len(lengths):
+        size *= 2
+    free = [capacity] * (2 * size)  # free[node] = the most room in any bin below node; leaf size + b is bin b
+    bins: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        node = 1
+        while node < size:  # the leftmost bin with room; bins not yet opened (all room) lie right of the open ones
+            node = 2 * node if free[2 * node] >= lengths[i] else 2 * node + 1
+        if node - size == len(bins):
+            bins.append([])
+        bins[node - size].append(i)
+        free[node] -= lengths[i]
+        while node > 1:
+            node //= 2
+            free[node] = max(free[2 * node], free[2 * node + 1])
+    return bins
 
 
-def micro_batches(examples: list[Example], batch_size: int, seed: int) -> Iterator[tuple[int, list[Example]]]:
-    """Endless (epoch, batch) pairs, reshuffled each epoch with a seeded generator."""
+def micro_batches(examples: list[Example], batch_size: int, seed: int, *,
+                  pack_length: int | None = None) -> Iterator[tuple[int, list[list[Example]]]]:
+    """Endless (epoch, micro-batch) pairs, reshuffled each epoch with a seeded generator.
+
+    A micro-batch is a list of ``batch_size`` sequences (the last of an epoch may hold fewer),
+    each a list of rows: one row per sequence, or with ``pack_length`` the rows packed by
+    :func:`pack` into sequences of at most that many tokens (a row is never split), the
+    sequences then shuffled by the same generator. Either way an epoch is one pass over the
+    rows, and the stream is a function of (examples, batch_size, seed, pack_length) alone, so
+    a resumed run rebuilds it and skips what was consumed.
+    """
     rng = random.Random(seed)
     epoch = 0
     while True:
         order = list(range(len(examples)))
         rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            yield epoch, [examples[i] for i in order[start:start + batch_size]]
+        if pack_length is None:
+            sequences = [[i] for i in order]
+        else:
+            sequences = [[order[j] for j in b] for b in pack([len(examples[i].input_ids) for i in order], pack_length)]
+            rng.shuffle(sequences)  # packing puts the longest rows first: mix them over the epoch
+        for start in range(0, len(sequences), batch_size):
+            yield epoch, [[examples[i] for i in seq] for seq in sequences[start:start + batch_size]]
         epoch += 1
 
 
-def batches_per_epoch(n_examples: int, batch_size: int) -> int:
-    return -(-n_examples // batch_size)
+def batches_per_epoch(examples: list[Example], batch_size: int, *, pack_length: int | None = None) -> int:
+    """How many micro-batches :func:`micro_batches` yields per epoch."""
+    n = len(examples) if pack_length is None else len(pack([len(e.input_ids) for e in examples], pack_length))
+    return -(-n // batch_size)
+
+
+def collate(sequences: list[list[Example]], pad_id: int, *, packed: bool = False) -> dict[str, Any]:
+    """Right-padded tensors for a micro-batch of sequences.
+
+    Unpacked (one row per sequence): input_ids, attention_mask, labels (-100 on padding).
+
+    Packed: input_ids, labels and position_ids, no attention_mask. Positions restart at 0 on
+    every row, so each row is embedded exactly as if alone, and the first label of every row
+    is -100, so no token is predicted from the row before it. Given position_ids and no
+    attention_mask, transformers (``masking_utils.find_packed_sequence_indices``, for
+    eager and sdpa attention alike) reads a new row wherever the position does not go up by
+    one and builds a block-diagonal causal mask: no row sees another. Padding after the last
+    row is a segment of its own (positions from 0, labels -100) that no row attends to.
+    Flash-attention takes the same position_ids as varlen boundaries (one sequence per
+    micro-batch: see the recipe).
+    """
+    import torch
+
+    if not packed and any(len(seq) != 1 for seq in sequences):
+        raise ValueError("unpacked micro-batches hold one row per sequence")
+    width = max(sum(len(e.input_ids) for e in seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    if not packed:
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, (e,) in enumerate(sequences):
+            n = len(e.input_ids)
+            ids[i, :n] = torch.tensor(e.input_ids)
+            labels[i, :n] = torch.tensor(e.labels)
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    positions = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        at = 0
+        for e in seq:
+            n = len(e.input_ids)
+            ids[i, at:at + n] = torch.tensor(e.input_ids)
+            labels[i, at + 1:at + n] = torch.tensor(e.labels[1:])
+            positions[i, at:at + n] = torch.arange(n)
+            at += n
+        positions[i, at:] = torch.arange(width - at)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}

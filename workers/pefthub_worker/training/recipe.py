@@ -132,8 +132,10 @@ def train(
     examples, stats = data.tokenize(rows, fmt, tokenizer, max_seq_length=hp.max_seq_length, name=dataset_path.name)
     train_set, eval_set = data.split(examples, hp.eval_split, hp.seed)
     rendering = f", chat rendered as {stats.chat_rendering}" if fmt == "messages" else ""
+    packing = hp.packs(method, fmt)
     log(f"dataset {dataset_path.name}: {stats.rows} rows ({fmt}{rendering}), {stats.tokens} tokens; "
-        f"{len(train_set)} to train, {len(eval_set)} held out")
+        f"{len(train_set)} to train, {len(eval_set)} held out; "
+        + (f"packed into sequences of up to {hp.max_seq_length} tokens" if packing else "not packed"))
     for note in stats.notes:
         log(note, "warning")
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
@@ -145,14 +147,15 @@ def train(
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     random.seed(hp.seed)
     torch.manual_seed(hp.seed)
-    model, quantization = _load_base(base_dir, method, hp, device)
+    model, quantization = _load_base(base_dir, method, hp, device, packing=packing)
     architecture = type(model).__name__
     from peft import get_peft_model
 
     torch.manual_seed(hp.seed)  # adapter init depends on the seed alone, not on how the base loaded
     model = get_peft_model(model, cfg.peft_config(method, hp, targets, model_type))
     trainable, total = model.get_nb_trainable_parameters()
-    log(f"{architecture} on {device.type} ({_dtype_for(device)}): {method} on {targets or 'virtual tokens'}; "
+    log(f"{architecture} on {device.type} ({_dtype_for(device)}, {model.config._attn_implementation} attention): "
+        f"{method} on {targets or 'virtual tokens'}; "
         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%)")
     if continue_from is not None:
         loaded = parent.load_parent(model, Path(continue_from))
@@ -163,7 +166,7 @@ def train(
     if eval_set and resume_from is None:  # a resumed run carries it in its checkpoint
         metrics["eval_loss_before"] = _evaluate(model, eval_set, hp.batch_size, pad_id, device)
         emit("metric", {"step": 0, "eval_loss": metrics["eval_loss_before"]})
-    metrics.update(_train_loop(model, train_set, hp, pad_id, device, callbacks, before=metrics,
+    metrics.update(_train_loop(model, train_set, hp, pad_id, device, callbacks, before=metrics, packing=packing,
                                resume_from=resume_from, checkpoint_seconds=checkpoint_seconds))
 
     # -- 4. evaluate ----------------------------------------------------------------------
@@ -194,13 +197,29 @@ def _dtype_for(device: Any) -> Any:
     return torch.float32
 
 
-def _load_base(base_dir: Path, method: str, hp: TrainHyperparameters, device: Any) -> tuple[Any, dict | None]:
+def _attention_for(device: Any, dtype: Any, packing: bool) -> str | None:
+    """flash_attention_2 for packed rows where CUDA and the flash-attn package have it, else the model's default.
+
+    Flash-attention's varlen kernel reads the rows' boundaries from position_ids and computes
+    no masked-out pairs; sdpa and eager get a block-diagonal mask from transformers instead.
+    """
+    import torch
+    from transformers.utils import is_flash_attn_2_available
+
+    if packing and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and is_flash_attn_2_available():
+        return "flash_attention_2"
+    return None
+
+
+def _load_base(base_dir: Path, method: str, hp: TrainHyperparameters, device: Any, *,
+               packing: bool = False) -> tuple[Any, dict | None]:
     from transformers import AutoModelForCausalLM
 
     dtype = _dtype_for(device)
+    attention = _attention_for(device, dtype, packing)
     gc_kwargs = {"use_reentrant": False}
     if method != "qlora":
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, attn_implementation=attention).to(device)
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
             model.enable_input_require_grads()
@@ -211,7 +230,7 @@ def _load_base(base_dir: Path, method: str, hp: TrainHyperparameters, device: An
 
     cfg.require_bitsandbytes(device, dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        base_dir, quantization_config=cfg.quantization_config(dtype), dtype=dtype,
+        base_dir, quantization_config=cfg.quantization_config(dtype), dtype=dtype, attn_implementation=attention,
         device_map={"": device.index if device.type == "cuda" else "cpu"},
     )
     cfg.keep_4bit_layers_trainable(model)
@@ -237,15 +256,19 @@ def checkpoint_every(hp: TrainHyperparameters, total: int) -> int:
 
 
 def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparameters, pad_id: int, device: Any,
-                callbacks: Callbacks, *, before: dict, resume_from: Path | None, checkpoint_seconds: float) -> dict:
+                callbacks: Callbacks, *, before: dict, packing: bool, resume_from: Path | None,
+                checkpoint_seconds: float) -> dict:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
-    per_epoch = data.batches_per_epoch(len(examples), hp.batch_size)
+    pack_length = hp.max_seq_length if packing else None
+    per_epoch = data.batches_per_epoch(examples, hp.batch_size, pack_length=pack_length)
     total = hp.max_steps or max(1, math.ceil(hp.epochs * per_epoch / hp.gradient_accumulation_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, hp.warmup_steps, total))
-    stream = data.micro_batches(examples, hp.batch_size, hp.seed)
+    stream = data.micro_batches(examples, hp.batch_size, hp.seed, pack_length=pack_length)
+    # flash-attention's varlen route reads row boundaries from position_ids only in a batch of one sequence
+    flat = packing and model.config._attn_implementation.startswith("flash_attention")
 
     at = checkpoint.LoopState(metrics=dict(before))
     if resume_from is not None:
@@ -263,11 +286,13 @@ def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparamete
     for step in range(at.step + 1, total + 1):
         if callbacks.should_stop():
             raise Cancelled(f"cancelled before step {step} of {total}")
-        window = [_collate_on(batch, pad_id, device) for _, batch in (next(stream) for _ in range(hp.gradient_accumulation_steps))]
+        micro = [batch for _, batch in (next(stream) for _ in range(hp.gradient_accumulation_steps))]
+        useful = [sum(len(e.input_ids) for seq in batch for e in seq) for batch in micro]  # tokens that are not padding
+        window = [_collate_on(batch, pad_id, device, packed=packing, flat=flat) for batch in micro]
         at.consumed += len(window)
         n_labels = sum(_label_count(b["labels"]) for b in window)
         loss_sum = 0.0
-        for batch in window:
+        for batch, step_tokens in zip(window, useful):
             n = _label_count(batch["labels"])
             if n == 0:
                 continue
@@ -275,7 +300,6 @@ def _train_loop(model: Any, examples: list[data.Example], hp: TrainHyperparamete
             # token-weighted mean over the whole accumulation window
             (out.loss * (n / n_labels)).backward()
             loss_sum += float(out.loss.detach()) * n
-            step_tokens = int(batch["attention_mask"].sum())
             at.tokens += step_tokens
             at.window_tokens += step_tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -321,9 +345,12 @@ def _checkpoint(model: Any, optimizer: Any, scheduler: Any, at: checkpoint.LoopS
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _collate_on(batch: list[data.Example], pad_id: int, device: Any) -> dict:
-    """A padded micro-batch as tensors on ``device``."""
-    return {k: v.to(device) for k, v in data.collate(batch, pad_id).items()}
+def _collate_on(batch: list[list[data.Example]], pad_id: int, device: Any, *, packed: bool = False,
+                flat: bool = False) -> dict:
+    """A micro-batch as tensors on ``device``; ``flat`` joins its packed sequences into one, unpadded."""
+    if flat:
+        batch = [[e for seq in batch for e in seq]]
+    return {k: v.to(device) for k, v in data.collate(batch, pad_id, packed=packed).items()}
 
 
 def _evaluate(model: Any, examples: list[data.Example], batch_size: int, pad_id: int, device: Any) -> float:
@@ -335,7 +362,7 @@ def _evaluate(model: Any, examples: list[data.Example], batch_size: int, pad_id:
     loss_sum, n_total = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            batch = _collate_on(examples[start:start + batch_size], pad_id, device)
+            batch = _collate_on([[e] for e in examples[start:start + batch_size]], pad_id, device)
             n = _label_count(batch["labels"])
             if n:
                 loss_sum += float(model(**batch).loss) * n
