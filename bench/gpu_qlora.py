@@ -3,10 +3,13 @@
 For a machine with a CUDA GPU (nothing is downloaded): builds the model on the GPU in
 bf16, saves it as safetensors (~13.5 GB on local disk), then runs
 `pefthub_worker.training.train(method=...)` for a few steps at `--seq` tokens per row
-and prints a table: peak memory allocated, tokens/s (median optimizer step), loss.
-Compares `qlora` with `lora` in bf16 side by side when `--compare-lora` is given.
+and prints a table: peak memory allocated, useful (non-padding) tokens/s (median optimizer
+step), loss. The text rows vary in length (lognormal, up to `--seq` tokens) and are packed
+into sequences of `--seq` tokens (the recipe's default; `--no-packing` pads each batch to its
+longest row instead). Compares `qlora` with `lora` in bf16 side by side when `--compare-lora`
+is given.
 
-    python bench/gpu_qlora.py                    # 7B shape, seq 512, 10 steps (on a GPU)
+    python bench/gpu_qlora.py                    # 7B shape, seq 512, 10 steps, packed (on a GPU)
     python bench/gpu_qlora.py --tiny             # a smoke run of the same code on CPU
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import shutil
 import sys
 import tempfile
@@ -53,13 +58,16 @@ def build_base(folder: Path, shape: dict, seq: int) -> None:
 
 
 def make_data(path: Path, rows: int, seq: int) -> None:
+    """Text rows of lognormal length (median seq / 6 words, at most seq), as instruction data varies."""
     words = ["the", "hub", "trains", "merges", "pulls", "pushes", "checks", "serves", "small", "weights", "a", "new", "version", "tokens"]
+    rng = random.Random(0)
     with path.open("w") as fh:
         for i in range(rows):
-            fh.write(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(seq))}) + "\n")
+            n = min(seq, max(8, round(rng.lognormvariate(math.log(seq / 6), 0.9))))
+            fh.write(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(n))}) + "\n")
 
 
-def run(method: str, base: Path, data: Path, work: Path, *, seq: int, steps: int, batch: int) -> dict:
+def run(method: str, base: Path, data: Path, work: Path, *, seq: int, steps: int, batch: int, packing: bool) -> dict:
     import torch
 
     from pefthub.protocol.specs import TrainHyperparameters
@@ -74,7 +82,8 @@ def run(method: str, base: Path, data: Path, work: Path, *, seq: int, steps: int
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     hp = TrainHyperparameters.from_dict({"r": 16, "max_steps": steps, "batch_size": batch, "max_seq_length": seq,
-                                         "learning_rate": 2e-4, "gradient_checkpointing": True}, method=method)
+                                         "learning_rate": 2e-4, "gradient_checkpointing": True, "packing": packing},
+                                        method=method)
     started = time.perf_counter()
     result = train(method=method, hyperparameters=hp, base_dir=base, dataset_path=data, output_dir=work / method,
                    callbacks=Callbacks(on_event=on_event))
@@ -93,6 +102,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--compare-lora", action="store_true", help="also run plain LoRA on the bf16 base")
+    parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True,
+                        help="pack rows into sequences of --seq tokens (default), or pad each batch (--no-packing)")
     parser.add_argument("--workdir", default=None, help="where the ~13.5 GB checkpoint goes (default: a temp dir)")
     args = parser.parse_args()
     import torch
@@ -105,12 +116,13 @@ def main() -> int:
         t0 = time.perf_counter()
         build_base(work / "base", shape, args.seq)
         print(f"built and saved a random-init Llama {shape} in {time.perf_counter() - t0:.1f} s", flush=True)
-        make_data(work / "train.jsonl", rows=max(64, args.steps * args.batch * 2), seq=args.seq)
+        make_data(work / "train.jsonl", rows=max(64, args.steps * args.batch * 12), seq=args.seq)
         methods = ["qlora", *(["lora"] if args.compare_lora else [])]
-        rows = [run(m, work / "base", work / "train.jsonl", work, seq=args.seq, steps=args.steps, batch=args.batch)
-                for m in methods]
+        rows = [run(m, work / "base", work / "train.jsonl", work, seq=args.seq, steps=args.steps, batch=args.batch,
+                    packing=args.packing) for m in methods]
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        print(f"\n{device}; seq {args.seq}, batch {args.batch}, {args.steps} steps, r=16, gradient checkpointing")
+        layout = f"batch {args.batch} packed sequences" if args.packing else f"batch {args.batch} rows, padded"
+        print(f"\n{device}; seq {args.seq}, {layout}, {args.steps} steps, r=16, gradient checkpointing")
         print(f"{'method':8} {'peak GPU GiB':>12} {'tokens/s':>10} {'loss first -> last':>20} {'run s':>7}")
         for r in rows:
             peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
