@@ -4,7 +4,9 @@ its owner promotes one to a version.
 A checkpoint is blobs tied to the job, never a version: its files are uploaded the way a push
 uploads (negotiate which blobs are missing and where to put them, then record them, every
 blob verified: possessed by the job, one of the job's earlier checkpoints, or just uploaded
-and checked against its size and hash). Only the current attempt's job token records one;
+and checked against its size and hash). Checkpoint uploads go to targets of their own and are
+recorded as such (``BlobUpload.checkpoint``): they prove possession to the job's checkpoints,
+never to a push, not even its owner's. Only the current attempt's job token records one;
 only the job's owner and the job's own token read the files (a later attempt's token
 resumes from them); a job keeps its newest ``PEFTHUB_CHECKPOINTS_KEPT``. Each recorded
 checkpoint appends a ``checkpoint`` event (step, attempt, metrics).
@@ -28,7 +30,7 @@ from pefthub_server.core.errors import NotFound, PermissionDenied, ValidationFai
 from pefthub_server.jobs.models import CheckpointFile, Job, JobCheckpoint, JobEvent
 from pefthub_server.jobs.services import _active, _event, _extend_lease
 from pefthub_server.registry import push
-from pefthub_server.registry.blobs import blobs_possessed
+from pefthub_server.registry.blobs import blobs_possessed, checkpoint_uploads
 from pefthub_server.registry.models import Repository, Role, Version
 from pefthub_server.registry.selectors import require_namespace_role
 from pefthub_server.registry.storage import get_blob_store
@@ -59,9 +61,12 @@ def _training(job_id, attempt: int) -> Job:
 
 
 def _held(job: Job, entries: list[Entry]) -> dict[str, int]:
-    """sha256 -> size of the blobs among ``entries`` that the job's checkpoints hold already."""
-    return dict(CheckpointFile.objects.filter(checkpoint__job=job, blob_id__in={e.sha256 for e in entries})
+    """sha256 -> size of the blobs among ``entries`` the job may cite besides those it possesses for a push:
+    its checkpoints' blobs, and what its owner uploaded for a checkpoint since this attempt started."""
+    sha256s = {e.sha256 for e in entries}
+    held = dict(CheckpointFile.objects.filter(checkpoint__job=job, blob_id__in=sha256s)
                 .values_list("blob_id", "size").distinct())
+    return {**checkpoint_uploads(user=job.owner, sha256s=sha256s, since=job.started_at), **held}
 
 
 def checkpoint_negotiate(*, job_id, attempt: int, files, base_url: str) -> dict:
@@ -72,7 +77,7 @@ def checkpoint_negotiate(*, job_id, attempt: int, files, base_url: str) -> dict:
     present = {**blobs_possessed(user=job.owner, sha256s=sizes, job=job), **_held(job, entries)}
     store = get_blob_store()
     missing = [{"sha256": sha, "size": size,
-                "upload": store.upload_target(sha, size, user_id=job.owner_id, base_url=base_url)}
+                "upload": store.upload_target(sha, size, user_id=job.owner_id, base_url=base_url, checkpoint=True)}
                for sha, size in sizes.items() if present.get(sha) != size]
     return {"missing": missing, "present": sorted(sha for sha, size in sizes.items() if present.get(sha) == size)}
 
@@ -99,7 +104,7 @@ def checkpoint_record(*, job_id, attempt: int, step, files, metrics=None) -> Job
     metrics = _metrics(metrics)
     entries = _entries(files)
     job = _training(job_id, attempt)
-    push.verify_blobs(user=job.owner, entries=entries, job=job, granted=_held(job, entries))
+    push.verify_blobs(user=job.owner, entries=entries, job=job, granted=_held(job, entries), checkpoint=True)
     with transaction.atomic():
         job = _active(job_id, attempt)
         JobCheckpoint.objects.filter(job=job, step=step).delete()

@@ -37,26 +37,34 @@ def blob_register(*, sha256: str, size: int) -> Blob:
     return blob
 
 
-def blob_uploaded(*, user_id: int, sha256: str, size: int) -> Blob:
-    """Register the blob user ``user_id`` just sent and the hub verified, and record that it did."""
+def blob_uploaded(*, user_id: int, sha256: str, size: int, checkpoint: bool = False) -> Blob:
+    """Register the blob user ``user_id`` just sent and the hub verified, and record that it did
+    (``checkpoint``: for a job checkpoint, which a push does not count)."""
     blob = blob_register(sha256=sha256, size=size)
     metrics.PUSH_BYTES.inc(size)
     BlobUpload.objects.bulk_create(
-        [BlobUpload(blob=blob, user_id=user_id, created_at=timezone.now())],
-        update_conflicts=True, unique_fields=["blob", "user"], update_fields=["created_at"],
+        [BlobUpload(blob=blob, user_id=user_id, created_at=timezone.now(), checkpoint=checkpoint)],
+        update_conflicts=True, unique_fields=["blob", "user", "checkpoint"], update_fields=["created_at"],
     )
     return blob
 
 
-def upload_accept(*, user_id: int, sha256: str, size: int) -> bool:
-    """Make what user ``user_id`` uploaded the blob, once the store verified it, and record the upload.
+def upload_accept(*, user_id: int, sha256: str, size: int, checkpoint: bool = False) -> bool:
+    """Make what user ``user_id`` uploaded (to a ``checkpoint`` target or not) the blob, once the store
+    verified it, and record the upload.
 
     False when that user has no such upload waiting; a size or digest mismatch raises the store's 400.
     """
-    if not get_blob_store().accept_upload(sha256, size, user_id=user_id):
+    if not get_blob_store().accept_upload(sha256, size, user_id=user_id, checkpoint=checkpoint):
         return False
-    blob_uploaded(user_id=user_id, sha256=sha256, size=size)
+    blob_uploaded(user_id=user_id, sha256=sha256, size=size, checkpoint=checkpoint)
     return True
+
+
+def checkpoint_uploads(*, user, sha256s, since) -> dict[str, int]:
+    """sha256 -> size of the blobs among ``sha256s`` that ``user`` uploaded for a checkpoint since ``since``."""
+    return dict(Blob.objects.filter(sha256__in=set(sha256s), uploads__user=user, uploads__checkpoint=True,
+                                    uploads__created_at__gte=since).values_list("sha256", "size").distinct())
 
 
 def blob_checks_found(sha256s: Iterable[str]) -> dict[tuple[str, str], str]:
@@ -101,7 +109,7 @@ def blobs_possessed(*, user, sha256s, job=None) -> dict[str, int]:
     """
     in_readable_version = VersionFile.objects.filter(
         blob=OuterRef("pk"), version__repository__in=readable_repositories(user))
-    uploaded = BlobUpload.objects.filter(blob=OuterRef("pk"), user=user,
+    uploaded = BlobUpload.objects.filter(blob=OuterRef("pk"), user=user, checkpoint=False,
                                          created_at__gte=timezone.now() - UPLOAD_GRACE)
     if job is not None:
         in_readable_version = in_readable_version.filter(_job_versions(job))

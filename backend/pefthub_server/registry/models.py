@@ -127,9 +127,11 @@ class BlobUpload(models.Model):
     blob = models.ForeignKey(Blob, on_delete=models.CASCADE, related_name="uploads")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     created_at = models.DateTimeField(default=timezone.now, db_index=True, help_text="When it was last uploaded")
+    checkpoint = models.BooleanField(default=False, help_text=(
+        "Uploaded for a job checkpoint: it proves possession to that job's checkpoints only, never to a push"))
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["blob", "user"], name="uniq_blob_upload")]
+        constraints = [models.UniqueConstraint(fields=["blob", "user", "checkpoint"], name="uniq_blob_upload")]
 
     def __str__(self) -> str:
         return f"{self.blob_id} by {self.user}"

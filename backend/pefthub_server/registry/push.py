@@ -205,13 +205,14 @@ def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_mod
     return {"missing": missing, "present": sorted(sha for sha, size in sizes.items() if possessed.get(sha) == size)}
 
 
-def verify_blobs(*, user, entries: list[Entry], job=None, granted: Mapping[str, int] | None = None) -> None:
+def verify_blobs(*, user, entries: list[Entry], job=None, granted: Mapping[str, int] | None = None,
+                 checkpoint: bool = False) -> None:
     """Every blob is one ``user`` possesses, or its own upload, verified now; else `missing_blob`.
 
     A blob ``user`` cannot read gets the same `missing_blob` whether or not the hub holds
     it, whatever size was declared: only a readable blob's size may be told. ``granted``
     (sha256 -> size): blobs the caller's rights on something else let it cite (a job's
-    checkpoint, as the jobs app checked).
+    checkpoint, as the jobs app checked). ``checkpoint``: the uploads accepted now are a checkpoint's.
     """
     possessed = {**blobs_possessed(user=user, sha256s={e.sha256 for e in entries}, job=job), **(granted or {})}
     for entry in entries:
@@ -223,7 +224,7 @@ def verify_blobs(*, user, entries: list[Entry], job=None, granted: Mapping[str, 
                 )
             continue
         try:
-            if not upload_accept(user_id=user.pk, sha256=entry.sha256, size=entry.size):
+            if not upload_accept(user_id=user.pk, sha256=entry.sha256, size=entry.size, checkpoint=checkpoint):
                 raise missing_blob(entry.sha256)
         except ValidationFailed as exc:
             exc.message = f"`{entry.path}`: {exc.message}"

@@ -41,6 +41,15 @@ SPOOL_MAX = 8 * 1024 * 1024
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
+#: the ``purpose`` of a local upload URL handed out for a job checkpoint
+CHECKPOINT = "checkpoint"
+
+
+def upload_signer(user_id: int | str, checkpoint: bool) -> str:
+    """What a local upload URL's signature binds: its user, and whether it is a checkpoint's."""
+    return f"{user_id}:{CHECKPOINT}" if checkpoint else str(user_id)
+
+
 def blob_key(sha256: str) -> str:
     """The storage key of a blob; refuses anything but 64 lowercase hex digits."""
     if not is_sha256(sha256):
@@ -140,8 +149,8 @@ class BlobStore(abc.ABC):
         self.save_stream(sha256, io.BytesIO(data), len(data))
 
     @abc.abstractmethod
-    def accept_upload(self, sha256: str, size: int, *, user_id: int) -> bool:
-        """Make what user ``user_id`` sent to its :meth:`upload_target` the blob, once verified.
+    def accept_upload(self, sha256: str, size: int, *, user_id: int, checkpoint: bool = False) -> bool:
+        """Make what user ``user_id`` sent to its :meth:`upload_target` (of the same ``checkpoint``) the blob, once verified.
 
         False when that user has no such upload waiting (the caller answers ``missing_blob``);
         ``size_mismatch`` or ``digest_mismatch`` when it does not match, the upload then discarded.
@@ -153,10 +162,11 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str,
-                      headerless: bool = False) -> dict[str, Any]:
+                      headerless: bool = False, checkpoint: bool = False) -> dict[str, Any]:
         """Where user ``user_id`` sends the bytes: ``{"method": "PUT", "url": ..., "headers": {...}}``.
 
         The target is that user's alone: bytes sent there count as that user's upload only.
+        ``checkpoint``: a job checkpoint's upload, a target of its own, which proves nothing to a push.
         ``headerless``: a target that takes a PUT with no header at all (Git LFS's basic
         transfer, as huggingface_hub sends it, carries none), checked by :meth:`accept_upload`.
         """
@@ -226,7 +236,7 @@ class LocalBlobStore(BlobStore):
                 raise
         return size
 
-    def accept_upload(self, sha256: str, size: int, *, user_id: int) -> bool:
+    def accept_upload(self, sha256: str, size: int, *, user_id: int, checkpoint: bool = False) -> bool:
         return False  # the signed PUT verified and stored the bytes, and recorded who sent them
 
     def delete(self, sha256: str) -> None:
@@ -266,15 +276,18 @@ class LocalBlobStore(BlobStore):
             return False  # compare_digest raises on a str that is not ASCII
         return hmac.compare_digest(self.sign(sha256, method, expires_at, user), sig)
 
-    def _signed_url(self, sha256: str, method: str, base_url: str, expires: int, *, user: str = "", **extra: str) -> str:
+    def _signed_url(self, sha256: str, method: str, base_url: str, expires: int, *, user: str = "",
+                    checkpoint: bool = False, **extra: str) -> str:
         expires_at = int(time.time()) + expires
+        signer = upload_signer(user, checkpoint) if user else ""
         query = {"expires": str(expires_at), **({"user": user} if user else {}),
-                 "sig": self.sign(_valid(sha256), method, expires_at, user), **extra}
+                 **({"purpose": CHECKPOINT} if checkpoint else {}),
+                 "sig": self.sign(_valid(sha256), method, expires_at, signer), **extra}
         return f"{base_url.rstrip('/')}/api/v1/blobs/{sha256}?{urlencode(query)}"
 
     def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str,
-                      headerless: bool = False) -> dict[str, Any]:
-        url = self._signed_url(sha256, "PUT", base_url, self.upload_expires, user=str(user_id))
+                      headerless: bool = False, checkpoint: bool = False) -> dict[str, Any]:
+        url = self._signed_url(sha256, "PUT", base_url, self.upload_expires, user=str(user_id), checkpoint=checkpoint)
         # Verified as it streams: no header is needed, the content type is only a courtesy.
         return {"method": "PUT", "url": url, "headers": {} if headerless else {"Content-Type": "application/octet-stream"}}
 
@@ -328,9 +341,9 @@ class S3BlobStore(BlobStore):
     def key(self, sha256: str) -> str:
         return self.prefix + blob_key(sha256)
 
-    def staging_key(self, sha256: str, user_id: int) -> str:
-        """Where user ``user_id`` uploads the bytes of ``sha256``: its own key, not the blob's."""
-        return f"{self.prefix}uploads/{int(user_id)}/{_valid(sha256)}"
+    def staging_key(self, sha256: str, user_id: int, checkpoint: bool = False) -> str:
+        """Where user ``user_id`` uploads the bytes of ``sha256``: its own key, not the blob's (a checkpoint's apart)."""
+        return f"{self.prefix}uploads/{int(user_id)}/{'checkpoints/' if checkpoint else ''}{_valid(sha256)}"
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (set-up commands and tests; never implicit)."""
@@ -408,8 +421,8 @@ class S3BlobStore(BlobStore):
             self.client.abort_multipart_upload(**upload)
             raise
 
-    def accept_upload(self, sha256: str, size: int, *, user_id: int) -> bool:
-        staged = self.staging_key(sha256, user_id)
+    def accept_upload(self, sha256: str, size: int, *, user_id: int, checkpoint: bool = False) -> bool:
+        staged = self.staging_key(sha256, user_id, checkpoint)
         head = self._object("head_object", staged, ChecksumMode="ENABLED")
         if head is None:
             return False
@@ -458,8 +471,8 @@ class S3BlobStore(BlobStore):
         self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
 
     def upload_target(self, sha256: str, size: int, *, user_id: int, base_url: str,
-                      headerless: bool = False) -> dict[str, Any]:
-        params = {"Bucket": self.bucket, "Key": self.staging_key(sha256, user_id), "ContentLength": size}
+                      headerless: bool = False, checkpoint: bool = False) -> dict[str, Any]:
+        params = {"Bucket": self.bucket, "Key": self.staging_key(sha256, user_id, checkpoint), "ContentLength": size}
         if headerless:  # a plain PUT, checked by verify()
             url = self.presigner.generate_presigned_url("put_object", Params=params, ExpiresIn=self.upload_expires)
             return {"method": "PUT", "url": url, "headers": {}}

@@ -11,6 +11,7 @@ import json
 from datetime import timedelta
 
 import pytest
+import requests
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -204,3 +205,60 @@ def test_only_a_train_job_saves_checkpoints(alice, api, acme_base, worker, tiny_
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_checkpoint", refused.content
         assert "only train jobs save checkpoints" in refused.json()["error"]["message"]
     assert not JobCheckpoint.objects.exists()
+
+
+def test_checkpoint_uploads_prove_nothing_to_a_push(running, api, alice, worker, tiny_adapter, tmp_path):
+    """Bytes uploaded for a checkpoint are the job's checkpoint's: the owner's own push, and another job of the
+    owner, cite them in vain (missing, then `missing_blob`); the job's next checkpoint cites them freely."""
+    job_id, first = running
+    token = api(first["token"])
+    folder = _state(tmp_path / "c2", 2, tiny_adapter[0])
+    specs = file_specs(folder)
+    negotiated = token.post(f"/api/v1/jobs/{job_id}/checkpoints/uploads", {"attempt": 1, "files": specs},
+                            format="json").json()
+    by_sha = {s["sha256"]: (folder / s["path"]).read_bytes() for s in specs}
+    assert negotiated["missing"]  # the trainer state at least: bytes the hub never saw
+    for item in negotiated["missing"]:
+        assert "purpose=checkpoint" in item["upload"]["url"]
+        put = token.generic("PUT", item["upload"]["url"], by_sha[item["sha256"]], content_type="application/octet-stream")
+        assert put.status_code == 201, put.content
+        # the same URL without its purpose is a push's, which its signature does not allow
+        bare = item["upload"]["url"].replace("&purpose=checkpoint", "").replace("purpose=checkpoint&", "")
+        assert token.generic("PUT", bare, b"x", content_type="application/octet-stream").status_code == 403
+    recorded = token.post(f"/api/v1/jobs/{job_id}/checkpoints", {"attempt": 1, "step": 2, "files": specs},
+                          format="json")
+    assert recorded.status_code == 201, recorded.content
+    state = next(s for s in specs if s["path"] == "trainer_state.json")
+    assert BlobUpload.objects.filter(blob_id=state["sha256"], checkpoint=True).count() == 1
+    assert not BlobUpload.objects.filter(blob_id=state["sha256"], checkpoint=False).exists()
+
+    cited = [{"path": "state.json", "sha256": state["sha256"], "size": state["size"]}]
+    other = claim(api, worker, submit(api(alice.token), train_spec(output="acme/other")).json()["id"])
+    for client, repo in ((api(alice.token), "acme/data"), (api(other["token"]), "acme/other")):
+        body = {"files": cited, "kind": "adapter", "base_model": "acme/llama-tiny@1"} if repo == "acme/other" \
+            else {"files": cited}
+        plan = client.post(f"/api/v1/repos/{repo}/uploads", body, format="json")
+        assert plan.status_code == 200, plan.content
+        assert [m["sha256"] for m in plan.json()["missing"]] == [state["sha256"]] and plan.json()["present"] == []
+        commit = client.post(f"/api/v1/repos/{repo}/versions",
+                             {**body, **({"job": other["job"]["id"]} if repo == "acme/other" else {})}, format="json")
+        assert commit.status_code == 400 and commit.json()["error"]["code"] == "missing_blob", commit.content
+
+    again = token.post(f"/api/v1/jobs/{job_id}/checkpoints/uploads", {"attempt": 1, "files": specs}, format="json")
+    assert again.json()["missing"] == []
+
+
+def test_on_s3_a_checkpoint_upload_is_staged_apart_from_a_push(s3_storage, alice):
+    """moto's server: a presigned checkpoint PUT lands where only a checkpoint's acceptance looks."""
+    from pefthub_server.registry.blobs import upload_accept
+    from pefthub_server.registry.storage import get_blob_store
+
+    data = b'{"format": 1, "loop": {"step": 7}}'
+    sha = hashlib.sha256(data).hexdigest()
+    upload = get_blob_store().upload_target(sha, len(data), user_id=alice.user.pk, base_url="http://unused",
+                                            checkpoint=True)
+    assert requests.put(upload["url"], data=data, headers=upload["headers"], timeout=30).status_code == 200
+    assert not upload_accept(user_id=alice.user.pk, sha256=sha, size=len(data))  # a push finds nothing staged
+    assert upload_accept(user_id=alice.user.pk, sha256=sha, size=len(data), checkpoint=True)
+    assert list(BlobUpload.objects.filter(blob_id=sha).values_list("checkpoint", flat=True)) == [True]
+    assert get_blob_store().read_range(sha, 0, len(data)) == data

@@ -27,7 +27,7 @@ from pefthub_server.registry.api import job_token_rules
 from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.api.page_cache import cached_page
 from pefthub_server.registry.models import Alias, AliasMove, Membership, Repository, Version
-from pefthub_server.registry.storage import get_blob_store
+from pefthub_server.registry.storage import CHECKPOINT, get_blob_store, upload_signer
 
 
 def _repo_for_change(request, ns: str, name: str, *, scope: str, role: str, action: str) -> Repository:
@@ -288,7 +288,9 @@ BLOB_PARAMETERS = [
     OpenApiParameter("expires", int, description="Signed URLs: expiry (Unix time)"),
     OpenApiParameter("sig", str, description="Signed URLs: signature"),
 ]
-UPLOAD_PARAMETERS = [*BLOB_PARAMETERS, OpenApiParameter("user", int, description="Upload URLs: the user they were handed to")]
+UPLOAD_PARAMETERS = [*BLOB_PARAMETERS, OpenApiParameter("user", int, description="Upload URLs: the user they were handed to"),
+                     OpenApiParameter("purpose", str, enum=[CHECKPOINT],
+                                      description="Upload URLs of a job checkpoint (they prove nothing to a push)")]
 
 
 class BlobView(APIView):
@@ -333,8 +335,9 @@ class BlobView(APIView):
         store = self._store(sha256)
         q = request.query_params
         # The one way in: the URL a negotiation signed for its user; the bytes then count as that user's upload.
-        uploader = q.get("user", "")
-        if not (uploader.isdigit() and store.check_signature(sha256, "PUT", q.get("expires"), q.get("sig"), uploader)
+        uploader, checkpoint = q.get("user", ""), q.get("purpose") == CHECKPOINT
+        if not (uploader.isdigit() and store.check_signature(sha256, "PUT", q.get("expires"), q.get("sig"),
+                                                             upload_signer(uploader, checkpoint))
                 and get_user_model().objects.filter(pk=int(uploader), is_active=True).exists()):
             refused = AuthenticationFailed if not request.user.is_authenticated else PermissionDenied
             raise refused("This upload URL is not valid (or has expired); a token is no substitute: upload to the "
@@ -344,5 +347,5 @@ class BlobView(APIView):
         if expected is not None and expected > settings.PEFTHUB_MAX_FILE_SIZE:
             raise TooLarge(f"Blob of {expected} bytes exceeds PEFTHUB_MAX_FILE_SIZE ({settings.PEFTHUB_MAX_FILE_SIZE}).")
         size = store.save_stream(sha256, request._request, expected)
-        blobs.blob_uploaded(user_id=int(uploader), sha256=sha256, size=size)
+        blobs.blob_uploaded(user_id=int(uploader), sha256=sha256, size=size, checkpoint=checkpoint)
         return Response({"sha256": sha256, "size": size}, status=201)
