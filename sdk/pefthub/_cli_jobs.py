@@ -9,7 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._cli_util import UsageError, labelled, make_hub, print_json, show, table
+from ._cli_util import UsageError, labelled, make_hub, print_json, show
+from ._table import table
 from .jobs import Job, JobEvent
 from .protocol.errors import SpecError
 from .protocol.jobs import JOB_ID_MIN_PREFIX, JOB_TYPES, QUEUES, STATUSES

@@ -24,14 +24,6 @@ class NoToken(Exception):
     """The command needs a token and none is set: it exits 1 before any request."""
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
-    )
-
-
 def labelled(rows: Sequence[tuple[str, Any]], *, width: int = 9) -> list[str]:
     """``label  value`` lines with the labels padded to ``width``; rows whose value is empty are left out."""
     return [f"{label:<{width}} {value}" for label, value in rows if value not in (None, "", [], {})]

@@ -25,7 +25,7 @@ from ._cli_util import make_hub as _hub
 from ._cli_util import print_json as _print_json
 from ._cli_util import shell_exports as _shell_exports
 from ._cli_util import show as _show
-from ._cli_util import table as _table
+from ._table import table as _table
 from .client import Hub
 from .errors import AuthenticationFailed, HubError, NotFound, RefError, ValidationError
 from .models import Repo, Version

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._table import table
 from .models import Version
 
 __all__ = ["Comparison", "MetricRow"]
@@ -61,8 +62,6 @@ class Comparison:
 
     def table(self) -> str:
         """The rows as a plain-text table: GROUP, METRIC, then each version's ref, then DELTA (b - a)."""
-        from ._cli_util import table  # the CLI's one table layout; imported here, as it imports the client
-
         if not self.rows:
             return f"neither {self.a.ref} nor {self.b.ref} has metrics (train with eval_split, or run `pefthub eval`)"
         return table(("GROUP", "METRIC", self.a.ref, self.b.ref, "DELTA"),
