@@ -33,17 +33,20 @@ def loss_series(events: Iterable[dict]) -> list[Series]:
     """One point per metric event that carries a finite ``loss`` / ``eval_loss``, at its ``step``.
 
     An event without a usable step is placed at its position among the metric events (1, 2, ...),
-    so a worker that reports no steps still gets a curve.
+    so a worker that reports no steps still gets a curve. A step at or before one already drawn is an attempt
+    resumed from a checkpoint replaying the steps after it: its points replace the earlier attempt's from there on.
     """
     series = [Series(key, label, colour) for key, label, colour in LOSS_SERIES]
     for index, data in enumerate(events, 1):
         if not isinstance(data, dict):
             continue
         x = data.get("step")
-        x = x if _finite(x) else index
+        x = float(x if _finite(x) else index)
         for s in series:
             if _finite(data.get(s.key)):
-                s.points.append((float(x), float(data[s.key])))
+                while s.points and s.points[-1][0] >= x:
+                    s.points.pop()
+                s.points.append((x, float(data[s.key])))
     return series
 
 

@@ -72,3 +72,11 @@ def test_lineage_graph_escapes_names_links_only_what_it_is_given_and_counts_the_
     assert '<title id="lineage-title">Lineage of acme/bot@2</title>' in svg
     alone = str(charts.lineage_graph(center, [], []))
     assert "<path" not in alone and 'class="current"' in alone
+
+
+def test_a_resumed_attempt_replaces_the_steps_it_replays():
+    # attempt 1 logged steps 1..7 and checkpointed at step 5; attempt 2 resumed there and logged 6..10
+    first = [{"step": s, "loss": 10.0 - s} for s in range(1, 8)]
+    second = [{"step": s, "loss": 20.0 - s} for s in range(6, 11)]
+    (loss, _) = charts.loss_series(first + second)
+    assert loss.points == [(float(s), 10.0 - s) for s in range(1, 6)] + [(float(s), 20.0 - s) for s in range(6, 11)]
