@@ -276,8 +276,9 @@ class Hub(JobsMixin, CheckpointsMixin, LoadMixin, HFMixin):
         files identical to the latest version creates nothing and returns it with
         ``created == False``. With ``create`` a missing repository is created by the
         commit, with its first version (``kind``, ``visibility``): a refused push leaves
-        nothing behind; an existing one must be of ``kind``. Two requests and the
-        uploads: negotiate, upload what is missing, commit.
+        nothing behind; an existing one must be of ``kind``. The negotiation carries the
+        commit: when the hub holds every blob for you it commits at once (one request);
+        otherwise upload what is missing, then commit (two requests and the uploads).
         ``job`` (workers only, with that job's token) marks the version as its result.
         """
         r = parse_ref(ref, allow_revision=False)
@@ -300,7 +301,12 @@ class Hub(JobsMixin, CheckpointsMixin, LoadMixin, HFMixin):
         repo_fields: dict[str, Any] = {"kind": kind, "visibility": visibility} if create else {}
         if base is not None:
             repo_fields["base_model"] = str(base)
-        plan = self.request("POST", f"{repo_path}/uploads", json={"files": manifest, **repo_fields})
+        commit: dict[str, Any] = {"message": message, "metadata": dict(metadata or {}), "aliases": alias_list}
+        if job is not None:
+            commit["job"] = job
+        plan = self.request("POST", f"{repo_path}/uploads", json={"files": manifest, **repo_fields, "commit": commit})
+        if (plan or {}).get("version") is not None:
+            return Version.from_json(plan["version"])
 
         missing = (plan or {}).get("missing") or []
         for item in missing:
@@ -310,15 +316,7 @@ class Hub(JobsMixin, CheckpointsMixin, LoadMixin, HFMixin):
             for item in missing:
                 upload_blob(self._http, by_sha[item["sha256"]], item.get("upload") or {}, bar.update)
 
-        body: dict[str, Any] = {
-            "files": manifest,
-            "message": message,
-            "metadata": dict(metadata or {}),
-            "aliases": alias_list,
-            **repo_fields,
-        }
-        if job is not None:
-            body["job"] = job
+        body = {"files": manifest, **commit, **repo_fields}
         return Version.from_json(self.request("POST", f"{repo_path}/versions", json=body))
 
     # -- pull -----------------------------------------------------------------

@@ -163,7 +163,9 @@ def test_push_creates_the_repo_uploads_blobs_and_commits(tmp_path, adapter_folde
     assert calls == [("POST", "/api/v1/repos/acme/bot/uploads", 200), ("POST", "/api/v1/repos/acme/bot/versions", 201)]
     negotiated = json.loads(proxy.requests("POST", "/api/v1/repos/acme/bot/uploads")[0].body)
     assert {k: v for k, v in negotiated.items() if k != "files"} == {
-        "kind": "adapter", "visibility": "internal", "base_model": "acme/llama-tiny@1"}
+        "kind": "adapter", "visibility": "internal", "base_model": "acme/llama-tiny@1",
+        # should nothing be missing, the hub commits at once with these
+        "commit": {"message": "first", "metadata": {"loss": 0.5}, "aliases": ["staging"]}}
     repo = hub.repo("acme/bot")
     assert (repo.kind, repo.visibility, repo.base_model) == ("adapter", "internal", "acme/llama-tiny")
 
@@ -195,9 +197,12 @@ def test_repush_unchanged_uploads_nothing_and_says_not_created(tmp_path, adapter
     first = hub.push(tmp_path / "out", "acme/bot", base_model="acme/llama-tiny")
     puts_before = len(proxy.requests("PUT"))
 
+    posts_before = len(proxy.requests("POST"))
     again = hub.push(tmp_path / "out", "acme/bot", base_model="acme/llama-tiny")
 
     assert len(proxy.requests("PUT")) == puts_before
+    assert [(s.path, s.status) for s in proxy.requests("POST")[posts_before:]] == [
+        ("/api/v1/repos/acme/bot/uploads", 200)]  # one request: the negotiation committed at once
     assert again.created is False
     assert (again.number, again.digest) == (first.number, first.digest)
 

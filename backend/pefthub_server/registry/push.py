@@ -9,6 +9,10 @@ An empty `model` repository (what Hugging Face's ``create_repo`` makes, not know
 takes its kind from its first version: `adapter_config.json` at the top level makes it
 an adapter (:func:`kind_for_files`).
 
+A negotiation may carry the commit's own fields (``commit``): when the pusher possesses every
+blob already, it commits at once, with the target, base and possession it has just resolved,
+so a push of bytes the hub holds is one request.
+
 A commit runs in four steps, and nothing is visible until the last: verify every
 blob's possession, size and hash (:func:`verify_blobs`), read and check every file's
 content (:func:`_inspect`, which writes nothing), store what the hub rewrites (an
@@ -121,13 +125,16 @@ class PushTarget:
         return f"{self.namespace.name}/{self.name}"
 
 
-def _namespace_with_role(user, namespace: str) -> tuple[Namespace | None, str | None]:
-    """The namespace named so and ``user``'s role in it (as ``selectors.namespace_role`` says), in one query."""
+def _namespace_with_role(user, namespace: str, name: str) -> tuple[Namespace | None, str | None, str | None]:
+    """The namespace named so, ``user``'s role in it (as ``selectors.namespace_role`` says) and the name of its
+    repository called ``name`` in any case (:func:`names_like`; None if none is), in one query."""
     role = Membership.objects.filter(namespace=OuterRef("pk"), user=user).values("role")[:1]
-    ns = Namespace.objects.filter(name=namespace).annotate(member_role=Subquery(role)).order_by().first()
+    same_name = names_like(OuterRef("pk"), name).values("name")[:1]
+    ns = (Namespace.objects.filter(name=namespace).annotate(member_role=Subquery(role), same_name=Subquery(same_name))
+          .order_by().first())
     if ns is None:
-        return None, None
-    return ns, (Role.ADMIN if ns.user_id == user.id else ns.member_role)
+        return None, None, None
+    return ns, (Role.ADMIN if ns.user_id == user.id else ns.member_role), ns.same_name
 
 
 def push_target(*, user, namespace: str, name: str, create: bool) -> PushTarget:
@@ -138,16 +145,17 @@ def push_target(*, user, namespace: str, name: str, create: bool) -> PushTarget:
     """
     check_namespace(namespace)
     check_name(name)
-    ns, role = _namespace_with_role(user, namespace) if user.is_authenticated else (None, None)
+    ns, role, same_name = _namespace_with_role(user, namespace, name) if user.is_authenticated else (None, None, None)
     if role is not None:
-        # A member reads every repository of its namespace (selectors.readable_repositories): one lookup, in any
-        # case, finds the repository, or tells that the name is free.
-        found = next(iter(names_like(ns, name).select_related("base_model__namespace")[:1]), None)
-        if found is not None and found.name == name:
+        # A member reads every repository of its namespace (selectors.readable_repositories): the lookup, in any
+        # case, found the repository, or told that the name is free.
+        found = (Repository.objects.select_related("base_model__namespace").filter(namespace=ns, name=name).first()
+                 if same_name == name else None)
+        if found is not None:
             found.namespace = ns
             return PushTarget(ns, name, found, role)
         if create:
-            return PushTarget(ns, name, None, role, name_free=found is None)
+            return PushTarget(ns, name, None, role, name_free=same_name is None)
     # Not a member (a readable repository here is a 403 for the role, an unreadable one a 404), or no such
     # repository to push to: what reading it says.
     repo = repository_get(user=user, namespace=namespace, name=name)
@@ -178,43 +186,78 @@ def _repository(*, user, target: PushTarget, kind: str | None, visibility: str |
     return repo
 
 
+@dataclass
+class Negotiation:
+    """What a negotiation answers: the blobs to upload, with their targets, and the ones ``user`` possesses;
+    and, when it was asked to commit and nothing was missing, the version (``created`` as :func:`version_create`)."""
+
+    missing: list[dict]
+    present: list[str]
+    version: Version | None = None
+    created: bool = False
+
+
+def _check_commit_fields(*, metadata, aliases) -> None:
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValidationFailed("metadata must be a JSON object.")
+    for alias in aliases:
+        check_settable(alias)
+
+
 def upload_negotiate(*, user, target: PushTarget, files, base_url: str, base_model: str | None = None,
                      kind: str | None = None, visibility: str | None = None, description: str | None = None,
-                     job=None) -> dict:
+                     job=None, commit: dict | None = None) -> Negotiation:
     """Which blobs the client must upload, and where. Bad paths, file types, a new repository's
     name and kind and an adapter's base fail here, before any byte moves.
 
     ``present`` lists only blobs ``user`` possesses, with the declared size; every other
     blob is ``missing``, with a target bound to ``user``, even if the hub holds its bytes.
     ``job``: the push is that job's token's (see :func:`blobs.blobs_possessed`).
+    ``commit``: the commit's own fields (``message``, ``metadata``, ``aliases``, ``job``): with nothing missing,
+    the version is committed now, as :func:`version_create` would, from the target, base and possession
+    just resolved (in this request, so nothing can have changed in between); its checks and errors are
+    the commit's.
     """
     entries = manifest_entries(files)
+    if commit is not None:
+        _check_commit_fields(metadata=commit.get("metadata"), aliases=commit.get("aliases", ()))
     repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description,
                        entries=entries)
     sizes: dict[str, int] = {}
     for entry in entries:
         if sizes.setdefault(entry.sha256, entry.size) != entry.size:
             raise ValidationFailed(f"Blob {entry.sha256} is declared with two sizes.", code="size_mismatch")
-    _base_for_push(user=user, repo=repo, base_model=base_model)
+    base_version = _base_for_push(user=user, repo=repo, base_model=base_model)
     possessed = blobs_possessed(user=user, sha256s=sizes, job=job)
+    present = sorted(sha for sha, size in sizes.items() if possessed.get(sha) == size)
+    if commit is not None and len(present) == len(sizes):
+        fields = dict(commit)
+        result_of = fields.pop("job", None)  # the running job this is the result of (a job token's own: the view)
+        version, created = _commit(user=user, repo=repo, entries=entries, base_version=base_version,
+                                   possessed=possessed, job=result_of, **fields)
+        return Negotiation([], present, version, created)
     store = get_blob_store()
     missing = [
         {"sha256": sha, "size": size, "upload": store.upload_target(sha, size, user_id=user.pk, base_url=base_url)}
         for sha, size in sizes.items() if possessed.get(sha) != size
     ]
-    return {"missing": missing, "present": sorted(sha for sha, size in sizes.items() if possessed.get(sha) == size)}
+    return Negotiation(missing, present)
 
 
 def verify_blobs(*, user, entries: list[Entry], job=None, granted: Mapping[str, int] | None = None,
-                 checkpoint: bool = False) -> None:
+                 checkpoint: bool = False, possessed: Mapping[str, int] | None = None) -> None:
     """Every blob is one ``user`` possesses, or its own upload, verified now; else `missing_blob`.
 
     A blob ``user`` cannot read gets the same `missing_blob` whether or not the hub holds
     it, whatever size was declared: only a readable blob's size may be told. ``granted``
     (sha256 -> size): blobs the caller's rights on something else let it cite (a job's
     checkpoint, as the jobs app checked). ``checkpoint``: the uploads accepted now are a checkpoint's.
+    ``possessed``: what :func:`blobs.blobs_possessed` said of these blobs earlier in this request (it is
+    not asked again).
     """
-    possessed = {**blobs_possessed(user=user, sha256s={e.sha256 for e in entries}, job=job), **(granted or {})}
+    if possessed is None:
+        possessed = blobs_possessed(user=user, sha256s={e.sha256 for e in entries}, job=job)
+    possessed = {**possessed, **(granted or {})}
     for entry in entries:
         if entry.sha256 in possessed:
             if possessed[entry.sha256] != entry.size:
@@ -365,13 +408,26 @@ def version_create(
     entries = manifest_entries(files)
     repo = _repository(user=user, target=target, kind=kind, visibility=visibility, description=description,
                        entries=entries)
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ValidationFailed("metadata must be a JSON object.")
-    for alias in aliases:
-        check_settable(alias)
+    _check_commit_fields(metadata=metadata, aliases=aliases)
     base_version = _base_for_push(user=user, repo=repo, base_model=base_model)
+    possessed = {**blobs_possessed(user=user, sha256s={e.sha256 for e in entries}, job=job), **(granted or {})}
+    return _commit(user=user, repo=repo, entries=entries, base_version=base_version, possessed=possessed,
+                   message=message, metadata=metadata, aliases=aliases, job=job, head=head)
 
-    verify_blobs(user=user, entries=entries, job=job, granted=granted)
+
+def _known_related(version: Version, *, files: list[VersionFile], aliases: list[Alias]) -> None:
+    """Give a version just created the files and aliases it was created with, as if prefetched: the answer
+    (``VersionSerializer``, the files with their URLs) then reads them back from nowhere."""
+    version._prefetched_objects_cache = {"files": sorted(files, key=lambda f: f.path),
+                                         "aliases": sorted({a.name: a for a in aliases}.values(), key=lambda a: a.name)}
+
+
+def _commit(*, user, repo: Repository, entries: list[Entry], base_version: Version | None, possessed: dict[str, int],
+            message: str = "", metadata: dict | None = None, aliases=(), job=None,
+            head: Head | None = None) -> tuple[Version, bool]:
+    """:func:`version_create` from its target's repository (:func:`_repository`), base version and the
+    blobs ``user`` may cite among the entries' (possessed or granted), all resolved already."""
+    verify_blobs(user=user, entries=entries, possessed=possessed)
     checks = acceptance.BlobChecks(blob_checks_found(e.sha256 for e in entries))
     inspected = _inspect(repo=repo, entries=entries, base_version=base_version, checks=checks)
     blob_checks_record(checks.fresh)
@@ -396,7 +452,12 @@ def version_create(
                 locked.kind = repo.kind
             if job is not None and (earlier := Version.objects.filter(job=job).first()) is not None:
                 return earlier, False
-            latest = Version.objects.filter(repository=locked).order_by("-number").first()
+            # with what an answer shows of it, should it be the answer (files identical to the latest version's)
+            latest = (Version.objects.filter(repository=locked).select_related("created_by",
+                                                                                "base_version__repository__namespace")
+                      .order_by("-number").first())
+            if latest is not None:
+                latest.repository = locked
         if head is not None:
             head.check(locked, latest)
         if latest is not None and latest.digest == digest and job is None:
@@ -408,7 +469,7 @@ def version_create(
                 adapter_config=inspected.adapter_config, fingerprint=inspected.fingerprint, base_version=base_version,
                 size=sum(e.size for e in entries), file_count=len(entries), created_by=user, job=job,
             )
-            VersionFile.objects.bulk_create(
+            files = VersionFile.objects.bulk_create(
                 [VersionFile(version=version, path=e.path, blob_id=e.sha256, size=e.size) for e in entries]
             )
             created = True
@@ -418,6 +479,8 @@ def version_create(
                 if repo.kind == Repository.Kind.ADAPTER and locked.base_model_id is None:
                     locked.base_model = repo.base_model
                 locked.save(update_fields=["kind", "latest_number", "peft_type", "base_model", "updated_at"])
-        for alias in aliases:
-            alias_move(user=user, repo=locked, alias=alias, version=version)
+        moved = [alias_move(user=user, repo=locked, alias=alias, version=version) for alias in aliases]
+    if created:
+        # nothing else points at a version this transaction made
+        _known_related(version, files=files, aliases=moved)
     return version, created

@@ -49,9 +49,10 @@ def _check_choice(field: str, value: str, choices) -> None:
         raise ValidationFailed(f"{field} {value!r} is invalid; use one of {', '.join(choices.values)}.")
 
 
-def names_like(namespace: Namespace, name: str):
-    """The repositories of ``namespace`` named ``name`` in any case (at most one): a lookup the unique index on
-    (namespace, LOWER(name)) serves, where ``name__iexact`` (UPPER) reads every repository of the namespace."""
+def names_like(namespace, name: str):
+    """The repositories of ``namespace`` (a Namespace, or an ``OuterRef`` to one) named ``name`` in any case (at
+    most one): a lookup the unique index on (namespace, LOWER(name)) serves, where ``name__iexact`` (UPPER) reads
+    every repository of the namespace."""
     return Repository.objects.alias(lower_name=Lower("name")).filter(namespace=namespace,
                                                                      lower_name=Lower(Value(name))).order_by()
 

@@ -9,7 +9,7 @@ not found, so their existence does not leak.
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import F, Prefetch, Q, QuerySet
 
 from pefthub.protocol.refs import (
     HF_MAIN,
@@ -172,6 +172,31 @@ def version_resolve(*, repo: Repository, revision: str, hf: bool = False) -> Ver
             version = qs.filter(aliases__repository=repo, aliases__name=revision).order_by("-number").first()
     if version is None:
         raise NotFound(_missing_revision(repo, revision))
+    return version
+
+
+def version_get(*, user, namespace: str, name: str, revision: str) -> Version:
+    """The version ``revision`` names (as :func:`version_resolve` reads it) in a repository ``user`` may read, with
+    its repository joined: one query when it is there. When it is not, :func:`repository_get` and
+    :func:`version_resolve` say which part is missing, in the same words and to the same callers as always."""
+    check_namespace(namespace)
+    check_name(name)
+    revision = check_revision(revision)
+    qs = Version.objects.filter(
+        repository__in=readable_repositories(user), repository__namespace__name=namespace, repository__name=name,
+    ).select_related("repository__namespace", "repository__base_model__namespace", "created_by",
+                     "base_version__repository__namespace")
+    if revision == LATEST:
+        qs = qs.filter(number=F("repository__latest_number"))
+    elif is_number(revision):
+        qs = qs.filter(number=int(revision))
+    elif is_digest(revision):
+        qs = qs.filter(digest=revision.removeprefix("sha256:"))
+    else:
+        qs = qs.filter(aliases__repository=F("repository"), aliases__name=revision)
+    version = qs.order_by("-number").first()
+    if version is None:
+        return version_resolve(repo=repository_get(user=user, namespace=namespace, name=name), revision=revision)
     return version
 
 

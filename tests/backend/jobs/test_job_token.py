@@ -181,3 +181,33 @@ def test_a_job_token_cannot_cite_its_owners_other_blobs_by_hash(claimed, api, al
     assert [m["sha256"] for m in plan["missing"]] == [secret["sha256"]]
     commit = token.post("/api/v1/repos/acme/bot/versions", {"files": files, "job": job["id"]}, format="json")
     assert commit.status_code == 400 and commit.json()["error"]["code"] == "missing_blob", commit.json()
+
+
+def test_job_token_commits_at_once_only_its_result_as_its_spec_says(claimed, api, tiny_adapter):
+    job, c = claimed
+    token = api(c["token"])
+    folder = tiny_adapter[0]
+    specs = file_specs(folder)
+    base = f"acme/llama-tiny@{job['inputs']['base_model']['number']}"
+    plan = token.post("/api/v1/repos/acme/bot/uploads", {"files": specs}, format="json").json()
+    for item in plan["missing"]:  # the job's own upload: possessed from now on
+        assert token.generic("PUT", item["upload"]["url"], (folder / next(
+            s["path"] for s in specs if s["sha256"] == item["sha256"])).read_bytes()).status_code == 201
+    mine = {"job": job["id"]}
+    refusals = {
+        "commits only its job's result": ({}, {}),
+        "only the aliases its job's spec names (staging), not prod": (mine | {"aliases": ["prod"]}, {}),
+        "only against the job's pinned base": (mine, {"base_model": "acme/llama-tiny@latest"}),
+        # the repository's fields are the negotiation's: one in `commit` neither counts nor hides the real one
+        "only as a private adapter repository": (mine | {"visibility": "private"}, {"visibility": "public"}),
+    }
+    for words, (commit, fields) in refusals.items():
+        response = token.post("/api/v1/repos/acme/bot/uploads", {"files": specs, **fields, "commit": commit},
+                              format="json")
+        assert response.status_code == 403 and words in response.json()["error"]["message"], response.json()
+    assert not Repository.objects.get(name="bot").versions.exists()
+    done = token.post("/api/v1/repos/acme/bot/uploads", {"files": specs, "base_model": base, "commit": {
+        "job": job["id"], "aliases": ["staging"]}}, format="json")
+    assert done.status_code == 201, done.content
+    version = done.json()["version"]
+    assert (version["job"], version["aliases"], done.json()["missing"]) == (job["id"], ["latest", "staging"], [])

@@ -1,6 +1,6 @@
 """`GET /api/v1/repos/{ns}/{name}/versions/{rev}`: the manifest, resolved by alias, number, digest or `latest`,
-in four queries (the repository, the version with its base and creator, its aliases, its files), for those who
-may read the repository only."""
+in four queries (the version with its repository, base and creator, its aliases, its files, its evaluations),
+for those who may read the repository only; a missing repository or revision says which, as it always did."""
 
 from __future__ import annotations
 
@@ -46,17 +46,18 @@ def adapter(alice, acme_base):
 
 
 @pytest.mark.parametrize("rev", ["prod", "canary", "1", f"sha256:{'1' * 64}"])
-def test_a_version_by_alias_number_or_digest_is_its_manifest_in_five_queries(alice, api, adapter, rev,
+def test_a_version_by_alias_number_or_digest_is_its_manifest_in_four_queries(alice, api, adapter, rev,
                                                                              django_assert_num_queries) -> None:
     _, v1, base_version = adapter
     client = api(alice.token)
     client.get("/api/v1/whoami")  # the token is known now (cached) and its last use stamped
-    # the repository, the version (base, creator), its aliases, its files, its evaluations
-    with django_assert_num_queries(5) as queries:
+    # the version (repository, base, creator), its aliases, its files, its evaluations
+    with django_assert_num_queries(4) as queries:
         response = client.get(f"/api/v1/repos/acme/ad/versions/{rev}")
-    # the version's own repository is the one already read: only its base (version, repository, namespace), its
-    # creator and, by alias, the alias are joined
-    assert queries.captured_queries[1]["sql"].count(" JOIN ") == (5 if rev in ("prod", "canary") else 4)
+    # one read of the version, joining its repository with namespace and base model (repository, namespace), its
+    # creator, its base version (version, repository, namespace), by alias the alias; and, in the rights' subquery,
+    # the memberships
+    assert queries.captured_queries[0]["sql"].count(" JOIN ") == (10 if rev in ("prod", "canary") else 9)
     assert response.status_code == 200, response.content
     body = response.json()
     files = body.pop("files")
@@ -77,22 +78,55 @@ def test_a_version_by_alias_number_or_digest_is_its_manifest_in_five_queries(ali
         assert store.check_signature(f["sha256"], "GET", q["expires"][0], q["sig"][0])
 
 
-def test_latest_is_the_newest_version(alice, api, adapter) -> None:
-    body = api(alice.token).get("/api/v1/repos/acme/ad/versions/latest").json()
+def test_latest_is_the_newest_version(alice, api, adapter, django_assert_num_queries) -> None:
+    client = api(alice.token)
+    client.get("/api/v1/whoami")
+    with django_assert_num_queries(4):
+        body = client.get("/api/v1/repos/acme/ad/versions/latest").json()
     assert (body["number"], body["aliases"], body["created_by"], body["files"]) == (2, ["latest"], None, [])
 
 
-@pytest.mark.parametrize("rev", ["elsewhere", "nope", "3", f"sha256:{'3' * 64}"])
-def test_another_repositorys_alias_or_version_is_not_found(alice, api, adapter, rev) -> None:
+@pytest.mark.parametrize(("rev", "message"), [
+    ("elsewhere", "`acme/ad` has no alias `elsewhere` (its aliases: `canary`, `prod`)."),
+    ("nope", "`acme/ad` has no alias `nope` (its aliases: `canary`, `prod`)."),
+    ("3", "`acme/ad` has no version 3 (latest is 2)."),
+    (f"sha256:{'3' * 64}", f"`acme/ad` has no version `sha256:{'3' * 64}`."),
+])
+def test_another_repositorys_alias_or_version_is_not_found_and_says_what_is_there(alice, api, adapter, rev,
+                                                                                  message) -> None:
     response = api(alice.token).get(f"/api/v1/repos/acme/ad/versions/{rev}")
     assert response.status_code == 404, response.content
+    assert response.json()["error"]["message"] == message
 
 
-@pytest.mark.parametrize("rev", ["prod", "1", "latest"])
-def test_outsiders_and_anonymous_callers_get_404(carol, api, adapter, rev) -> None:
+def test_a_missing_repository_or_a_repository_without_versions_says_so(alice, api, adapter) -> None:
+    client = api(alice.token)
+    assert client.post("/api/v1/repos", {"namespace": "acme", "name": "empty", "kind": "model"},
+                       format="json").status_code == 201
+    for path, message in [
+        ("acme/nothing/versions/prod", "Repository `acme/nothing` not found (or you have no access to it)."),
+        ("acme/empty/versions/latest", "`acme/empty` has no versions yet."),
+        ("acme/empty/versions/prod", "`acme/empty` has no versions yet."),
+    ]:
+        response = client.get(f"/api/v1/repos/{path}")
+        assert (response.status_code, response.json()["error"]["message"]) == (404, message)
+
+
+@pytest.mark.parametrize("rev", ["prod", "1", "latest", "nope", "7"])
+def test_outsiders_and_anonymous_callers_get_the_404_of_a_missing_repository(carol, api, adapter, rev) -> None:
     for client in (api(carol.token), api()):
         response = client.get(f"/api/v1/repos/acme/ad/versions/{rev}")
         assert response.status_code == 404 and "prod" not in response.content.decode()
+        assert response.json()["error"]["message"] == "Repository `acme/ad` not found (or you have no access to it)."
+
+
+def test_a_public_repositorys_version_reads_without_a_token(alice, api, adapter) -> None:
+    repo, _, _ = adapter
+    Repository.objects.filter(pk=repo.pk).update(visibility="public")
+    body = api().get("/api/v1/repos/acme/ad/versions/prod").json()
+    assert (body["repo"], body["number"], body["aliases"]) == ("acme/ad", 1, ["canary", "prod"])
+    assert api().get("/api/v1/repos/acme/ad/versions/7").json()["error"]["message"] == (
+        "`acme/ad` has no version 7 (latest is 2).")
 
 
 def test_on_s3_the_manifests_urls_serve_each_files_bytes_under_its_name(s3_storage, alice, api) -> None:

@@ -43,8 +43,17 @@ def version_detail(request, job, ns: str, name: str, rev: str) -> bool:
 
 
 def upload(request, job, ns: str, name: str) -> bool:
-    """Negotiating a push to the job's output repository (an eval job pushes nothing)."""
-    return request.method == "POST" and job.makes_version and f"{ns}/{name}" == job.output
+    """Negotiating a push to the job's output repository (an eval job pushes nothing); one that may commit
+    (``commit``) as :func:`commit` says."""
+    if request.method != "POST" or not job.makes_version or f"{ns}/{name}" != job.output:
+        return False
+    body = request.data if isinstance(request.data, dict) else {}
+    fields = body.get("commit")
+    if fields is None:
+        return True
+    # the repository's fields are the negotiation's own, the version's are the commit's (as the view reads them)
+    fields = fields if isinstance(fields, dict) else {}
+    return _result_allowed(job, {**body, "job": fields.get("job"), "aliases": fields.get("aliases")})
 
 
 def _same_job(value, job) -> bool:
@@ -62,7 +71,11 @@ def commit(request, job, ns: str, name: str) -> bool:
     """
     if request.method != "POST" or not job.makes_version or f"{ns}/{name}" != job.output:
         return False
-    body = request.data if isinstance(request.data, dict) else {}
+    return _result_allowed(job, request.data if isinstance(request.data, dict) else {})
+
+
+def _result_allowed(job, body: dict) -> bool:
+    """A commit's fields (``body``) are the job's result as its spec says; a 403 naming what is not."""
     if not _same_job(body.get("job"), job):
         raise PermissionDenied(f"A job token commits only its job's result: send \"job\": \"{job.pk.hex}\".")
     allowed = set(job.spec.get("aliases") or [])

@@ -105,9 +105,23 @@ class PushRepoSerializer(serializers.Serializer):
                                         help_text="Only when the push creates the repository.")
 
 
+class CommitFieldsSerializer(serializers.Serializer):
+    """What a commit says about the version it makes."""
+
+    message = serializers.CharField(required=False, allow_blank=True, default="")
+    metadata = serializers.DictField(required=False, default=dict)
+    aliases = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    job = serializers.UUIDField(required=False, allow_null=True, help_text="Only with that running job's token")
+
+
 class UploadOptionsSerializer(PushRepoSerializer):
     base_model = serializers.CharField(required=False, allow_null=True,
                                        help_text="An adapter's base, checked before any byte moves")
+    commit = CommitFieldsSerializer(
+        required=False,
+        help_text="Commit at once when nothing is missing: the answer then holds the version (201, or 200 with "
+                  "`created` false when the files are the latest version's). With blobs missing, it answers as "
+                  "without it; upload them, then POST …/versions.")
 
 
 class UploadRequestSerializer(UploadOptionsSerializer):
@@ -126,18 +140,9 @@ class MissingBlobSerializer(serializers.Serializer):
     upload = UploadTargetSerializer()
 
 
-class UploadResponseSerializer(serializers.Serializer):
-    missing = MissingBlobSerializer(many=True)
-    present = serializers.ListField(child=serializers.CharField())
-
-
-class VersionCreateSerializer(PushRepoSerializer):
+class VersionCreateSerializer(PushRepoSerializer, CommitFieldsSerializer):
     files = serializers.ListField(child=serializers.DictField())
-    message = serializers.CharField(required=False, allow_blank=True, default="")
     base_model = serializers.CharField(required=False, allow_null=True)
-    metadata = serializers.DictField(required=False, default=dict)
-    aliases = serializers.ListField(child=serializers.CharField(), required=False, default=list)
-    job = serializers.UUIDField(required=False, allow_null=True, help_text="Only with that running job's token")
 
 
 class BaseRefSerializer(serializers.Serializer):
@@ -218,6 +223,12 @@ class VersionDetailSerializer(VersionSerializer):
     evaluations = EvaluationSerializer(many=True, required=False, help_text=(
         "Evaluations of this version, newest first (training metrics are in `metadata.metrics`); "
         "in the answer to GET, not to a push."))
+
+
+class UploadResponseSerializer(serializers.Serializer):
+    missing = MissingBlobSerializer(many=True)
+    present = serializers.ListField(child=serializers.CharField())
+    version = VersionDetailSerializer(required=False, help_text="Only when `commit` was sent and nothing was missing")
 
 
 class AliasSerializer(serializers.Serializer):

@@ -131,15 +131,25 @@ class UploadView(APIView):
     job_token_rule = staticmethod(job_token_rules.upload)
 
     @extend_schema(
-        summary="Negotiate a push: which blobs are missing and where to upload them",
-        request=s.UploadRequestSerializer, responses=s.UploadResponseSerializer,
+        summary="Negotiate a push: which blobs are missing and where to upload them; with `commit`, commit at once "
+                "when none is",
+        request=s.UploadRequestSerializer,
+        responses={200: s.UploadResponseSerializer, 201: s.UploadResponseSerializer},
     )
     def post(self, request, ns, name):
         target = _push_target(request, ns, name)
         options = validated(s.UploadOptionsSerializer, request.data)
         files = request.data.get("files") if isinstance(request.data, dict) else None
-        return Response(push.upload_negotiate(user=request.user, target=target, files=files, base_url=base_url(request),
-                                              job=job_token_rules.job_of(request), **options))
+        commit = options.pop("commit", None)
+        if commit is not None and commit.get("job") is not None:
+            commit["job"] = _job_for_result(request, commit["job"])
+        plan = push.upload_negotiate(user=request.user, target=target, files=files, base_url=base_url(request),
+                                     job=job_token_rules.job_of(request), commit=commit, **options)
+        data = {"missing": plan.missing, "present": plan.present}
+        if plan.version is None:
+            return Response(data)
+        data["version"] = version_detail_data(request, plan.version, created=plan.created)
+        return Response(data, status=201 if plan.created else 200)
 
 
 def _push_target(request, ns: str, name: str) -> push.PushTarget:
@@ -169,7 +179,7 @@ def version_detail_data(request, version: Version, *, created: bool | None = Non
             "url": store.download_url(f.blob_id, base_url=root, filename=f.path.rsplit("/", 1)[-1],
                                       expires=settings.PEFTHUB_URL_TTL),
         }
-        for f in version.files.order_by("path")
+        for f in version.files.all()  # by path (VersionFile's ordering); a commit's answer has them already
     ]
     return data
 
@@ -214,8 +224,7 @@ class VersionDetailView(APIView):
     @extend_schema(summary="A version's manifest with download URLs", responses=s.VersionDetailSerializer,
                    auth=ANONYMOUS_OK)
     def get(self, request, ns, name, rev):
-        repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
-        version = selectors.version_resolve(repo=repo, revision=rev)
+        version = selectors.version_get(user=request.user, namespace=ns, name=name, revision=rev)
         data = version_detail_data(request, version)
         evaluations = list(version.evaluations.order_by("-created_at", "-id"))
         readable = selectors.readable_names(request.user, {e.dataset_repo for e in evaluations})
