@@ -166,10 +166,11 @@ def timed(fn) -> float:
 
 def push_breakdown(log: list[tuple[str, str, float]], total: float, api_prefix: str) -> dict[str, float]:
     """Seconds per push step, from the requests' own times; what no request took is local (hashing, JSON)."""
-    parts = dict.fromkeys(("negotiate+create", "upload PUT", "commit (server verify)"), 0.0)
+    negotiate = "negotiate (+commit if none missing)"
+    parts = dict.fromkeys((negotiate, "upload PUT", "commit (server verify)"), 0.0)
     for method, url, seconds in log:
         is_commit = method == "POST" and url.rstrip("/").endswith("/versions")
-        parts["upload PUT" if not url.startswith(api_prefix) else "commit (server verify)" if is_commit else "negotiate+create"] += seconds
+        parts["upload PUT" if not url.startswith(api_prefix) else "commit (server verify)" if is_commit else negotiate] += seconds
     parts["local hashing + rest"] = total - sum(parts.values())
     return parts
 

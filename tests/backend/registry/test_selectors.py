@@ -102,3 +102,30 @@ def test_delete_needs_admin_scope_and_role(alice, bob, api, pushed_adapter):
     assert api(alice.token).delete("/api/v1/repos/acme/bot").status_code == 403  # write-scope token
     assert api(alice.new_token("admin")).delete("/api/v1/repos/acme/bot").status_code == 204
     assert not Version.objects.filter(repository__name="bot").exists()
+
+
+def test_readable_through_a_relation_is_readable_repositories_rule(alice, bob, carol, db):
+    """The rule as a condition on a version's repository picks exactly the versions of readable repositories, for
+    the owner, a member, an outsider, anonymous callers, a staff superuser and staff alone."""
+    from django.contrib.auth.models import AnonymousUser
+
+    from pefthub_server.registry.models import Namespace, Repository
+    from pefthub_server.registry.selectors import readable_repositories, readable_through
+    from pefthub_server.registry.teams import user_ensure
+
+    spaces = [Namespace.objects.get(name="acme"), Namespace.objects.get(name="alice"), Namespace.objects.get(name="carol")]
+    for ns in spaces:
+        for visibility in ("private", "internal", "public"):
+            repo = Repository.objects.create(namespace=ns, name=f"r-{visibility}", kind="model", visibility=visibility)
+            Version.objects.create(repository=repo, number=1, digest=f"{ns.pk:02d}{visibility[:2]}".ljust(64, "0"))
+    root = user_ensure(username="root")
+    root.is_staff = root.is_superuser = True
+    root.save()
+    staff = user_ensure(username="staff")
+    staff.is_staff = True
+    staff.save()
+    for user in (alice.user, bob.user, carol.user, AnonymousUser(), root, staff):
+        expected = set(Version.objects.filter(repository__in=readable_repositories(user)).values_list("pk", flat=True))
+        got = set(Version.objects.filter(readable_through(user, "repository")).values_list("pk", flat=True))
+        assert got == expected and expected, user
+    assert len(set(Version.objects.filter(readable_through(carol.user, "repository")).values_list("pk", flat=True))) == 7
