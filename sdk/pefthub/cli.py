@@ -226,7 +226,8 @@ def _describe_version(v: Version) -> str:
         ("base", base and f"{base.get('repo')}@{base.get('number')}"),
         ("adapter", adapter and f"{adapter.get('peft_type')} r={adapter.get('r')} alpha={adapter.get('lora_alpha')} "
                                 f"targets={','.join(targets) if isinstance(targets, list) else targets}"),
-        ("parent", parent and f"{parent.get('repo')}@{parent.get('number')} (continued from it)"),
+        ("parent", parent and ("a repository you cannot read (continued from it)" if parent.get("hidden")
+                               else f"{parent.get('repo')}@{parent.get('number')} (continued from it)")),
         ("message", v.message), ("metadata", v.metadata and json.dumps(v.metadata, sort_keys=True)),
     ]
     files = _table(("PATH", "SIZE", "SHA256"), [(f.path, _human(f.size), f.sha256[:16]) for f in v.files or ()])

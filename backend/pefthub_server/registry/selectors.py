@@ -22,7 +22,7 @@ from pefthub.protocol.refs import (
     is_number,
 )
 from pefthub_server.core.errors import NotFound, PermissionDenied
-from pefthub_server.registry.models import ROLE_RANK, Alias, Membership, Namespace, Repository, Role, Version
+from pefthub_server.registry.models import ROLE_RANK, Alias, Evaluation, Membership, Namespace, Repository, Role, Version
 
 # --- rights -------------------------------------------------------------------------------------
 
@@ -194,7 +194,8 @@ def version_resolve(*, repo: Repository, revision: str, hf: bool = False) -> Ver
 
 def version_get(*, user, namespace: str, name: str, revision: str) -> Version:
     """The version ``revision`` names (as :func:`version_resolve` reads it) in a repository ``user`` may read, with
-    its repository and creator: one query when it is there, and one for its base version if it has one. When it
+    its repository and creator, and ``evaluated`` (whether any evaluation names it): one query when it is there,
+    and one for its base version if it has one. When it
     is not, :func:`repository_get` and :func:`version_resolve` say which part is missing, in the same words and
     to the same callers as always.
 
@@ -206,7 +207,8 @@ def version_get(*, user, namespace: str, name: str, revision: str) -> Version:
     revision = check_revision(revision)
     qs = Version.objects.filter(
         readable_through(user, "repository"), repository__namespace__name=namespace, repository__name=name,
-    ).select_related("repository__namespace", "created_by")
+    ).select_related("repository__namespace", "created_by").annotate(
+        evaluated=Exists(Evaluation.objects.filter(version=OuterRef("pk"))))
     if revision == LATEST:
         qs = qs.filter(number=F("repository__latest_number"))
     elif is_number(revision):

@@ -1,7 +1,7 @@
 """`GET /api/v1/repos/{ns}/{name}/versions/{rev}`: the manifest, resolved by alias, number, digest or `latest`,
-in five queries (the version with its repository and creator, its base, its aliases, its files, its
-evaluations), for those who may read the repository only; a missing repository or revision says which, as it
-always did."""
+in four queries (the version with its repository, creator and whether it has evaluations, its base, its aliases,
+its files; its evaluations only when it has some), for those who may read the repository only; a missing repository
+or revision says which, as it always did; lineage names only repositories the caller may read."""
 
 from __future__ import annotations
 
@@ -47,13 +47,13 @@ def adapter(alice, acme_base):
 
 
 @pytest.mark.parametrize("rev", ["prod", "canary", "1", f"sha256:{'1' * 64}"])
-def test_a_version_by_alias_number_or_digest_is_its_manifest_in_five_queries(alice, api, adapter, rev,
+def test_a_version_by_alias_number_or_digest_is_its_manifest_in_four_queries(alice, api, adapter, rev,
                                                                              django_assert_num_queries) -> None:
     _, v1, base_version = adapter
     client = api(alice.token)
     client.get("/api/v1/whoami")  # the token is known now (cached) and its last use stamped
-    # the version (repository, creator), its base, its aliases, its files, its evaluations
-    with django_assert_num_queries(5) as queries:
+    # the version (repository, creator, evaluated), its base, its aliases, its files
+    with django_assert_num_queries(4) as queries:
         response = client.get(f"/api/v1/repos/acme/ad/versions/{rev}")
     # one read of the version, joining its repository, namespace, creator and, by alias, the alias; the rights are
     # an EXISTS on the membership (no join); the base (version, repository, namespace) is read by its key
@@ -83,7 +83,7 @@ def test_a_version_by_alias_number_or_digest_is_its_manifest_in_five_queries(ali
 def test_latest_is_the_newest_version(alice, api, adapter, django_assert_num_queries) -> None:
     client = api(alice.token)
     client.get("/api/v1/whoami")
-    with django_assert_num_queries(5):
+    with django_assert_num_queries(4):
         body = client.get("/api/v1/repos/acme/ad/versions/latest").json()
     assert (body["number"], body["aliases"], body["created_by"], body["files"]) == (2, ["latest"], None, [])
 
@@ -145,10 +145,37 @@ def test_on_s3_the_manifests_urls_serve_each_files_bytes_under_its_name(s3_stora
     Alias.objects.create(repository=repo, name="prod", version=version)
     client = api(alice.token)
     client.get("/api/v1/whoami")
-    with django_assert_num_queries(4):  # a version without a base: no read of one
+    with django_assert_num_queries(3):  # a version without a base, nor evaluations: no read of either
         files = client.get("/api/v1/repos/acme/s3-model/versions/prod").json()["files"]
     assert [f["path"] for f in files] == ["config.json", "weights/model.safetensors"]
     for f in files:
         got = requests.get(f["url"], timeout=10)
         assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == f["sha256"]
         assert f'filename="{f["path"].rsplit("/", 1)[-1]}"' in got.headers["Content-Disposition"]
+
+
+def test_lineage_names_only_repositories_the_caller_may_read(alice, bob, api, adapter, django_assert_num_queries) -> None:
+    """A job's lineage pins its base, dataset, parent and merged adapters; a pin of a repository the caller cannot read
+    is answered as hidden (a merge's weight kept), in the version and in the list of versions."""
+    _, v1, _ = adapter
+    secret = Repository.objects.create(namespace=Namespace.objects.get(name="bob"), name="secret", kind="dataset",
+                                       latest_number=1)
+    pin = {"repo": "bob/secret", "number": 1, "digest": "9" * 64}
+    base = {"repo": "acme/llama-tiny", "number": 1, "digest": "8" * 64}
+    v1.metadata = {"k": "v", "lineage": {"job": "j", "base_model": base, "dataset": pin, "parent": dict(pin),
+                                         "adapters": [{**pin, "weight": 0.5}, {**base, "weight": 1.0}]}}
+    v1.save()
+    assert secret.visibility == "private"
+    client = api(alice.token)
+    client.get("/api/v1/whoami")
+    with django_assert_num_queries(5):  # the four, and which of the named repositories alice may read
+        seen = client.get("/api/v1/repos/acme/ad/versions/1")
+    hidden = {"job": "j", "base_model": base, "dataset": {"hidden": True}, "parent": {"hidden": True},
+              "adapters": [{"hidden": True, "weight": 0.5}, {**base, "weight": 1.0}]}
+    assert seen.json()["metadata"] == {"k": "v", "lineage": hidden} and b"bob/secret" not in seen.content
+    listed = client.get("/api/v1/repos/acme/ad/versions")
+    assert [v["metadata"] for v in listed.json()["results"]] == [{}, {"k": "v", "lineage": hidden}]
+    assert b"bob/secret" not in listed.content
+    # bob reads both repositories: he sees the lineage as the job wrote it
+    assert api(bob.token).get("/api/v1/repos/acme/ad/versions/1").json()["metadata"] == v1.metadata
+    assert Version.objects.get(pk=v1.pk).metadata == v1.metadata  # answers are copies; what is stored is kept

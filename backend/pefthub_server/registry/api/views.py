@@ -22,7 +22,7 @@ from pefthub_server.core.http import base_url, bytes_response, choice_param, val
 from pefthub_server.core.models import ApiToken
 from pefthub_server.core.pagination import PAGE_PARAMETERS, GroupedRows, Pagination, paginated
 from pefthub_server.core.schema import ANONYMOUS_OK, errors
-from pefthub_server.registry import aliases, blobs, push, repositories, selectors
+from pefthub_server.registry import aliases, blobs, lineage, push, repositories, selectors
 from pefthub_server.registry.api import job_token_rules
 from pefthub_server.registry.api import serializers as s
 from pefthub_server.registry.api.page_cache import cached_page
@@ -194,7 +194,11 @@ class VersionListView(APIView):
         repo = selectors.repository_get(user=request.user, namespace=ns, name=name)
         paginator = Pagination()
         page = paginator.paginate_queryset(selectors.version_list(repo=repo), request, view=self)
-        return paginator.get_paginated_response(s.VersionSerializer(page, many=True).data)
+        rows = s.VersionSerializer(page, many=True).data
+        readable = selectors.readable_names(request.user, set().union(*(lineage.named(v.metadata) for v in page)))
+        for row in rows:
+            row["metadata"] = lineage.shown(row["metadata"], readable)
+        return paginator.get_paginated_response(rows)
 
     @extend_schema(
         summary="Commit a version from uploaded blobs (200 and created=false if identical to latest)",
@@ -226,8 +230,11 @@ class VersionDetailView(APIView):
     def get(self, request, ns, name, rev):
         version = selectors.version_get(user=request.user, namespace=ns, name=name, revision=rev)
         data = version_detail_data(request, version)
-        evaluations = list(version.evaluations.order_by("-created_at", "-id"))
-        readable = selectors.readable_names(request.user, {e.dataset_repo for e in evaluations})
+        # read only when there are some (the version's query says so): most versions have none
+        evaluations = list(version.evaluations.order_by("-created_at", "-id")) if getattr(version, "evaluated", True) else []
+        # one query for every repository the answer names besides this one (none when it names none)
+        readable = selectors.readable_names(request.user, {e.dataset_repo for e in evaluations} | lineage.named(version.metadata))
+        data["metadata"] = lineage.shown(data["metadata"], readable)
         data["evaluations"] = s.EvaluationSerializer(evaluations, many=True, context={"readable": readable}).data
         return Response(data)
 
