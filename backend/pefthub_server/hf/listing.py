@@ -21,9 +21,10 @@ from pefthub.protocol.peft import PEFT_TYPES
 from pefthub.protocol.refs import hf_commit
 from pefthub_server.core.auth import require_scope
 from pefthub_server.hf.views import KINDS, HfError, cursor, hf_view, link_next, repo_summary
+from pefthub_server.registry import lineage
 from pefthub_server.registry.card import card_data
 from pefthub_server.registry.models import Membership, Namespace, Repository, Version, VersionFile
-from pefthub_server.registry.selectors import readable_repositories
+from pefthub_server.registry.selectors import readable_names, readable_repositories
 
 #: ``sort`` values (huggingface_hub sends these); the hub keeps no download or like counts, so those order by id
 SORTS = ("id", "lastModified", "createdAt", "downloads", "likes", "trendingScore")
@@ -60,12 +61,14 @@ def repo_list(request, repo_type):
     if full:  # siblings, as `full=True` asks: one query for the whole page
         for version_id, path in VersionFile.objects.filter(version__in=versions.values()).values_list("version_id", "path"):
             files.setdefault(version_id, []).append(path)
+    # the repositories the page's lineages name that the caller may read: one query (none if they name none)
+    readable = readable_names(request.user, set().union(*(lineage.named(v.metadata) for v in versions.values())))
     items = []
     for repo in page:
         version = versions.get(repo.pk)
         if version is not None:
             version.repository = repo  # card_data reads the repository: no query per row
-        item = repo_summary(repo, version, card_data(version or Version(repository=repo)),
+        item = repo_summary(repo, version, card_data(version or Version(repository=repo), readable=readable),
                             commit=hf_commit(version.digest) if version is not None else None)
         if full:
             paths = {*files.get(version.pk, []), MODEL_CARD} if version is not None else ()

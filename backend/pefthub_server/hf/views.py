@@ -32,9 +32,10 @@ from pefthub.protocol.refs import HF_MAIN, HF_VARIANT_PREFIX, hf_commit, is_hf_c
 from pefthub_server.core.auth import JOB_TOKEN_REFUSED, TokenAuthentication
 from pefthub_server.core.errors import AuthenticationFailed, HubError, NotFound
 from pefthub_server.core.http import base_url, bytes_response
+from pefthub_server.registry import lineage
 from pefthub_server.registry.card import MAX_README, Card, card_data, readme_bytes, render_card
 from pefthub_server.registry.models import Repository, Version, VersionFile
-from pefthub_server.registry.selectors import repository_get, version_by_digest_prefix, version_resolve
+from pefthub_server.registry.selectors import readable_names, repository_get, version_by_digest_prefix, version_resolve
 from pefthub_server.registry.storage import get_blob_store
 
 KINDS = {"models": (Repository.Kind.ADAPTER, Repository.Kind.MODEL), "datasets": (Repository.Kind.DATASET,)}
@@ -173,9 +174,15 @@ def _files(request, resolved: Resolved) -> tuple[list[Entry], Card | None]:
     pushed = next((e for e in files if e.path == MODEL_CARD), None)
     if pushed is not None and pushed.size > MAX_README:
         return files, None
-    card = render_card(version, hub_url=base_url(request), readme=None if pushed is None else readme_bytes(pushed.sha256, pushed.size))
+    card = render_card(version, hub_url=base_url(request), readable=_lineage_readable(request, version),
+                       readme=None if pushed is None else readme_bytes(pushed.sha256, pushed.size))
     files = [e for e in files if e.path != MODEL_CARD] + [_generated(MODEL_CARD, card.text)]
     return sorted(files, key=lambda e: e.path), card
+
+
+def _lineage_readable(request, version) -> set[str]:
+    """Which repositories named by the version's lineage the caller may read (no query when it names none)."""
+    return readable_names(request.user, lineage.named(version.metadata))
 
 
 def _entries(request, resolved: Resolved) -> list[Entry]:
@@ -208,7 +215,7 @@ def repo_tags(data: dict) -> list[str]:
 def _info(request, repo: Repository, resolved: Resolved) -> dict:
     version = resolved.version
     files, card = _files(request, resolved)
-    data = card.data if card is not None else card_data(version)
+    data = card.data if card is not None else card_data(version, readable=_lineage_readable(request, version))
     siblings = [{"rfilename": e.path} for e in files]
     if request.GET.get("blobs", "").lower() in ("1", "true"):  # model_info(..., files_metadata=True)
         siblings = [{"rfilename": e.path, "size": e.size, "blobId": e.sha256[:40], **_lfs(e, key="sha256")} for e in files]

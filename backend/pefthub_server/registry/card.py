@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import yaml
@@ -50,8 +51,12 @@ class Card:
     text: bytes
 
 
-def card_data(version: Version) -> dict:
-    """The hub's own front matter keys for ``version``, from the database alone (listings use it too)."""
+def card_data(version: Version, *, readable: Collection[str]) -> dict:
+    """The hub's own front matter keys for ``version``, from the database alone (listings use it too).
+
+    ``readable``: which of the repositories its lineage names the reader may read (``selectors.readable_names``
+    of ``lineage.named``); the others are never named (``registry.lineage``).
+    """
     repo = version.repository
     lineage = (version.metadata or {}).get("lineage") or {}
     data: dict = {"tags": ["pefthub"]}
@@ -64,7 +69,7 @@ def card_data(version: Version) -> dict:
     elif repo.kind == Repository.Kind.MODEL:
         data["library_name"] = "transformers"
         base = (lineage.get("base_model") or {}).get("repo")
-        if base:
+        if base and base in readable:
             data["base_model"] = base
             data["base_model_relation"] = "merge"
         data["tags"] += ["safetensors"]
@@ -72,15 +77,19 @@ def card_data(version: Version) -> dict:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def render_card(version: Version, *, hub_url: str, readme: bytes | None = None) -> Card:
-    """The card of ``version``: the pushed ``readme`` (if any) with the hub's keys merged in and its facts appended."""
-    hub = card_data(version)
+def render_card(version: Version, *, hub_url: str, readable: Collection[str], readme: bytes | None = None) -> Card:
+    """The card of ``version``: the pushed ``readme`` (if any) with the hub's keys merged in and its facts appended.
+
+    ``readable`` as for :func:`card_data`: a lineage pin of a repository not in it is said to be one the reader
+    cannot read, so the card of a public adapter never names a private dataset.
+    """
+    hub = card_data(version, readable=readable)
     if readme is None:
         body, user, problem = _title(version), {}, None
     else:
         body, user, problem = _split(readme.decode("utf-8", errors="replace"))
     data = _merge(user, hub)
-    section = _section(version, hub_url=hub_url)
+    section = _section(version, hub_url=hub_url, readable=readable)
     if problem:
         section = section.replace(f"{HEADING}\n\n", f"{HEADING}\n\n> The README's front matter was kept as text: {problem}. "
                                   "The hub's keys are in the front matter above; fix the YAML between the `---` lines "
@@ -182,7 +191,7 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(out)
 
 
-def _section(version: Version, *, hub_url: str) -> str:
+def _section(version: Version, *, hub_url: str, readable: Collection[str]) -> str:
     repo = version.repository
     meta = version.metadata or {}
     lineage = meta.get("lineage") or {}
@@ -202,8 +211,9 @@ def _section(version: Version, *, hub_url: str) -> str:
                  ("target modules", adapter.get("target_modules")), ("task", adapter.get("task_type"))]
     if lineage:
         rows += [("training job", lineage.get("job")), ("training method", lineage.get("method")),
-                 ("training data", _pin(lineage.get("dataset"))), ("quantization in training", lineage.get("quantization")),
-                 ("merged adapters", [p for a in lineage.get("adapters") or [] if (p := _pin(a))]),
+                 ("training data", _pin(lineage.get("dataset"), readable)),
+                 ("quantization in training", lineage.get("quantization")),
+                 ("merged adapters", [p for a in lineage.get("adapters") or [] if (p := _pin(a, readable))]),
                  ("combination", lineage.get("combination"))]
     parts = [HEADING, "", _table(rows), ""]
     metrics = meta.get("metrics")
@@ -238,7 +248,9 @@ def _how_to_load(version: Version, *, hub_url: str) -> list[str]:
     return parts + ["```", ""]
 
 
-def _pin(pin) -> str | None:
+def _pin(pin, readable: Collection[str]) -> str | None:
     if not isinstance(pin, dict):
         return None
+    if pin.get("repo") not in readable:
+        return "a repository you cannot read"
     return f"`{pin.get('repo')}@{pin.get('number')}` ({pin.get('digest')})"

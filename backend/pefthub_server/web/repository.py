@@ -21,7 +21,7 @@ from pefthub.protocol.errors import ProtocolError
 from pefthub.protocol.manifest import MODEL_CARD
 from pefthub_server.core.errors import NotFound
 from pefthub_server.core.http import base_url, bytes_response
-from pefthub_server.registry import selectors
+from pefthub_server.registry import lineage, selectors
 from pefthub_server.registry.card import MAX_README, readme_bytes, render_card
 from pefthub_server.registry.models import Alias, AliasMove, Repository, Version, VersionFile
 from pefthub_server.registry.serving import serving_facts
@@ -60,7 +60,9 @@ def _card(request, version: Version, files: list[VersionFile]) -> dict:
     pushed = next((f for f in files if f.path == MODEL_CARD), None)
     if pushed is not None and pushed.size > MAX_README:
         return {"too_long": True}
-    card = render_card(version, hub_url=base_url(request), readme=None if pushed is None else readme_bytes(pushed.blob_id, pushed.size))
+    readable = selectors.readable_names(request.user, lineage.named(version.metadata))
+    card = render_card(version, hub_url=base_url(request), readable=readable,
+                       readme=None if pushed is None else readme_bytes(pushed.blob_id, pushed.size))
     facts = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in card.data.items()]
     # the same card always renders the same HTML: rendered once per card, however often the page is read
     key = f"web:card:{hashlib.sha256(card.text).hexdigest()}"

@@ -60,7 +60,7 @@ def test_peft_s_own_readme_loses_its_local_base_path(catalogue, api, alice, tiny
     (b"---\nlol: !!python/object/apply:os.system [echo hi]\n---\nbody\n", "not valid YAML"),
 ])
 def test_a_front_matter_the_hub_cannot_read_is_kept_as_text_with_a_note(catalogue, readme, why):
-    card = render_card(bot(2), hub_url="http://hub", readme=readme)
+    card = render_card(bot(2), hub_url="http://hub", readable=set(), readme=readme)
     text = card.text.decode()
     assert card.data == front_matter(text) == {"library_name": "peft", "base_model": "acme/llama-tiny",
                                                 "base_model_relation": "adapter", "tags": ["pefthub", "peft", "lora"]}
@@ -70,13 +70,13 @@ def test_a_front_matter_the_hub_cannot_read_is_kept_as_text_with_a_note(catalogu
 def test_cards_are_deterministic_and_plain_without_a_readme(catalogue, alice):
     version = bot(2)
     plain = b"# Notes\n\nNo front matter here.\n"
-    one = render_card(version, hub_url="http://hub", readme=plain)
-    assert one == render_card(Version.objects.get(pk=version.pk), hub_url="http://hub", readme=plain)
+    one = render_card(version, hub_url="http://hub", readable=set(), readme=plain)
+    assert one == render_card(Version.objects.get(pk=version.pk), hub_url="http://hub", readable=set(), readme=plain)
     assert one.text.decode().split("---\n", 2)[2].startswith("\n# Notes\n\nNo front matter here.\n\n## PEFT Hub\n")
-    bare = render_card(version, hub_url="http://hub").text.decode()
+    bare = render_card(version, hub_url="http://hub", readable=set()).text.decode()
     assert bare.startswith("---\nlibrary_name: peft\nbase_model: acme/llama-tiny\nbase_model_relation: adapter\n"
                            "tags:\n- pefthub\n- peft\n- lora\n---\n\n# acme/bot\n\n## PEFT Hub\n")
-    tags_only = render_card(version, hub_url="http://hub", readme=b"---\ntags: chat\nlicense: mit\n---\n").data
+    tags_only = render_card(version, hub_url="http://hub", readable=set(), readme=b"---\ntags: chat\nlicense: mit\n---\n").data
     assert tags_only["tags"] == ["chat", "pefthub", "peft", "lora"] and tags_only["license"] == "mit"
 
 
@@ -115,3 +115,24 @@ def test_a_models_own_base_model_is_kept_where_the_hub_knows_none(catalogue, api
     info = api(alice.token).get("/hf/api/models/acme/llama-tiny").json()
     assert info["cardData"]["base_model"] == ["meta-llama/Llama-3.2-1B", 7] and info["library_name"] == "transformers"
     assert info["tags"] == ["llama", "pefthub", "safetensors", "base_model:meta-llama/Llama-3.2-1B"]
+
+
+def test_the_card_names_only_lineage_repositories_the_reader_may_read(catalogue, api, alice, carol):
+    """Public acme/bot trained on private acme/secret: carol's card (HF view and web page) never names it."""
+    from django.test import Client
+
+    version = bot(2)
+    secret = Version.objects.get(repository__name="secret")
+    version.metadata = {"lineage": {"job": "j", "method": "lora",
+                                    "dataset": {"repo": "acme/secret", "number": 1, "digest": secret.digest}}}
+    version.save()
+    mine = api(alice.token).get("/hf/acme/bot/resolve/2/README.md").content.decode()
+    assert f"| training data | `acme/secret@1` ({secret.digest}) |" in mine
+    theirs = api(carol.token).get("/hf/acme/bot/resolve/2/README.md").content.decode()
+    assert "| training data | a repository you cannot read |" in theirs and "acme/secret" not in theirs
+    anonymous = api().get("/hf/acme/bot/resolve/2/README.md").content.decode()
+    assert "acme/secret" not in anonymous and secret.digest not in anonymous
+    client = Client()
+    client.force_login(carol.user)
+    page = client.get("/acme/bot/versions/2").content.decode()
+    assert "acme/secret" not in page and secret.digest not in page
