@@ -49,9 +49,12 @@ def test_every_admin_changelist_and_change_page_renders(client, staff):
     from django.apps import apps
 
     ours = {m for app in ADMIN_APPS for m in apps.get_app_config(app).get_models()}
-    # shown inline: files and evaluations on their version, uploads and content checks on their blob; not shown:
-    # the catalogue generation, a counter the database's triggers keep (registry.generation)
-    assert ours - set(registered_models()) == {apps.get_model("registry", "VersionFile"),
+    # shown inline: files and evaluations on their version, uploads and content checks on their blob, checkpoints
+    # on their job; not shown: the catalogue generation, a counter the database's triggers keep
+    # (registry.generation), and a checkpoint's files (the API lists them)
+    assert ours - set(registered_models()) == {apps.get_model("jobs", "JobCheckpoint"),
+                                               apps.get_model("jobs", "CheckpointFile"),
+                                               apps.get_model("registry", "VersionFile"),
                                                apps.get_model("registry", "Evaluation"),
                                                apps.get_model("registry", "BlobUpload"),
                                                apps.get_model("registry", "BlobCheck"),
@@ -64,6 +67,12 @@ def test_every_admin_changelist_and_change_page_renders(client, staff):
         assert obj is not None, info
         assert client.get(f"/admin/{info[0]}/{info[1]}/{obj.pk}/change/").status_code == 200, info
     assert b"acme/bot" in client.get("/admin/jobs/job/").content
+    from pefthub_server.jobs.models import Job, JobCheckpoint
+
+    job = Job.objects.first()
+    JobCheckpoint.objects.create(job=job, attempt=1, step=7, metrics={"loss": 1.625}, size=123)
+    page = client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert "Job checkpoints" in page and "1.625" in page and 'name="checkpoints-0-step"' not in page  # shown, read-only
 
 
 def test_immutable_records_have_no_add_change_or_delete(client, staff):

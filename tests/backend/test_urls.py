@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from pefthub_server.core.models import ApiToken
-from pefthub_server.jobs.models import Job
+from pefthub_server.jobs.models import Job, JobCheckpoint
 from pefthub_server.registry.models import Namespace
 from tests.backend.routes import class_views
 from tests.conftest import api_push
@@ -56,15 +56,16 @@ def private(alice, bob, api, tmp_path):
     version = api_push(client, "acme/bot", folder, aliases=["prod"]).json()
     job = Job.objects.create(type="train", owner=alice.user, namespace=Namespace.objects.get(name="acme"),
                              output_name="bot", spec={"type": "train"}, inputs={})
+    JobCheckpoint.objects.create(job=job, attempt=1, step=2)
     return {
         "ns": "acme", "name": "bot", "rev": "1", "alias": "prod", "sha256": version["files"][0]["sha256"],
         "team": "acme", "username": "bob", "token_id": ApiToken.objects.filter(user=alice.user).first().pk,
-        "job_id": job.id.hex,
+        "job_id": job.id.hex, "step": 2,
     }
 
 
 NOWHERE = {"ns": "nope", "name": "nope", "rev": "1", "alias": "prod", "sha256": "0" * 64, "team": "nope",
-           "username": "nobody", "token_id": 999_999, "job_id": uuid.UUID(int=7).hex}
+           "username": "nobody", "token_id": 999_999, "job_id": uuid.UUID(int=7).hex, "step": 2}
 
 
 def _call(client, method: str, path: str):

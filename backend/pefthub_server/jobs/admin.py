@@ -8,9 +8,9 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from pefthub_server.core import charts
-from pefthub_server.core.admin import ImmutableAdmin
+from pefthub_server.core.admin import ImmutableAdmin, ImmutableInline
 from pefthub_server.core.errors import HubError
-from pefthub_server.jobs.models import Job, JobEvent, Worker
+from pefthub_server.jobs.models import Job, JobCheckpoint, JobEvent, Worker
 from pefthub_server.jobs.services import job_cancel
 
 #: events on one page of a job's change page (the page once showed every event as a JSON block: 13,600 px)
@@ -22,6 +22,13 @@ EVENT_DATA_SHOWN = 300
 def event_summary(data) -> str:
     text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
     return text if len(text) <= EVENT_DATA_SHOWN else text[:EVENT_DATA_SHOWN - 1] + "…"
+
+
+class JobCheckpointInline(ImmutableInline):
+    """The job's kept checkpoints (their files are listed by the API: `GET /api/v1/jobs/{id}/checkpoints/{step}`)."""
+
+    model = JobCheckpoint
+    fields = readonly_fields = ["step", "attempt", "metrics", "size", "created_at"]
 
 
 @admin.register(Job)
@@ -39,6 +46,7 @@ class JobAdmin(ImmutableAdmin):
     readonly_fields = ["web_page"]
     exclude = ["token"]  # the job's own credential: nothing for an operator to read here
     actions = ["cancel"]
+    inlines = [JobCheckpointInline]
 
     @admin.action(description="Cancel selected jobs")
     def cancel(self, request, queryset):

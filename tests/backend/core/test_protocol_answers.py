@@ -20,7 +20,7 @@ from tests.backend.test_urls import _path
 
 METHODS = ("get", "post", "put", "patch", "delete", "head")
 SAMPLES = {"ns": "acme", "name": "bot", "rev": "1", "alias": "prod", "sha256": "0" * 64, "team": "acme",
-           "username": "bob", "token_id": 1, "job_id": uuid.UUID(int=7).hex}
+           "username": "bob", "token_id": 1, "job_id": uuid.UUID(int=7).hex, "step": 2}
 
 
 def _serves(view, method: str) -> bool:
