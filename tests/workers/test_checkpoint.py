@@ -22,18 +22,10 @@ from pefthub.protocol.errors import SpecError
 from pefthub.protocol.specs import TrainHyperparameters
 from pefthub_worker.training import Callbacks, CheckpointError, checkpoint, recipe, train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 HP = {"batch_size": 4, "max_seq_length": 48, "learning_rate": 1e-2, "max_steps": 9, "warmup_steps": 2,
       "gradient_accumulation_steps": 2, "lora_dropout": 0.1, "r": 4, "eval_split": 0.1, "checkpoint_steps": 3}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

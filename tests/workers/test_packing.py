@@ -19,17 +19,9 @@ from pefthub.protocol.specs import TrainHyperparameters
 from pefthub_worker.training import config as cfg
 from pefthub_worker.training import data, recipe, train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 SEQ = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _make_tiny_gpt2(out: Path) -> Path:

@@ -20,7 +20,7 @@ from pefthub_worker.training import Callbacks, Cancelled, DatasetError, QLoRAUna
 from pefthub_worker.training import config as cfg
 from pefthub_worker.training.__main__ import main as cli_main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 FAST = {"batch_size": 8, "max_seq_length": 64, "learning_rate": 1e-2}
 #: learning rates at which each method visibly learns in a dozen steps on the tiny model
@@ -37,14 +37,6 @@ def _bitsandbytes_problem() -> str | None:
 
 QLORA_SKIP = _bitsandbytes_problem()
 needs_bnb = pytest.mark.skipif(QLORA_SKIP is not None, reason=f"bitsandbytes cannot run 4-bit layers on this CPU: {QLORA_SKIP}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
