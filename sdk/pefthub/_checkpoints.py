@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._files import collect_files
 from ._http import quote_segment
-from ._upload import hash_files, upload_blob
+from ._upload import hash_files, upload_missing
 from .cache import check_manifest
-from .errors import HubError, ValidationError
+from .errors import ValidationError
 from .models import FileEntry, Version
 from .refs import check_alias, parse_ref
 
@@ -91,13 +91,7 @@ class CheckpointsMixin:
             manifest, by_sha = hash_files(local, bar.update)
         path = f"jobs/{_job_id(job)}/checkpoints"
         plan = self.request("POST", f"{path}/uploads", json={"attempt": attempt, "files": manifest})
-        missing = (plan or {}).get("missing") or []
-        for item in missing:
-            if item.get("sha256") not in by_sha:
-                raise HubError(f"the server asked for a blob this checkpoint does not hold: {item.get('sha256')!r}")
-        with self._bar(sum(by_sha[i["sha256"]].size for i in missing), "uploading") as bar:
-            for item in missing:
-                upload_blob(self._http, by_sha[item["sha256"]], item.get("upload") or {}, bar.update)
+        upload_missing(self._http, plan, by_sha, what="checkpoint", bar=self._bar)
         body = {"attempt": attempt, "step": step, "files": manifest, "metrics": dict(metrics or {})}
         return Checkpoint.from_json(self.request("POST", path, json=body))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from . import constants as c
@@ -103,3 +104,16 @@ def upload_blob(
 
     response = http.request(method, url, data=body, headers=headers)
     response.close()
+
+
+def upload_missing(http: HTTPClient, plan: Any, by_sha: Mapping[str, LocalFile], *, what: str,
+                   bar: Callable[[int, str], AbstractContextManager[Any]]) -> None:
+    """Upload the blobs a negotiation's ``plan`` says are ``missing``, each where it says; ``what`` (a push, a
+    checkpoint) names the upload when the server asks for a blob it does not hold."""
+    missing = (plan or {}).get("missing") or []
+    for item in missing:
+        if item.get("sha256") not in by_sha:
+            raise HubError(f"the server asked for a blob this {what} does not hold: {item.get('sha256')!r}")
+    with bar(sum(by_sha[i["sha256"]].size for i in missing), "uploading") as progress:
+        for item in missing:
+            upload_blob(http, by_sha[item["sha256"]], item.get("upload") or {}, progress.update)

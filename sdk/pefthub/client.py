@@ -18,7 +18,7 @@ from ._checkpoints import CheckpointsMixin
 from ._files import collect_files, infer_kind
 from ._http import HTTPClient, quote_segment
 from ._load import LoadMixin
-from ._upload import hash_files, upload_blob
+from ._upload import hash_files, upload_missing
 from .cache import Cache, check_manifest, check_sha256
 from .compare import Comparison
 from .errors import Conflict, HubConnectionError, HubError, IntegrityError, ValidationError
@@ -308,14 +308,7 @@ class Hub(JobsMixin, CheckpointsMixin, LoadMixin, HFMixin):
         if (plan or {}).get("version") is not None:
             return Version.from_json(plan["version"])
 
-        missing = (plan or {}).get("missing") or []
-        for item in missing:
-            if item.get("sha256") not in by_sha:
-                raise HubError(f"the server asked for a blob this push does not hold: {item.get('sha256')!r}")
-        with self._bar(sum(by_sha[i["sha256"]].size for i in missing), "uploading") as bar:
-            for item in missing:
-                upload_blob(self._http, by_sha[item["sha256"]], item.get("upload") or {}, bar.update)
-
+        upload_missing(self._http, plan, by_sha, what="push", bar=self._bar)
         body = {"files": manifest, **commit, **repo_fields}
         return Version.from_json(self.request("POST", f"{repo_path}/versions", json=body))
 

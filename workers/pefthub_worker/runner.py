@@ -212,8 +212,8 @@ def _merge(claim: Claim, hub: Hub, session: JobSession, work: Path):
 
 
 def _evaluate(claim: Claim, hub: Hub, session: JobSession, work: Path) -> dict[str, Any]:
-    job = claim.job
     """Score the pinned adapter on the pinned dataset; the metrics complete the job (no version is pushed)."""
+    job = claim.job
     spec = EvalSpec.from_dict(job["spec"])
     pins = job["inputs"]
     base_dir, adapter_dir = hub.pull(_pinned(pins["base_model"])), hub.pull(_pinned(pins["adapter"]))
