@@ -17,9 +17,9 @@ from transformers import AutoTokenizer
 from examples import tiny
 from pefthub.protocol.errors import SpecError
 from pefthub_worker.training import Callbacks, data, recipe, train
-from tests.workers.test_training import hyper, needs_bnb, one_thread  # noqa: F401 - one_thread: a fixture
+from tests.workers.test_training import hyper, needs_bnb
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 ONE_BATCH = {"batch_size": 16, "max_seq_length": 64, "seed": 3}
 
